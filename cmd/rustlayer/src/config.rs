@@ -1,0 +1,124 @@
+//! The daemon's settings: a TOML file with the same names as the command-line
+//! flags, which win over it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/rustlayer/config.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Overlay,
+    Devmapper,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub root: PathBuf,
+    pub address: PathBuf,
+    pub backend: BackendKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    /// Group id allowed to use the socket besides root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<u32>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/rustlayer"),
+            address: PathBuf::from("/run/rustlayer/rustlayer.sock"),
+            backend: BackendKind::Overlay,
+            metrics_address: None,
+            log_format: LogFormat::Text,
+            socket_group: None,
+        }
+    }
+}
+
+/// `rustlayer config default`: every setting with its default and what it does.
+pub const DEFAULT_TOML: &str = r#"# rustlayer daemon configuration. Command-line flags override these settings.
+
+# Where snapshots and their metadata live. Must not be a symlink or world-writable.
+root = "/var/lib/rustlayer"
+
+# The unix socket containerd's proxy plugin dials (created 0660, owned by root).
+address = "/run/rustlayer/rustlayer.sock"
+
+# Storage backend: "overlay" (overlayfs layers) or "devmapper" (dm-thin devices).
+backend = "overlay"
+
+# Prometheus metrics, /healthz and /readyz; off unless set. Keep it on loopback
+# unless a scraper elsewhere needs it.
+# metrics_address = "127.0.0.1:9192"
+
+# Log lines as "text" or "json"; the level comes from RUST_LOG (default "info").
+log_format = "text"
+
+# A group id that may use the socket besides root.
+# socket_group = 0
+"#;
+
+impl Config {
+    /// The file at `path`, or the default file if it exists, or the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let (path, required) = match path {
+            Some(path) => (path, true),
+            None => (Path::new(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("invalid configuration in {}", path.display())),
+            Err(err) if !required && err.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
+            Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_defaults_are_the_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn typos_are_errors_not_silently_ignored() {
+        let err = toml::from_str::<Config>("roots = \"/x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn partial_files_keep_other_defaults() {
+        let c: Config =
+            toml::from_str("backend = \"devmapper\"\nmetrics_address = \"127.0.0.1:9\"").unwrap();
+        assert_eq!(c.backend, BackendKind::Devmapper);
+        assert_eq!(c.metrics_address, Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(c.root, Config::default().root);
+    }
+
+    #[test]
+    fn a_named_file_must_exist() {
+        assert!(Config::load(Some(Path::new("/nonexistent/rustlayer.toml"))).is_err());
+    }
+}

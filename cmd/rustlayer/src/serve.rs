@@ -1,0 +1,117 @@
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use rustlayer_core::Backend;
+use rustlayer_mount::LinuxMounter;
+use rustlayer_overlay::{OverlayBackend, OverlayOptions, preflight};
+use rustlayer_server::{NoopObserver, SocketOptions, bind_socket};
+use rustlayer_snapshotter::Snapshotter;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+use crate::config::{BackendKind, Config};
+
+pub fn run(config: Config) -> Result<()> {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        ?config,
+        "starting rustlayer"
+    );
+    prepare_root(&config.root)?;
+    let backend = open_backend(&config)?;
+    let snapshotter = Arc::new(
+        Snapshotter::open(&config.root, backend).context("cannot open the snapshot metadata")?,
+    );
+    if config.metrics_address.is_some() {
+        bail!("--metrics-address: the metrics endpoint is not part of this build yet");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rustlayer")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = bind_socket(
+            &config.address,
+            &SocketOptions {
+                group: config.socket_group,
+            },
+        )?;
+        rustlayer_server::serve(
+            Arc::clone(&snapshotter),
+            Arc::new(NoopObserver),
+            listener,
+            shutdown_signal()?,
+        )
+        .await?;
+        anyhow::Ok(())
+    })?;
+
+    info!("stopped accepting; requests in flight finished");
+    snapshotter
+        .close()
+        .context("cannot close the metadata store")?;
+    if let Err(err) = fs::remove_file(&config.address) {
+        tracing::warn!(path = %config.address.display(), %err, "cannot remove socket");
+    }
+    info!("shut down cleanly");
+    Ok(())
+}
+
+/// The root holds every layer on the node: it must be ours alone. A symlink could be
+/// repointed and a world-writable directory lets anyone plant storage in it.
+fn prepare_root(root: &Path) -> Result<()> {
+    match fs::symlink_metadata(root) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            bail!("root {} is a symlink; give the real path", root.display())
+        }
+        Ok(meta) if !meta.is_dir() => bail!("root {} is not a directory", root.display()),
+        Ok(meta) if meta.permissions().mode() & 0o002 != 0 => bail!(
+            "root {} is world-writable; make it 0700 and owned by root",
+            root.display()
+        ),
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .with_context(|| format!("cannot create root {}", root.display())),
+        Err(err) => Err(err).with_context(|| format!("cannot inspect root {}", root.display())),
+    }
+}
+
+fn open_backend(config: &Config) -> Result<Arc<dyn Backend>> {
+    match config.backend {
+        BackendKind::Overlay => {
+            let report = preflight(&config.root, &LinuxMounter);
+            for check in &report.checks {
+                info!(check = check.name, ok = check.ok, detail = %check.detail, "preflight");
+            }
+            report.ensure().with_context(|| {
+                format!("root {} cannot hold overlay layers", config.root.display())
+            })?;
+            let backend = OverlayBackend::open(&OverlayOptions {
+                root: config.root.clone(),
+            })?;
+            Ok(Arc::new(backend))
+        }
+        BackendKind::Devmapper => {
+            bail!("the devmapper backend is not part of this build yet; use --backend overlay")
+        }
+    }
+}
+
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send> {
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+    })
+}

@@ -1,0 +1,20 @@
+//! Compiles the vendored containerd protos with protox (a pure-Rust protobuf
+//! compiler), so building needs no system `protoc`.
+
+use std::path::Path;
+
+const PROTOS: &[&str] = &[
+    "github.com/containerd/containerd/api/types/mount.proto",
+    "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let include = Path::new("proto");
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(PROTOS, [include])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

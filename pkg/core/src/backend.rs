@@ -1,0 +1,71 @@
+use crate::{Kind, Labels, Mount, Result, SnapshotId, Usage};
+
+/// Storage made for a snapshot before the metadata knows its id. Only the backend
+/// that staged it can interpret the name.
+#[derive(Debug)]
+pub struct Staged {
+    name: String,
+}
+
+impl Staged {
+    pub fn new(name: impl Into<String>) -> Self {
+        Staged { name: name.into() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A snapshot as a backend needs to see it: which storage, and on top of what.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotRef<'a> {
+    pub id: SnapshotId,
+    pub kind: Kind,
+    /// The committed ancestors, nearest first.
+    pub parents: &'a [SnapshotId],
+}
+
+/// A storage driver: overlay directories, thin devices. It never sees keys and never
+/// decides anything about the snapshot graph; the snapshotter owns the metadata and
+/// calls these hooks in an order that keeps a crash at any point recoverable:
+///
+/// 1. [`stage`](Backend::stage) outside any transaction (slow work, nothing visible);
+/// 2. [`publish`](Backend::publish) inside the metadata transaction, just before it
+///    commits, so storage is visible under the id iff the metadata is durable;
+/// 3. [`remove`](Backend::remove) only after the metadata forgot the snapshot;
+/// 4. [`cleanup`](Backend::cleanup) deletes anything the metadata does not know.
+///
+/// Methods block (filesystem and ioctl work); callers run them off the async runtime.
+pub trait Backend: Send + Sync + 'static {
+    /// Short name for logs, metrics and `rustlayer check`.
+    fn name(&self) -> &'static str;
+
+    /// Creates a new snapshot's storage under a private staging name.
+    fn stage(&self, kind: Kind, parents: &[SnapshotId], labels: &Labels) -> Result<Staged>;
+
+    /// Makes staged storage durable under `id`. Anything found under `id` beforehand
+    /// is debris of a transaction that never committed and may be replaced.
+    fn publish(&self, staged: &Staged, id: SnapshotId) -> Result<()>;
+
+    /// Throws away staged storage that will never be published.
+    fn discard(&self, staged: Staged);
+
+    /// The mounts that materialise the snapshot's filesystem.
+    fn mounts(&self, snapshot: SnapshotRef<'_>) -> Result<Vec<Mount>>;
+
+    /// Called just before an active snapshot becomes committed; returns the layer's
+    /// usage, which the snapshotter caches with the committed record.
+    fn seal(&self, snapshot: SnapshotRef<'_>) -> Result<Usage>;
+
+    /// Current usage of a snapshot whose layer may still change (active ones).
+    fn usage(&self, snapshot: SnapshotRef<'_>) -> Result<Usage>;
+
+    /// Detaches the storage of a snapshot the metadata has already forgotten.
+    /// Must return quickly: heavy deletion is deferred.
+    fn remove(&self, id: SnapshotId) -> Result<()>;
+
+    /// Deletes every piece of storage whose id `is_known` rejects, plus staging
+    /// debris. Returns how many pieces were removed.
+    fn cleanup(&self, is_known: &dyn Fn(SnapshotId) -> bool) -> Result<usize>;
+}

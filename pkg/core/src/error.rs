@@ -1,0 +1,125 @@
+use std::io;
+
+/// The error classes containerd's client branches on. The gRPC layer maps each onto
+/// its status code; containerd's unpacker and garbage collector depend on these
+/// being exact (e.g. `AlreadyExists` from Prepare means "someone else unpacked it").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    NotFound,
+    AlreadyExists,
+    InvalidArgument,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+    Internal,
+}
+
+impl Code {
+    pub const ALL: [Code; 7] = [
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::InvalidArgument,
+        Code::FailedPrecondition,
+        Code::ResourceExhausted,
+        Code::Unavailable,
+        Code::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::InvalidArgument => "invalid_argument",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::Unavailable => "unavailable",
+            Code::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("snapshot {0:?} does not exist")]
+    NotFound(String),
+    #[error("snapshot {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("metadata store: {0}")]
+    Metadata(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Io { source, .. } => io_code(source),
+            Error::Metadata(_) | Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// A full disk or quota is the caller's resource problem, not our bug: report it as
+/// such so orchestrators back off instead of retrying blindly.
+fn io_code(err: &io::Error) -> Code {
+    match err.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Code::ResourceExhausted,
+        io::ErrorKind::ReadOnlyFilesystem => Code::FailedPrecondition,
+        _ => Code::Internal,
+    }
+}
+
+/// Attaches a human context to I/O results without spelling out `map_err` everywhere.
+pub trait IoContext<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::io(what(), source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_full_is_resource_exhausted() {
+        let err = Error::io("write", io::Error::from_raw_os_error(28));
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        let err = Error::io("write", io::Error::from_raw_os_error(30));
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        let err = Error::io("write", io::Error::from_raw_os_error(5));
+        assert_eq!(err.code(), Code::Internal);
+    }
+}

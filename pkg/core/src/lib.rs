@@ -1,0 +1,18 @@
+//! The vocabulary every other rustlayer crate speaks: snapshot ids and kinds, the
+//! [`Backend`] trait that storage drivers implement, the error type whose [`Code`]
+//! maps onto containerd's error classes, input validation, and containerd's filter
+//! syntax for `List`.
+//!
+//! This crate deliberately knows nothing of gRPC, mounts, device-mapper or
+//! Kubernetes, so that every layer above it can be tested without them.
+
+mod backend;
+mod error;
+pub mod filter;
+mod model;
+pub mod validate;
+
+pub use backend::{Backend, SnapshotRef, Staged};
+pub use error::{Code, Error, IoContext, Result};
+pub use filter::Filters;
+pub use model::{Info, Kind, Labels, Mount, SnapshotId, Usage};

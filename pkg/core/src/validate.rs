@@ -1,0 +1,126 @@
+//! Input checks applied before anything is touched, so a rejected request changes
+//! nothing and gets a precise `InvalidArgument`.
+
+use crate::{Error, Labels, Result};
+
+/// containerd's limit for one label (key and value together).
+pub const MAX_LABEL_BYTES: usize = 4096;
+
+/// Keys are `<namespace>/<id>/<name>` in practice; anything this long is abuse.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+/// A bound on the whole label set, so one request cannot bloat the store.
+pub const MAX_LABELS_TOTAL_BYTES: usize = 256 * 1024;
+
+pub fn key(what: &str, key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} must not be empty")));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is {} bytes, more than the {MAX_KEY_BYTES} allowed",
+            key.len()
+        )));
+    }
+    if key.contains('\0') {
+        return Err(Error::InvalidArgument(format!(
+            "{what} must not contain NUL bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A parent is optional, but when given it obeys the rules of keys.
+pub fn parent(parent: &str) -> Result<()> {
+    if parent.is_empty() {
+        Ok(())
+    } else {
+        key("parent", parent)
+    }
+}
+
+pub fn labels(labels: &Labels) -> Result<()> {
+    let mut total = 0usize;
+    for (k, v) in labels {
+        let size = k.len() + v.len();
+        if size > MAX_LABEL_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "label {:?} is {size} bytes (key and value), more than the {MAX_LABEL_BYTES} allowed",
+                truncated(k)
+            )));
+        }
+        if k.contains('\0') || v.contains('\0') {
+            return Err(Error::InvalidArgument(format!(
+                "label {:?} contains a NUL byte",
+                truncated(k)
+            )));
+        }
+        total += size;
+    }
+    if total > MAX_LABELS_TOTAL_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "labels total {total} bytes, more than the {MAX_LABELS_TOTAL_BYTES} allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// Echoing a megabyte of hostile input back in an error helps nobody.
+fn truncated(s: &str) -> String {
+    const SHOWN: usize = 64;
+    if s.len() <= SHOWN {
+        return s.to_owned();
+    }
+    let mut end = SHOWN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Code;
+
+    fn code(r: Result<()>) -> Option<Code> {
+        r.err().map(|e| e.code())
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(code(key("key", "default/1/extract sha256:abc")), None);
+        assert_eq!(
+            code(key("key", "../../etc/passwd")),
+            None,
+            "keys are never paths"
+        );
+        assert_eq!(code(key("key", "")), Some(Code::InvalidArgument));
+        assert_eq!(code(key("key", "a\0b")), Some(Code::InvalidArgument));
+        assert_eq!(
+            code(key("key", &"k".repeat(MAX_KEY_BYTES + 1))),
+            Some(Code::InvalidArgument)
+        );
+        assert_eq!(code(parent("")), None);
+        assert_eq!(code(parent("\0")), Some(Code::InvalidArgument));
+    }
+
+    #[test]
+    fn label_limits_follow_containerd() {
+        let mut l = Labels::new();
+        l.insert("k".into(), "v".repeat(MAX_LABEL_BYTES - 1));
+        assert_eq!(code(labels(&l)), None);
+        l.insert("k".into(), "v".repeat(MAX_LABEL_BYTES));
+        assert_eq!(code(labels(&l)), Some(Code::InvalidArgument));
+    }
+
+    #[test]
+    fn huge_label_sets_are_refused_and_not_echoed() {
+        let l: Labels = (0..100)
+            .map(|i| (format!("{i:04}{}", "k".repeat(3000)), String::new()))
+            .collect();
+        let err = labels(&l).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.to_string().len() < 200, "{err}");
+    }
+}

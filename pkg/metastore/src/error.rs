@@ -1,0 +1,64 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "metadata file {path} is corrupt ({detail}); refusing to start rather than reset it: restore it from a backup or move it away to start empty"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "metadata file {path} has schema version {found}, newer than this rustlayer understands ({supported}); upgrade rustlayer"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error(
+        "metadata file {path} belongs to backend {found:?}, not {expected:?}; use a separate root per backend"
+    )]
+    WrongBackend {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("metadata file {path} is full or its disk is: {source}")]
+    Full {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("metadata file {path} is on a read-only filesystem: {source}")]
+    ReadOnly {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("metadata: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("metadata holds an invalid {what}: {value}")]
+    Invalid { what: &'static str, value: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for rustlayer_core::Error {
+    fn from(err: Error) -> Self {
+        use rusqlite::ffi::ErrorCode;
+        match &err {
+            Error::Full { .. } => rustlayer_core::Error::ResourceExhausted(err.to_string()),
+            Error::ReadOnly { .. } => rustlayer_core::Error::FailedPrecondition(err.to_string()),
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::DiskFull =>
+            {
+                rustlayer_core::Error::ResourceExhausted(err.to_string())
+            }
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::ReadOnly =>
+            {
+                rustlayer_core::Error::FailedPrecondition(err.to_string())
+            }
+            _ => rustlayer_core::Error::Metadata(err.to_string()),
+        }
+    }
+}

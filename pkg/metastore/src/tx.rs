@@ -1,0 +1,374 @@
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rustlayer_core::{Info, Kind, Labels, SnapshotId, Usage};
+
+use crate::error::{Error, Result};
+
+/// One snapshot's row, without labels (they are fetched only when asked for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub id: SnapshotId,
+    pub key: String,
+    pub parent: Option<SnapshotId>,
+    pub kind: Kind,
+    pub created: SystemTime,
+    pub updated: SystemTime,
+    /// Cached at Commit; `None` for snapshots whose layer may still change.
+    pub usage: Option<Usage>,
+    /// Backend-private data recorded with the snapshot.
+    pub storage: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSnapshot<'a> {
+    pub key: &'a str,
+    pub parent: Option<SnapshotId>,
+    pub kind: Kind,
+    pub labels: &'a Labels,
+    pub storage: Option<&'a str>,
+    pub now: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindCounts {
+    pub view: u64,
+    pub active: u64,
+    pub committed: u64,
+}
+
+/// A transaction on the metadata; what it may do depends on whether the store
+/// handed it out for reading or writing (a write on a reader fails in SQLite).
+pub struct Tx<'c> {
+    txn: &'c Transaction<'c>,
+}
+
+const RECORD_COLUMNS: &str =
+    "id, key, parent_id, kind, created_ns, updated_ns, size_bytes, inodes, storage";
+
+impl<'c> Tx<'c> {
+    pub(crate) fn new(txn: &'c Transaction<'c>) -> Self {
+        Tx { txn }
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Record>> {
+        let mut stmt = self.txn.prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM snapshots WHERE key = ?1"
+        ))?;
+        stmt.query_row([key], record_from_row)
+            .optional()
+            .map_err(Error::from)
+            .and_then(|r| r.transpose())
+    }
+
+    pub fn get_by_id(&self, id: SnapshotId) -> Result<Option<Record>> {
+        let mut stmt = self.txn.prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM snapshots WHERE id = ?1"
+        ))?;
+        stmt.query_row([sql_id(id)], record_from_row)
+            .optional()
+            .map_err(Error::from)
+            .and_then(|r| r.transpose())
+    }
+
+    /// The committed ancestors of `id`, nearest first.
+    pub fn ancestors(&self, id: SnapshotId) -> Result<Vec<SnapshotId>> {
+        let mut stmt = self.txn.prepare_cached(
+            "WITH RECURSIVE chain(id, parent_id, depth) AS (
+                 SELECT id, parent_id, 0 FROM snapshots WHERE id = ?1
+                 UNION ALL
+                 SELECT s.id, s.parent_id, chain.depth + 1
+                   FROM snapshots s JOIN chain ON s.id = chain.parent_id
+             )
+             SELECT id FROM chain WHERE depth > 0 ORDER BY depth",
+        )?;
+        let rows = stmt.query_map([sql_id(id)], |r| r.get::<_, i64>(0))?;
+        rows.map(|r| Ok(id_from_sql(r?)?)).collect()
+    }
+
+    pub fn labels(&self, id: SnapshotId) -> Result<Labels> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("SELECT name, value FROM labels WHERE snapshot_id = ?1")?;
+        let rows = stmt.query_map([sql_id(id)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Labels>>()?)
+    }
+
+    /// containerd's view of a snapshot, or None if the key is unknown.
+    pub fn info(&self, key: &str) -> Result<Option<Info>> {
+        let Some(record) = self.get(key)? else {
+            return Ok(None);
+        };
+        let parent = match record.parent {
+            Some(parent) => Some(
+                self.get_by_id(parent)?
+                    .ok_or_else(|| Error::Invalid {
+                        what: "parent reference",
+                        value: parent.to_string(),
+                    })?
+                    .key,
+            ),
+            None => None,
+        };
+        let labels = self.labels(record.id)?;
+        Ok(Some(Info {
+            name: record.key,
+            parent,
+            kind: record.kind,
+            created: record.created,
+            updated: record.updated,
+            labels,
+        }))
+    }
+
+    /// Every snapshot's info, in id order, handed to `visit` one by one so a large
+    /// listing is never held twice in memory.
+    pub fn for_each_info(&self, mut visit: impl FnMut(Info)) -> Result<()> {
+        let mut labels: HashMap<i64, Labels> = HashMap::new();
+        {
+            let mut stmt = self
+                .txn
+                .prepare_cached("SELECT snapshot_id, name, value FROM labels")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                labels
+                    .entry(row.get(0)?)
+                    .or_default()
+                    .insert(row.get(1)?, row.get(2)?);
+            }
+        }
+        let mut stmt = self.txn.prepare_cached(
+            "SELECT s.id, s.key, p.key, s.kind, s.created_ns, s.updated_ns
+               FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id
+              ORDER BY s.id",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            visit(Info {
+                name: row.get(1)?,
+                parent: row.get(2)?,
+                kind: kind_from_sql(&row.get::<_, String>(3)?)?,
+                created: time_from_sql(row.get(4)?),
+                updated: time_from_sql(row.get(5)?),
+                labels: labels.remove(&id).unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn ids(&self) -> Result<HashSet<SnapshotId>> {
+        let mut stmt = self.txn.prepare_cached("SELECT id FROM snapshots")?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        rows.map(|r| Ok(id_from_sql(r?)?)).collect()
+    }
+
+    pub fn has_children(&self, id: SnapshotId) -> Result<bool> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM snapshots WHERE parent_id = ?1)")?;
+        Ok(stmt.query_row([sql_id(id)], |r| r.get(0))?)
+    }
+
+    pub fn counts(&self) -> Result<KindCounts> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("SELECT kind, COUNT(*) FROM snapshots GROUP BY kind")?;
+        let mut counts = KindCounts::default();
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let n: i64 = row.get(1)?;
+            let n = u64::try_from(n).unwrap_or(0);
+            match kind_from_sql(&row.get::<_, String>(0)?)? {
+                Kind::View => counts.view = n,
+                Kind::Active => counts.active = n,
+                Kind::Committed => counts.committed = n,
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The cached usage of all committed layers together.
+    pub fn committed_usage(&self) -> Result<Usage> {
+        let mut stmt = self.txn.prepare_cached(
+            "SELECT COALESCE(SUM(size_bytes), 0), COALESCE(SUM(inodes), 0)
+               FROM snapshots WHERE kind = 'committed'",
+        )?;
+        let (bytes, inodes): (i64, i64) = stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(Usage {
+            bytes: u64::try_from(bytes).unwrap_or(0),
+            inodes: u64::try_from(inodes).unwrap_or(0),
+        })
+    }
+
+    pub fn insert(&self, new: &NewSnapshot<'_>) -> Result<SnapshotId> {
+        let now = time_to_sql(new.now);
+        let mut stmt = self.txn.prepare_cached(
+            "INSERT INTO snapshots (key, parent_id, kind, created_ns, updated_ns, storage)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+        )?;
+        stmt.execute(params![
+            new.key,
+            new.parent.map(sql_id),
+            new.kind.as_str(),
+            now,
+            new.storage
+        ])?;
+        let id = id_from_sql(self.txn.last_insert_rowid())?;
+        self.write_labels(id, new.labels)?;
+        Ok(id)
+    }
+
+    /// Turns an active snapshot into a committed one under a new key, keeping its id
+    /// (and so its storage) and caching its usage.
+    pub fn commit(
+        &self,
+        id: SnapshotId,
+        name: &str,
+        labels: &Labels,
+        usage: Usage,
+        now: SystemTime,
+    ) -> Result<()> {
+        let now = time_to_sql(now);
+        let mut stmt = self.txn.prepare_cached(
+            "UPDATE snapshots
+                SET key = ?2, kind = 'committed', created_ns = ?3, updated_ns = ?3,
+                    size_bytes = ?4, inodes = ?5
+              WHERE id = ?1",
+        )?;
+        stmt.execute(params![
+            sql_id(id),
+            name,
+            now,
+            i64::try_from(usage.bytes).unwrap_or(i64::MAX),
+            i64::try_from(usage.inodes).unwrap_or(i64::MAX)
+        ])?;
+        self.clear_labels(id)?;
+        self.write_labels(id, labels)
+    }
+
+    /// Replaces the whole label set.
+    pub fn replace_labels(&self, id: SnapshotId, labels: &Labels, now: SystemTime) -> Result<()> {
+        self.clear_labels(id)?;
+        self.write_labels(id, labels)?;
+        self.touch(id, now)
+    }
+
+    /// Sets one label; an empty value removes it, as in containerd.
+    pub fn set_label(&self, id: SnapshotId, name: &str, value: &str) -> Result<()> {
+        if value.is_empty() {
+            let mut stmt = self
+                .txn
+                .prepare_cached("DELETE FROM labels WHERE snapshot_id = ?1 AND name = ?2")?;
+            stmt.execute(params![sql_id(id), name])?;
+        } else {
+            let mut stmt = self.txn.prepare_cached(
+                "INSERT INTO labels (snapshot_id, name, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (snapshot_id, name) DO UPDATE SET value = excluded.value",
+            )?;
+            stmt.execute(params![sql_id(id), name, value])?;
+        }
+        Ok(())
+    }
+
+    pub fn touch(&self, id: SnapshotId, now: SystemTime) -> Result<()> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("UPDATE snapshots SET updated_ns = ?2 WHERE id = ?1")?;
+        stmt.execute(params![sql_id(id), time_to_sql(now)])?;
+        Ok(())
+    }
+
+    /// Deletes the record and its labels. The caller has checked it has no children;
+    /// the foreign key would refuse otherwise.
+    pub fn delete(&self, id: SnapshotId) -> Result<()> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("DELETE FROM snapshots WHERE id = ?1")?;
+        stmt.execute([sql_id(id)])?;
+        Ok(())
+    }
+
+    fn clear_labels(&self, id: SnapshotId) -> Result<()> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("DELETE FROM labels WHERE snapshot_id = ?1")?;
+        stmt.execute([sql_id(id)])?;
+        Ok(())
+    }
+
+    /// Empty values are not stored: containerd treats them as "no such label".
+    fn write_labels(&self, id: SnapshotId, labels: &Labels) -> Result<()> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("INSERT INTO labels (snapshot_id, name, value) VALUES (?1, ?2, ?3)")?;
+        for (name, value) in labels.iter().filter(|(_, v)| !v.is_empty()) {
+            stmt.execute(params![sql_id(id), name, value])?;
+        }
+        Ok(())
+    }
+}
+
+fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Record>> {
+    let id: i64 = row.get(0)?;
+    let key: String = row.get(1)?;
+    let parent: Option<i64> = row.get(2)?;
+    let kind: String = row.get(3)?;
+    let created: i64 = row.get(4)?;
+    let updated: i64 = row.get(5)?;
+    let size: Option<i64> = row.get(6)?;
+    let inodes: Option<i64> = row.get(7)?;
+    let storage: Option<String> = row.get(8)?;
+    Ok((|| {
+        Ok(Record {
+            id: id_from_sql(id)?,
+            key,
+            parent: parent.map(id_from_sql).transpose()?,
+            kind: kind_from_sql(&kind)?,
+            created: time_from_sql(created),
+            updated: time_from_sql(updated),
+            usage: match (size, inodes) {
+                (Some(bytes), Some(inodes)) => Some(Usage {
+                    bytes: u64::try_from(bytes).unwrap_or(0),
+                    inodes: u64::try_from(inodes).unwrap_or(0),
+                }),
+                _ => None,
+            },
+            storage,
+        })
+    })())
+}
+
+fn sql_id(id: SnapshotId) -> i64 {
+    // Ids only ever come from SQLite's rowids, which are positive i64.
+    i64::try_from(id.get()).unwrap_or(i64::MAX)
+}
+
+fn id_from_sql(raw: i64) -> Result<SnapshotId> {
+    u64::try_from(raw)
+        .ok()
+        .filter(|&n| n > 0)
+        .map(SnapshotId::new)
+        .ok_or(Error::Invalid {
+            what: "snapshot id",
+            value: raw.to_string(),
+        })
+}
+
+fn kind_from_sql(raw: &str) -> Result<Kind> {
+    Kind::parse(raw).ok_or_else(|| Error::Invalid {
+        what: "kind",
+        value: raw.to_owned(),
+    })
+}
+
+fn time_to_sql(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn time_from_sql(ns: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+}

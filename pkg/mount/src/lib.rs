@@ -1,0 +1,41 @@
+//! Everything rustlayer asks of the kernel about mounts and filesystems lives here,
+//! behind the [`Mounter`] trait, so the logic above (which mounts, in what order,
+//! with what options) is tested without root through [`RecordingMounter`], and the
+//! real calls are exercised once, in root-only tests.
+
+mod error;
+mod fsinfo;
+mod linux;
+mod options;
+mod recording;
+
+pub use error::{Error, Result};
+pub use fsinfo::{FsStats, filesystem_registered, fs_stats, supports_d_type, sync_filesystem};
+pub use linux::LinuxMounter;
+pub use options::{MountFlags, OverlayData, parse_options};
+pub use recording::{MountCall, RecordingMounter};
+
+use std::path::Path;
+
+use rustlayer_core::Mount;
+
+pub trait Mounter: Send + Sync {
+    /// Performs `mount` at `target`, the way containerd would.
+    fn mount(&self, mount: &Mount, target: &Path) -> Result<()>;
+    /// Unmounts `target`; `lazy` detaches even if busy.
+    fn unmount(&self, target: &Path, lazy: bool) -> Result<()>;
+}
+
+/// Mounts a list in order (overlays come alone; binds may stack), unmounting what
+/// was done if a later one fails, so a failure leaves nothing mounted.
+pub fn mount_all(mounter: &dyn Mounter, mounts: &[Mount], target: &Path) -> Result<()> {
+    for (done, mount) in mounts.iter().enumerate() {
+        if let Err(err) = mounter.mount(mount, target) {
+            for _ in 0..done {
+                let _ = mounter.unmount(target, true);
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
+}

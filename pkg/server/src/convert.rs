@@ -1,0 +1,58 @@
+//! Between the wire types and the model. Kept apart so the service reads as policy.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustlayer_api::snapshots as pb;
+use rustlayer_api::types as pbtypes;
+use rustlayer_core::{Info, Kind, Labels, Mount, Usage};
+
+pub fn labels(map: HashMap<String, String>) -> Labels {
+    map.into_iter().collect()
+}
+
+pub fn mounts(mounts: Vec<Mount>) -> Vec<pbtypes::Mount> {
+    mounts
+        .into_iter()
+        .map(|m| pbtypes::Mount {
+            r#type: m.fs_type,
+            source: m.source,
+            target: String::new(),
+            options: m.options,
+        })
+        .collect()
+}
+
+pub fn kind(kind: Kind) -> pb::Kind {
+    match kind {
+        Kind::View => pb::Kind::View,
+        Kind::Active => pb::Kind::Active,
+        Kind::Committed => pb::Kind::Committed,
+    }
+}
+
+pub fn info(info: Info) -> pb::Info {
+    pb::Info {
+        name: info.name,
+        parent: info.parent.unwrap_or_default(),
+        kind: kind(info.kind) as i32,
+        created_at: Some(timestamp(info.created)),
+        updated_at: Some(timestamp(info.updated)),
+        labels: info.labels.into_iter().collect(),
+    }
+}
+
+pub fn usage(usage: Usage) -> pb::UsageResponse {
+    pb::UsageResponse {
+        size: i64::try_from(usage.bytes).unwrap_or(i64::MAX),
+        inodes: i64::try_from(usage.inodes).unwrap_or(i64::MAX),
+    }
+}
+
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    prost_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}

@@ -1,0 +1,35 @@
+//! The only crate that knows gRPC: containerd's `Snapshots` service mapped onto
+//! [`Snapshotter`], served on a unix socket.
+
+mod convert;
+mod error;
+mod service;
+mod socket;
+
+pub use error::{Error, Result};
+pub use service::{NoopObserver, RequestObserver, SnapshotService, status_from};
+pub use socket::{SocketOptions, bind_socket};
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rustlayer_api::snapshots::snapshots_server::SnapshotsServer;
+use rustlayer_snapshotter::Snapshotter;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+/// Serves until `shutdown` resolves, then stops accepting and waits for requests in
+/// flight to finish.
+pub async fn serve(
+    snapshotter: Arc<Snapshotter>,
+    observer: Arc<dyn RequestObserver>,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let service = SnapshotService::new(snapshotter, observer);
+    tonic::transport::Server::builder()
+        .add_service(SnapshotsServer::new(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,258 @@
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustlayer_api::snapshots::{self as pb, snapshots_server::Snapshots};
+use rustlayer_core::{Code, Error, Filters};
+use rustlayer_snapshotter::{InfoUpdate, Snapshotter};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, debug, error, info_span};
+
+use crate::convert;
+
+/// How many infos go in one List message: containerd's client reads a stream, and
+/// batching keeps each message small whatever the number of snapshots.
+const LIST_BATCH: usize = 100;
+
+/// Sees every request's outcome; the metrics exporter implements it.
+pub trait RequestObserver: Send + Sync {
+    fn observe(&self, method: &'static str, code: tonic::Code, elapsed: Duration);
+}
+
+#[derive(Debug, Default)]
+pub struct NoopObserver;
+
+impl RequestObserver for NoopObserver {
+    fn observe(&self, _: &'static str, _: tonic::Code, _: Duration) {}
+}
+
+pub struct SnapshotService {
+    snapshotter: Arc<Snapshotter>,
+    observer: Arc<dyn RequestObserver>,
+}
+
+impl SnapshotService {
+    pub fn new(snapshotter: Arc<Snapshotter>, observer: Arc<dyn RequestObserver>) -> Self {
+        SnapshotService {
+            snapshotter,
+            observer,
+        }
+    }
+
+    /// Runs one blocking snapshotter call off the async runtime, inside a span
+    /// naming the method and key, and reports its outcome to the observer.
+    async fn call<T, F>(&self, method: &'static str, key: &str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Snapshotter) -> rustlayer_core::Result<T> + Send + 'static,
+    {
+        let started = Instant::now();
+        let snapshotter = Arc::clone(&self.snapshotter);
+        let span = info_span!("rpc", method, key = %truncate(key));
+        let result = async {
+            let outcome = tokio::task::spawn_blocking(move || f(&snapshotter)).await;
+            match outcome {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(err)) => Err(log_and_convert(&err)),
+                Err(join) => {
+                    error!(%join, "request handler panicked");
+                    Err(Status::internal("request handler panicked"))
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.observer.observe(method, code, started.elapsed());
+        result
+    }
+}
+
+/// The gRPC status for a snapshotter error; containerd's client turns these back
+/// into its errdefs classes, so the codes must be exact.
+pub fn status_from(err: &Error) -> Status {
+    let code = match err.code() {
+        Code::NotFound => tonic::Code::NotFound,
+        Code::AlreadyExists => tonic::Code::AlreadyExists,
+        Code::InvalidArgument => tonic::Code::InvalidArgument,
+        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Code::ResourceExhausted => tonic::Code::ResourceExhausted,
+        Code::Unavailable => tonic::Code::Unavailable,
+        Code::Internal => tonic::Code::Internal,
+    };
+    Status::new(code, err.to_string())
+}
+
+fn log_and_convert(err: &Error) -> Status {
+    match err.code() {
+        Code::Internal | Code::Unavailable | Code::ResourceExhausted => {
+            error!(%err, "request failed")
+        }
+        // Refusals are part of the protocol (containerd probes with Stat, races
+        // with AlreadyExists); they are not worth more than a debug line.
+        _ => debug!(%err, "request refused"),
+    }
+    status_from(err)
+}
+
+fn truncate(key: &str) -> &str {
+    let mut end = key.len().min(256);
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    &key[..end]
+}
+
+type ListStream = Pin<Box<dyn Stream<Item = Result<pb::ListSnapshotsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Snapshots for SnapshotService {
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareSnapshotRequest>,
+    ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let key = r.key.clone();
+        let labels = convert::labels(r.labels);
+        let mounts = self
+            .call("Prepare", &key, move |s| {
+                s.prepare(&r.key, &r.parent, &labels)
+            })
+            .await?;
+        Ok(Response::new(pb::PrepareSnapshotResponse {
+            mounts: convert::mounts(mounts),
+        }))
+    }
+
+    async fn view(
+        &self,
+        request: Request<pb::ViewSnapshotRequest>,
+    ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let key = r.key.clone();
+        let labels = convert::labels(r.labels);
+        let mounts = self
+            .call("View", &key, move |s| s.view(&r.key, &r.parent, &labels))
+            .await?;
+        Ok(Response::new(pb::ViewSnapshotResponse {
+            mounts: convert::mounts(mounts),
+        }))
+    }
+
+    async fn mounts(
+        &self,
+        request: Request<pb::MountsRequest>,
+    ) -> Result<Response<pb::MountsResponse>, Status> {
+        let r = request.into_inner();
+        let key = r.key.clone();
+        let mounts = self.call("Mounts", &key, move |s| s.mounts(&r.key)).await?;
+        Ok(Response::new(pb::MountsResponse {
+            mounts: convert::mounts(mounts),
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        let key = r.key.clone();
+        let labels = convert::labels(r.labels);
+        self.call("Commit", &key, move |s| s.commit(&r.name, &r.key, &labels))
+            .await?;
+        Ok(Response::new(()))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        let key = r.key.clone();
+        self.call("Remove", &key, move |s| s.remove(&r.key)).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn stat(
+        &self,
+        request: Request<pb::StatSnapshotRequest>,
+    ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let key = r.key.clone();
+        let info = self.call("Stat", &key, move |s| s.stat(&r.key)).await?;
+        Ok(Response::new(pb::StatSnapshotResponse {
+            info: Some(convert::info(info)),
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateSnapshotRequest>,
+    ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let Some(info) = r.info else {
+            let err = Error::InvalidArgument("update carries no snapshot info".into());
+            self.observer
+                .observe("Update", tonic::Code::InvalidArgument, Duration::ZERO);
+            return Err(status_from(&err));
+        };
+        let update = InfoUpdate {
+            name: info.name,
+            labels: convert::labels(info.labels),
+            paths: r.update_mask.map(|m| m.paths).unwrap_or_default(),
+        };
+        let key = update.name.clone();
+        let info = self
+            .call("Update", &key, move |s| s.update(&update))
+            .await?;
+        Ok(Response::new(pb::UpdateSnapshotResponse {
+            info: Some(convert::info(info)),
+        }))
+    }
+
+    type ListStream = ListStream;
+
+    async fn list(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let r = request.into_inner();
+        let infos = self
+            .call("List", "", move |s| {
+                let filters = Filters::parse(&r.filters)?;
+                let mut infos = Vec::new();
+                s.list(&filters, |info| infos.push(convert::info(info)))?;
+                Ok(infos)
+            })
+            .await?;
+        let mut infos = infos.into_iter();
+        let mut batches = Vec::new();
+        loop {
+            let info: Vec<pb::Info> = infos.by_ref().take(LIST_BATCH).collect();
+            if info.is_empty() {
+                break;
+            }
+            batches.push(Ok(pb::ListSnapshotsResponse { info }));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+    }
+
+    async fn usage(
+        &self,
+        request: Request<pb::UsageRequest>,
+    ) -> Result<Response<pb::UsageResponse>, Status> {
+        let r = request.into_inner();
+        let key = r.key.clone();
+        let usage = self.call("Usage", &key, move |s| s.usage(&r.key)).await?;
+        Ok(Response::new(convert::usage(usage)))
+    }
+
+    async fn cleanup(&self, _request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+        self.call("Cleanup", "", |s| s.cleanup().map(|_| ()))
+            .await?;
+        Ok(Response::new(()))
+    }
+}

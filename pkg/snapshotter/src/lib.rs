@@ -1,0 +1,348 @@
+//! containerd's snapshot semantics over any [`Backend`]: who may have which parent,
+//! which kinds may be committed, mounted or removed, and in which order metadata and
+//! storage change so that a crash at any instant leaves an operation either complete
+//! or without trace.
+//!
+//! Every method blocks (SQLite, filesystem); the gRPC layer runs them off the async
+//! runtime.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustlayer_core::filter::Fields;
+use rustlayer_core::{
+    Backend, Error, Filters, Info, Kind, Labels, Mount, Result, SnapshotId, SnapshotRef, Usage,
+    validate,
+};
+use rustlayer_metastore::{KindCounts, NewSnapshot, Record, Store, StoreOptions, Tx};
+use tracing::{debug, info, warn};
+
+pub use rustlayer_metastore::KindCounts as SnapshotCounts;
+
+/// The metadata file's name under the root.
+pub const METADATA_FILE: &str = "metadata.db";
+
+/// The kernel stacks at most this many overlay lower layers; deeper chains could be
+/// created but never mounted, so they are refused at Prepare.
+pub const MAX_CHAIN_DEPTH: usize = 500;
+
+pub struct Snapshotter {
+    store: Store,
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Snapshotter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshotter")
+            .field("store", &self.store)
+            .field("backend", &self.backend.name())
+            .finish()
+    }
+}
+
+/// The mutable parts of a snapshot's info that Update may change.
+#[derive(Debug, Clone, Default)]
+pub struct InfoUpdate {
+    pub name: String,
+    pub labels: Labels,
+    /// containerd's field mask: empty means "every mutable field"; otherwise
+    /// `labels` or `labels.<key>`.
+    pub paths: Vec<String>,
+}
+
+impl Snapshotter {
+    /// Opens the metadata under `root` and removes whatever storage a crash left
+    /// that the metadata does not know.
+    pub fn open(root: &Path, backend: Arc<dyn Backend>) -> Result<Snapshotter> {
+        let store = Store::open(
+            &root.join(METADATA_FILE),
+            &StoreOptions {
+                backend: backend.name().to_owned(),
+            },
+        )?;
+        let snapshotter = Snapshotter { store, backend };
+        let removed = snapshotter.cleanup()?;
+        let counts = snapshotter.counts()?;
+        info!(
+            removed,
+            committed = counts.committed,
+            active = counts.active,
+            view = counts.view,
+            "snapshotter recovered"
+        );
+        Ok(snapshotter)
+    }
+
+    pub fn metadata_path(&self) -> PathBuf {
+        self.store.path().to_owned()
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn prepare(&self, key: &str, parent: &str, labels: &Labels) -> Result<Vec<Mount>> {
+        self.create(Kind::Active, key, parent, labels)
+    }
+
+    pub fn view(&self, key: &str, parent: &str, labels: &Labels) -> Result<Vec<Mount>> {
+        self.create(Kind::View, key, parent, labels)
+    }
+
+    fn create(&self, kind: Kind, key: &str, parent: &str, labels: &Labels) -> Result<Vec<Mount>> {
+        validate::key("key", key)?;
+        validate::parent(parent)?;
+        validate::labels(labels)?;
+
+        // Checked before staging so the common refusals cost no storage work; checked
+        // again under the write lock because the world may change in between.
+        let chain = self.store.read(|tx| {
+            if tx.get(key)?.is_some() {
+                return Err(Error::AlreadyExists(key.to_owned()));
+            }
+            parent_chain(tx, parent)
+        })?;
+        if chain.len() > MAX_CHAIN_DEPTH {
+            return Err(Error::FailedPrecondition(format!(
+                "parent {parent:?} already stacks {} layers; the kernel mounts at most {MAX_CHAIN_DEPTH}",
+                chain.len()
+            )));
+        }
+
+        let staged = self.backend.stage(kind, &chain, labels)?;
+        let mut published = false;
+        let created = self.store.write(|tx| {
+            if tx.get(key)?.is_some() {
+                return Err(Error::AlreadyExists(key.to_owned()));
+            }
+            if parent_chain(tx, parent)? != chain {
+                return Err(Error::NotFound(parent.to_owned()));
+            }
+            let id = tx.insert(&NewSnapshot {
+                key,
+                parent: chain.first().copied(),
+                kind,
+                labels,
+                storage: None,
+                now: SystemTime::now(),
+            })?;
+            self.backend.publish(&staged, id)?;
+            published = true;
+            Ok(id)
+        });
+        let id = match created {
+            Ok(id) => id,
+            Err(err) => {
+                // Published storage under an id whose transaction failed is debris the
+                // next publish under that id, or Cleanup, replaces; deleting it here
+                // could race with a writer that already reuses the id.
+                if !published {
+                    self.backend.discard(staged);
+                }
+                return Err(err);
+            }
+        };
+        debug!(key, %id, %kind, depth = chain.len(), "created");
+        self.backend.mounts(SnapshotRef {
+            id,
+            kind,
+            parents: &chain,
+        })
+    }
+
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        validate::key("key", key)?;
+        let (record, chain) = self.store.read(|tx| {
+            let record = get(tx, key)?;
+            if record.kind == Kind::Committed {
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot {key:?} is committed; only active snapshots and views have mounts"
+                )));
+            }
+            let chain = tx.ancestors(record.id)?;
+            Ok((record, chain))
+        })?;
+        self.backend.mounts(SnapshotRef {
+            id: record.id,
+            kind: record.kind,
+            parents: &chain,
+        })
+    }
+
+    pub fn commit(&self, name: &str, key: &str, labels: &Labels) -> Result<()> {
+        validate::key("name", name)?;
+        validate::key("key", key)?;
+        validate::labels(labels)?;
+
+        let (record, chain) = self.store.read(|tx| {
+            let record = committable(tx, key)?;
+            if tx.get(name)?.is_some() {
+                return Err(Error::AlreadyExists(name.to_owned()));
+            }
+            let chain = tx.ancestors(record.id)?;
+            Ok((record, chain))
+        })?;
+        // Measuring the layer may take a while; it happens outside the write lock.
+        let usage = self.backend.seal(SnapshotRef {
+            id: record.id,
+            kind: record.kind,
+            parents: &chain,
+        })?;
+        self.store.write(|tx| {
+            let current = committable(tx, key)?;
+            if current.id != record.id {
+                return Err(Error::NotFound(key.to_owned()));
+            }
+            if tx.get(name)?.is_some() {
+                return Err(Error::AlreadyExists(name.to_owned()));
+            }
+            tx.commit(record.id, name, labels, usage, SystemTime::now())?;
+            Ok(())
+        })?;
+        debug!(name, key, id = %record.id, bytes = usage.bytes, inodes = usage.inodes, "committed");
+        Ok(())
+    }
+
+    pub fn remove(&self, key: &str) -> Result<()> {
+        validate::key("key", key)?;
+        let id = self.store.write(|tx| {
+            let record = get(tx, key)?;
+            if tx.has_children(record.id)? {
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot {key:?} has children; remove them first"
+                )));
+            }
+            tx.delete(record.id)?;
+            Ok(record.id)
+        })?;
+        // The metadata has forgotten the snapshot, durably: from here on its storage
+        // is garbage, and a failure to detach it is Cleanup's to finish.
+        if let Err(err) = self.backend.remove(id) {
+            warn!(key, %id, %err, "snapshot removed but its storage stays until Cleanup");
+        }
+        debug!(key, %id, "removed");
+        Ok(())
+    }
+
+    pub fn stat(&self, key: &str) -> Result<Info> {
+        validate::key("key", key)?;
+        self.store
+            .read(|tx| tx.info(key)?.ok_or_else(|| Error::NotFound(key.to_owned())))
+    }
+
+    pub fn update(&self, update: &InfoUpdate) -> Result<Info> {
+        let name = update.name.as_str();
+        validate::key("name", name)?;
+        validate::labels(&update.labels)?;
+        self.store.write(|tx| {
+            let record = get(tx, name)?;
+            if update.paths.is_empty() {
+                tx.replace_labels(record.id, &update.labels, SystemTime::now())?;
+            } else {
+                for path in &update.paths {
+                    if path == "labels" {
+                        tx.replace_labels(record.id, &update.labels, SystemTime::now())?;
+                    } else if let Some(label) = path.strip_prefix("labels.") {
+                        let value = update.labels.get(label).map_or("", String::as_str);
+                        tx.set_label(record.id, label, value)?;
+                    } else {
+                        return Err(Error::InvalidArgument(format!(
+                            "cannot update field {path:?} of snapshot {name:?}: only labels are mutable"
+                        )));
+                    }
+                }
+                tx.touch(record.id, SystemTime::now())?;
+            }
+            let info = tx.info(name)?.ok_or_else(|| Error::NotFound(name.to_owned()))?;
+            validate::labels(&info.labels)?;
+            Ok(info)
+        })
+    }
+
+    /// Committed layers answer from the usage cached at Commit, in constant time;
+    /// active ones are measured now, since they are still being written.
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        validate::key("key", key)?;
+        let record = self.store.read(|tx| get(tx, key))?;
+        match record.kind {
+            Kind::Committed => Ok(record.usage.unwrap_or_default()),
+            Kind::View => Ok(Usage::default()),
+            Kind::Active => self.backend.usage(SnapshotRef {
+                id: record.id,
+                kind: record.kind,
+                parents: &[],
+            }),
+        }
+    }
+
+    /// Every snapshot any of `filters` matches, handed to `visit` in id order.
+    pub fn list(&self, filters: &Filters, mut visit: impl FnMut(Info)) -> Result<()> {
+        self.store.read(|tx| {
+            tx.for_each_info(|info| {
+                if filters.matches(&info as &dyn Fields) {
+                    visit(info);
+                }
+            })
+            .map_err(Error::from)
+        })
+    }
+
+    /// Deletes all storage the metadata does not know. Holds the write lock so no
+    /// storage is published meanwhile.
+    pub fn cleanup(&self) -> Result<usize> {
+        self.store.write(|tx| {
+            let known: HashSet<SnapshotId> = tx.ids()?;
+            self.backend.cleanup(&|id| known.contains(&id))
+        })
+    }
+
+    pub fn counts(&self) -> Result<KindCounts> {
+        Ok(self.store.read(|tx| tx.counts())?)
+    }
+
+    /// Total cached usage of committed layers.
+    pub fn committed_usage(&self) -> Result<Usage> {
+        Ok(self.store.read(|tx| tx.committed_usage())?)
+    }
+
+    /// Flushes the metadata into its main file; for clean shutdown.
+    pub fn close(&self) -> Result<()> {
+        Ok(self.store.checkpoint()?)
+    }
+}
+
+fn get(tx: &Tx<'_>, key: &str) -> Result<Record> {
+    tx.get(key)?.ok_or_else(|| Error::NotFound(key.to_owned()))
+}
+
+fn committable(tx: &Tx<'_>, key: &str) -> Result<Record> {
+    let record = get(tx, key)?;
+    if record.kind != Kind::Active {
+        return Err(Error::FailedPrecondition(format!(
+            "snapshot {key:?} is {}; only active snapshots can be committed",
+            record.kind
+        )));
+    }
+    Ok(record)
+}
+
+/// The chain a new child of `parent` stacks on, nearest first; empty for no parent.
+fn parent_chain(tx: &Tx<'_>, parent: &str) -> Result<Vec<SnapshotId>> {
+    if parent.is_empty() {
+        return Ok(Vec::new());
+    }
+    let record = tx
+        .get(parent)?
+        .ok_or_else(|| Error::NotFound(parent.to_owned()))?;
+    if record.kind != Kind::Committed {
+        return Err(Error::InvalidArgument(format!(
+            "parent {parent:?} is {}, not committed",
+            record.kind
+        )));
+    }
+    let mut chain = vec![record.id];
+    chain.extend(tx.ancestors(record.id)?);
+    Ok(chain)
+}
