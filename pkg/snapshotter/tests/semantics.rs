@@ -1,0 +1,517 @@
+//! containerd's snapshot rules, checked against the real metadata store and the real
+//! overlay backend's directory handling (no mounts, so no root needed).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustlayer_core::{
+    Backend, Code, Filters, Kind, Labels, Mount, SnapshotId, SnapshotRef, Staged, Usage,
+};
+use rustlayer_overlay::{OverlayBackend, OverlayOptions};
+use rustlayer_snapshotter::{InfoUpdate, Snapshotter};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    faults: Arc<Faults>,
+    s: Snapshotter,
+}
+
+/// Wraps the real backend to fail chosen steps, as a full disk or a crash would.
+#[derive(Default)]
+struct Faults {
+    fail_publish: AtomicBool,
+    fail_seal: AtomicBool,
+}
+
+struct FaultyBackend {
+    inner: OverlayBackend,
+    faults: Arc<Faults>,
+}
+
+fn injected() -> rustlayer_core::Error {
+    rustlayer_core::Error::io("injected", std::io::Error::from_raw_os_error(28))
+}
+
+impl Backend for FaultyBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn stage(
+        &self,
+        kind: Kind,
+        parents: &[SnapshotId],
+        labels: &Labels,
+    ) -> rustlayer_core::Result<Staged> {
+        self.inner.stage(kind, parents, labels)
+    }
+    fn publish(&self, staged: &Staged, id: SnapshotId) -> rustlayer_core::Result<()> {
+        if self.faults.fail_publish.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.inner.publish(staged, id)
+    }
+    fn discard(&self, staged: Staged) {
+        self.inner.discard(staged)
+    }
+    fn mounts(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Vec<Mount>> {
+        self.inner.mounts(s)
+    }
+    fn seal(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
+        if self.faults.fail_seal.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.inner.seal(s)
+    }
+    fn usage(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
+        self.inner.usage(s)
+    }
+    fn remove(&self, id: SnapshotId) -> rustlayer_core::Result<()> {
+        self.inner.remove(id)
+    }
+    fn cleanup(&self, is_known: &dyn Fn(SnapshotId) -> bool) -> rustlayer_core::Result<usize> {
+        self.inner.cleanup(is_known)
+    }
+}
+
+fn open_at(root: &Path, faults: Arc<Faults>) -> Snapshotter {
+    let inner = OverlayBackend::open(&OverlayOptions {
+        root: root.to_owned(),
+    })
+    .unwrap();
+    Snapshotter::open(root, Arc::new(FaultyBackend { inner, faults })).unwrap()
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let faults = Arc::new(Faults::default());
+    let s = open_at(&root, Arc::clone(&faults));
+    Fixture {
+        _dir: dir,
+        root,
+        faults,
+        s,
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn none() -> Labels {
+    Labels::new()
+}
+
+fn code<T: std::fmt::Debug>(r: rustlayer_core::Result<T>) -> Code {
+    r.expect_err("expected an error").code()
+}
+
+/// Everything observable: every snapshot's info and every file under the root
+/// except the metadata file itself (whose bytes change with any read transaction).
+fn state(f: &Fixture) -> (Vec<String>, BTreeSet<PathBuf>) {
+    let mut infos = Vec::new();
+    f.s.list(&Filters::parse::<&str>(&[]).unwrap(), |i| {
+        infos.push(format!("{i:?}"))
+    })
+    .unwrap();
+    let mut files = BTreeSet::new();
+    let mut stack = vec![f.root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("metadata.db")
+            {
+                continue;
+            }
+            if path.is_dir() && !path.is_symlink() {
+                stack.push(path.clone());
+            }
+            files.insert(path);
+        }
+    }
+    (infos, files)
+}
+
+/// A committed chain `base` <- `mid`, and an active `top` on `mid`.
+fn chain(f: &Fixture) {
+    f.s.prepare("a-base", "", &none()).unwrap();
+    f.s.commit("base", "a-base", &labels(&[("layer", "0")]))
+        .unwrap();
+    f.s.prepare("a-mid", "base", &none()).unwrap();
+    f.s.commit("mid", "a-mid", &none()).unwrap();
+    f.s.prepare("top", "mid", &none()).unwrap();
+}
+
+#[test]
+fn lifecycle_prepare_commit_view_remove() {
+    let f = fixture();
+    let mounts =
+        f.s.prepare("default/1/extract sha256:abc", "", &none())
+            .unwrap();
+    assert_eq!(mounts[0].fs_type, "bind");
+    let info = f.s.stat("default/1/extract sha256:abc").unwrap();
+    assert_eq!(info.kind, Kind::Active);
+    assert_eq!(info.parent, None);
+
+    f.s.commit(
+        "layer-1",
+        "default/1/extract sha256:abc",
+        &labels(&[("x", "y")]),
+    )
+    .unwrap();
+    assert_eq!(
+        code(f.s.stat("default/1/extract sha256:abc")),
+        Code::NotFound
+    );
+    let info = f.s.stat("layer-1").unwrap();
+    assert_eq!(info.kind, Kind::Committed);
+    assert_eq!(info.labels, labels(&[("x", "y")]));
+
+    let view = f.s.view("v", "layer-1", &none()).unwrap();
+    assert_eq!(view[0].options, ["ro", "rbind"]);
+    assert_eq!(f.s.stat("v").unwrap().parent.as_deref(), Some("layer-1"));
+    assert_eq!(code(f.s.remove("layer-1")), Code::FailedPrecondition);
+    f.s.remove("v").unwrap();
+    f.s.remove("layer-1").unwrap();
+    assert_eq!(f.s.counts().unwrap().committed, 0);
+}
+
+#[test]
+fn mounts_stack_the_whole_chain_nearest_first() {
+    let f = fixture();
+    chain(&f);
+    let mounts = f.s.mounts("top").unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].fs_type, "overlay");
+    let lower = mounts[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap();
+    let links: Vec<PathBuf> = lower.split(':').map(PathBuf::from).collect();
+    assert_eq!(links.len(), 2);
+    // The nearest parent's link resolves to mid's layer, which lies on top of base's.
+    let mid_target = fs::canonicalize(&links[0]).unwrap();
+    let base_target = fs::canonicalize(&links[1]).unwrap();
+    assert!(mid_target.ends_with("fs") && base_target.ends_with("fs"));
+    assert_ne!(mid_target, base_target);
+    assert_eq!(
+        f.s.mounts("top").unwrap(),
+        mounts,
+        "Mounts repeats Prepare's answer"
+    );
+}
+
+#[test]
+fn codes_match_containerd() {
+    let f = fixture();
+    chain(&f);
+    assert_eq!(code(f.s.prepare("top", "", &none())), Code::AlreadyExists);
+    assert_eq!(
+        code(f.s.prepare("base", "", &none())),
+        Code::AlreadyExists,
+        "one namespace for keys and names"
+    );
+    assert_eq!(code(f.s.prepare("x", "missing", &none())), Code::NotFound);
+    assert_eq!(
+        code(f.s.prepare("x", "top", &none())),
+        Code::InvalidArgument,
+        "active parent"
+    );
+    f.s.view("v", "mid", &none()).unwrap();
+    assert_eq!(
+        code(f.s.prepare("x", "v", &none())),
+        Code::InvalidArgument,
+        "view parent"
+    );
+    assert_eq!(
+        code(f.s.commit("c", "v", &none())),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(f.s.commit("c", "base", &none())),
+        Code::FailedPrecondition
+    );
+    assert_eq!(code(f.s.commit("c", "missing", &none())), Code::NotFound);
+    assert_eq!(code(f.s.commit("mid", "top", &none())), Code::AlreadyExists);
+    assert_eq!(code(f.s.mounts("mid")), Code::FailedPrecondition);
+    assert_eq!(code(f.s.mounts("missing")), Code::NotFound);
+    assert_eq!(code(f.s.remove("base")), Code::FailedPrecondition);
+    assert_eq!(code(f.s.remove("missing")), Code::NotFound);
+    assert_eq!(code(f.s.usage("missing")), Code::NotFound);
+    assert_eq!(code(f.s.stat("")), Code::InvalidArgument);
+    assert_eq!(code(f.s.prepare("", "", &none())), Code::InvalidArgument);
+    assert_eq!(
+        code(f.s.prepare("a\0b", "", &none())),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(f.s.prepare("x", "a\0b", &none())),
+        Code::InvalidArgument
+    );
+    let huge = labels(&[("big", &"v".repeat(5000))]);
+    assert_eq!(code(f.s.prepare("x", "", &huge)), Code::InvalidArgument);
+    assert_eq!(code(f.s.commit("c", "top", &huge)), Code::InvalidArgument);
+}
+
+#[test]
+fn rejected_requests_change_nothing() {
+    let f = fixture();
+    chain(&f);
+    f.s.view("v", "mid", &none()).unwrap();
+    let before = state(&f);
+    let huge = labels(&[("big", &"v".repeat(5000))]);
+    let rejected: Vec<(&str, rustlayer_core::Result<()>)> = vec![
+        ("dup prepare", f.s.prepare("top", "base", &none()).map(drop)),
+        ("prepare on view", f.s.prepare("x", "v", &none()).map(drop)),
+        ("prepare huge labels", f.s.prepare("x", "", &huge).map(drop)),
+        ("commit view", f.s.commit("c", "v", &none())),
+        ("commit onto existing", f.s.commit("base", "top", &none())),
+        ("remove parent", f.s.remove("mid")),
+        (
+            "update bad path",
+            f.s.update(&InfoUpdate {
+                name: "mid".into(),
+                labels: labels(&[("a", "b")]),
+                paths: vec!["labels.a".into(), "parent".into()],
+            })
+            .map(drop),
+        ),
+    ];
+    for (what, result) in rejected {
+        assert!(result.is_err(), "{what} should be refused");
+        assert_eq!(state(&f), before, "{what} changed state");
+    }
+}
+
+#[test]
+fn failed_publish_and_seal_leave_no_trace() {
+    let f = fixture();
+    chain(&f);
+    let before = state(&f);
+    f.faults.fail_publish.store(true, Ordering::SeqCst);
+    assert_eq!(
+        code(f.s.prepare("new", "mid", &none())),
+        Code::ResourceExhausted
+    );
+    f.faults.fail_publish.store(false, Ordering::SeqCst);
+    assert_eq!(state(&f), before);
+
+    f.faults.fail_seal.store(true, Ordering::SeqCst);
+    assert_eq!(
+        code(f.s.commit("top-c", "top", &none())),
+        Code::ResourceExhausted
+    );
+    f.faults.fail_seal.store(false, Ordering::SeqCst);
+    assert_eq!(f.s.stat("top").unwrap().kind, Kind::Active);
+    f.s.commit("top-c", "top", &none()).unwrap();
+}
+
+#[test]
+fn update_follows_containerd_field_paths() {
+    let f = fixture();
+    f.s.prepare("k", "", &labels(&[("a", "1"), ("b", "2")]))
+        .unwrap();
+    let created = f.s.stat("k").unwrap();
+
+    let info =
+        f.s.update(&InfoUpdate {
+            name: "k".into(),
+            labels: labels(&[("b", "20"), ("c", "30"), ("ignored", "x")]),
+            paths: vec!["labels.b".into(), "labels.c".into()],
+        })
+        .unwrap();
+    assert_eq!(info.labels, labels(&[("a", "1"), ("b", "20"), ("c", "30")]));
+    assert!(info.updated >= created.updated);
+    assert_eq!(info.created, created.created);
+
+    let info =
+        f.s.update(&InfoUpdate {
+            name: "k".into(),
+            labels: Labels::new(),
+            paths: vec!["labels.a".into()],
+        })
+        .unwrap();
+    assert_eq!(
+        info.labels,
+        labels(&[("b", "20"), ("c", "30")]),
+        "absent value deletes"
+    );
+
+    let info =
+        f.s.update(&InfoUpdate {
+            name: "k".into(),
+            labels: labels(&[("only", "this")]),
+            paths: vec![],
+        })
+        .unwrap();
+    assert_eq!(
+        info.labels,
+        labels(&[("only", "this")]),
+        "no mask replaces all"
+    );
+    assert_eq!(
+        code(f.s.update(&InfoUpdate {
+            name: "missing".into(),
+            ..Default::default()
+        })),
+        Code::NotFound
+    );
+}
+
+#[test]
+fn committed_usage_is_cached_active_usage_is_live() {
+    let f = fixture();
+    f.s.prepare("a", "", &none()).unwrap();
+    let active = f.s.usage("a").unwrap();
+    assert_eq!(active.inodes, 1, "just the layer root");
+    let upper = upper_of(&f, "a");
+    fs::write(upper.join("file"), vec![7u8; 100_000]).unwrap();
+    let grown = f.s.usage("a").unwrap();
+    assert_eq!(grown.inodes, 2);
+    assert!(grown.bytes >= 100_000);
+
+    f.s.commit("c", "a", &none()).unwrap();
+    let committed = f.s.usage("c").unwrap();
+    assert_eq!(committed, grown);
+    // Nothing writes to a committed layer; if something did, Usage still answers
+    // from the cache instead of walking the layer.
+    fs::write(upper.join("other"), vec![7u8; 100_000]).unwrap();
+    assert_eq!(f.s.usage("c").unwrap(), committed);
+    assert_eq!(f.s.committed_usage().unwrap(), committed);
+    f.s.view("v", "c", &none()).unwrap();
+    assert_eq!(f.s.usage("v").unwrap(), Usage::default());
+}
+
+fn upper_of(f: &Fixture, key: &str) -> PathBuf {
+    let mounts = f.s.mounts(key).unwrap();
+    PathBuf::from(&mounts[0].source)
+}
+
+#[test]
+fn keys_never_become_paths() {
+    let f = fixture();
+    for key in ["../../../../tmp/escape", "/etc/passwd", "a/b/c", ".."] {
+        f.s.prepare(key, "", &none()).unwrap();
+        let upper = upper_of(&f, key);
+        assert!(upper.starts_with(f.root.join("snapshots")), "{upper:?}");
+        assert!(!upper.to_string_lossy().contains(".."));
+    }
+    assert!(!Path::new("/tmp/escape").exists());
+}
+
+#[test]
+fn state_survives_reopen_and_reopen_cleans_debris() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    {
+        let s = open_at(&root, Arc::default());
+        s.prepare("a", "", &none()).unwrap();
+        s.commit("c", "a", &labels(&[("k", "v")])).unwrap();
+        s.prepare("b", "c", &none()).unwrap();
+    }
+    // What a crash between publishing storage and committing metadata leaves.
+    fs::create_dir_all(root.join("snapshots/999/fs")).unwrap();
+    fs::create_dir_all(root.join("staging/new-dead/fs")).unwrap();
+    let s = open_at(&root, Arc::default());
+    assert_eq!(s.stat("c").unwrap().labels, labels(&[("k", "v")]));
+    assert_eq!(s.stat("b").unwrap().parent.as_deref(), Some("c"));
+    assert!(!root.join("snapshots/999").exists());
+    assert!(!root.join("staging/new-dead").exists());
+    assert_eq!(s.cleanup().unwrap(), 0, "nothing left to clean");
+}
+
+#[test]
+fn a_root_is_bound_to_its_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    drop(open_at(&root, Arc::default()));
+    struct Other(OverlayBackend);
+    impl Backend for Other {
+        fn name(&self) -> &'static str {
+            "devmapper"
+        }
+        fn stage(&self, k: Kind, p: &[SnapshotId], l: &Labels) -> rustlayer_core::Result<Staged> {
+            self.0.stage(k, p, l)
+        }
+        fn publish(&self, s: &Staged, id: SnapshotId) -> rustlayer_core::Result<()> {
+            self.0.publish(s, id)
+        }
+        fn discard(&self, s: Staged) {
+            self.0.discard(s)
+        }
+        fn mounts(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Vec<Mount>> {
+            self.0.mounts(s)
+        }
+        fn seal(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
+            self.0.seal(s)
+        }
+        fn usage(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
+            self.0.usage(s)
+        }
+        fn remove(&self, id: SnapshotId) -> rustlayer_core::Result<()> {
+            self.0.remove(id)
+        }
+        fn cleanup(&self, k: &dyn Fn(SnapshotId) -> bool) -> rustlayer_core::Result<usize> {
+            self.0.cleanup(k)
+        }
+    }
+    let inner = OverlayBackend::open(&OverlayOptions { root: root.clone() }).unwrap();
+    let err = Snapshotter::open(&root, Arc::new(Other(inner))).unwrap_err();
+    assert!(err.to_string().contains("backend"), "{err}");
+}
+
+#[test]
+fn corrupt_metadata_is_refused_not_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    {
+        let s = open_at(&root, Arc::default());
+        s.prepare("a", "", &none()).unwrap();
+        s.close().unwrap();
+    }
+    let db = root.join("metadata.db");
+    let mut bytes = fs::read(&db).unwrap();
+    bytes[..16].copy_from_slice(b"not a database!!");
+    fs::write(&db, &bytes).unwrap();
+    let inner = OverlayBackend::open(&OverlayOptions { root: root.clone() }).unwrap();
+    let err = Snapshotter::open(&root, Arc::new(inner)).unwrap_err();
+    assert!(err.to_string().contains("corrupt"), "{err}");
+    assert_eq!(
+        fs::read(&db).unwrap(),
+        bytes,
+        "the evidence is left as it was"
+    );
+
+    let truncated = &bytes[..bytes.len() / 2];
+    fs::write(&db, truncated).unwrap();
+    let inner = OverlayBackend::open(&OverlayOptions { root: root.clone() }).unwrap();
+    assert!(Snapshotter::open(&root, Arc::new(inner)).is_err());
+}
+
+#[test]
+fn chains_deeper_than_the_kernel_allows_are_refused() {
+    let f = fixture();
+    let mut parent = String::new();
+    for i in 0..=rustlayer_snapshotter::MAX_CHAIN_DEPTH {
+        let key = format!("a{i}");
+        f.s.prepare(&key, &parent, &none()).unwrap();
+        parent = format!("c{i}");
+        f.s.commit(&parent, &key, &none()).unwrap();
+    }
+    assert_eq!(
+        code(f.s.prepare("too-deep", &parent, &none())),
+        Code::FailedPrecondition
+    );
+}
