@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use rustlayer_core::Backend;
+use rustlayer_metrics::{Collector, DEFAULT_INTERVAL, Health, Metrics};
 use rustlayer_mount::LinuxMounter;
 use rustlayer_overlay::{OverlayBackend, OverlayOptions, preflight};
-use rustlayer_server::{NoopObserver, SocketOptions, bind_socket};
+use rustlayer_server::{NoopObserver, RequestObserver, SocketOptions, bind_socket};
 use rustlayer_snapshotter::Snapshotter;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::{BackendKind, Config};
@@ -25,31 +27,14 @@ pub fn run(config: Config) -> Result<()> {
     let snapshotter = Arc::new(
         Snapshotter::open(&config.root, backend).context("cannot open the snapshot metadata")?,
     );
-    if config.metrics_address.is_some() {
-        bail!("--metrics-address: the metrics endpoint is not part of this build yet");
-    }
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rustlayer")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let listener = bind_socket(
-            &config.address,
-            &SocketOptions {
-                group: config.socket_group,
-            },
-        )?;
-        rustlayer_server::serve(
-            Arc::clone(&snapshotter),
-            Arc::new(NoopObserver),
-            listener,
-            shutdown_signal()?,
-        )
-        .await?;
-        anyhow::Ok(())
-    })?;
+    runtime.block_on(serve(&config, Arc::clone(&snapshotter)))?;
+    // Background collection may be mid-walk; it holds no state worth waiting for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
 
     info!("stopped accepting; requests in flight finished");
     snapshotter
@@ -105,13 +90,62 @@ fn open_backend(config: &Config) -> Result<Arc<dyn Backend>> {
     }
 }
 
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send> {
+/// Serves gRPC (and metrics, when configured) until SIGTERM or SIGINT, then lets
+/// requests in flight finish.
+async fn serve(config: &Config, snapshotter: Arc<Snapshotter>) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(async move {
+    tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: shutting down"),
             _ = int.recv() => info!("SIGINT: shutting down"),
         }
-    })
+        let _ = stop_tx.send(true);
+    });
+
+    let health = Arc::new(Health::new(Arc::clone(&snapshotter)));
+    let mut observer: Arc<dyn RequestObserver> = Arc::new(NoopObserver);
+    let mut metrics_server = None;
+    if let Some(addr) = config.metrics_address {
+        let metrics = Arc::new(Metrics::new(
+            env!("CARGO_PKG_VERSION"),
+            snapshotter.backend().name(),
+        )?);
+        let collector = Arc::new(Collector::new(
+            Arc::clone(&metrics),
+            Arc::clone(&snapshotter),
+            config.root.clone(),
+        ));
+        tokio::spawn(collector.run(DEFAULT_INTERVAL));
+        let listener = rustlayer_metrics::bind(addr).await?;
+        metrics_server = Some(tokio::spawn(rustlayer_metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            stopped(),
+        )));
+        observer = metrics;
+    }
+
+    let listener = bind_socket(
+        &config.address,
+        &SocketOptions {
+            group: config.socket_group,
+        },
+    )?;
+    health.set_serving(true);
+    let served = rustlayer_server::serve(snapshotter, observer, listener, stopped()).await;
+    health.set_serving(false);
+    served?;
+    if let Some(server) = metrics_server {
+        server.await.context("metrics server task")??;
+    }
+    Ok(())
 }

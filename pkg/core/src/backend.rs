@@ -68,4 +68,21 @@ pub trait Backend: Send + Sync + 'static {
     /// Deletes every piece of storage whose id `is_known` rejects, plus staging
     /// debris. Returns how many pieces were removed.
     fn cleanup(&self, is_known: &dyn Fn(SnapshotId) -> bool) -> Result<usize>;
+
+    /// Space figures of a shared pool the backend allocates from (dm-thin), for
+    /// metrics and `rustlayer check`. Directory-based backends have none.
+    fn pool_stats(&self) -> Result<Option<PoolStats>> {
+        Ok(None)
+    }
+}
+
+/// Use of a thin pool, in bytes, so data and metadata compare on one scale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    pub pool: String,
+    pub data_used_bytes: u64,
+    pub data_size_bytes: u64,
+    pub metadata_used_bytes: u64,
+    pub metadata_size_bytes: u64,
+    pub thin_devices: u64,
 }

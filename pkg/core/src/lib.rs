@@ -12,7 +12,7 @@ pub mod filter;
 mod model;
 pub mod validate;
 
-pub use backend::{Backend, SnapshotRef, Staged};
+pub use backend::{Backend, PoolStats, SnapshotRef, Staged};
 pub use error::{Code, Error, IoContext, Result};
 pub use filter::Filters;
 pub use model::{Info, Kind, Labels, Mount, SnapshotId, Usage};

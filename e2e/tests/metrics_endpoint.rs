@@ -1,0 +1,109 @@
+//! The metrics endpoint of a running daemon: figures move with real requests,
+//! probes answer, and nothing listens unless asked.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+use rustlayer_e2e::{Daemon, privileged};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_follow_requests() {
+    if !privileged("metrics_follow_requests") {
+        return;
+    }
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let mut daemon = Daemon::start_with(&["--metrics-address", &address]);
+    assert_eq!(get(port, "/healthz").0, 200);
+    assert_eq!(get(port, "/readyz").0, 200);
+
+    let c = daemon.client().await;
+    c.prepare("a", "").await.unwrap();
+    c.commit("c", "a").await.unwrap();
+    assert!(c.prepare("a2", "missing").await.is_err());
+
+    let (status, text) = get(port, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        value(
+            &text,
+            "rustlayer_grpc_requests_total{code=\"OK\",method=\"Prepare\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "rustlayer_grpc_requests_total{code=\"NotFound\",method=\"Prepare\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "rustlayer_grpc_request_duration_seconds_count{method=\"Commit\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(value(&text, "rustlayer_root_filesystem_size_bytes").unwrap() > 0.0);
+    assert!(
+        value(
+            &text,
+            "rustlayer_build_info{backend=\"overlay\",version=\"0.1.0\"}"
+        )
+        .is_some()
+    );
+    drop(c);
+    daemon.stop();
+}
+
+#[test]
+fn a_taken_metrics_port_fails_the_start() {
+    if !privileged("a_taken_metrics_port_fails_the_start") {
+        return;
+    }
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(rustlayer_e2e::binary())
+        .args(["serve", "--metrics-address", &addr, "--root"])
+        .arg(dir.path().join("root"))
+        .arg("--address")
+        .arg(dir.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metrics listener"));
+}
