@@ -11,12 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use rustlayer_api::snapshots as pb;
 use rustlayer_api::snapshots::snapshots_client::SnapshotsClient;
-use tokio::net::UnixStream;
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 pub use rustlayer_api::snapshots::Kind as PbKind;
 
@@ -195,20 +193,10 @@ pub type Labels = HashMap<String, String>;
 
 impl Client {
     pub async fn connect(socket: &Path) -> Client {
-        let socket = socket.to_owned();
-        let channel =
-            Endpoint::try_from("http://rustlayer.invalid")
-                .expect("static uri")
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let socket = socket.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?))
-                    }
-                }))
-                .await
-                .expect("connect to daemon");
         Client {
-            raw: SnapshotsClient::new(channel),
+            raw: rustlayer_server::connect(socket)
+                .await
+                .expect("connect to daemon"),
         }
     }
 

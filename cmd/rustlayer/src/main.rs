@@ -1,7 +1,10 @@
 //! `rustlayer`: the snapshotter daemon and its operator commands.
 
+mod check;
 mod config;
+mod inspect;
 mod logging;
+mod output;
 mod serve;
 
 use std::net::SocketAddr;
@@ -11,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{BackendKind, Config, DEFAULT_TOML, LogFormat};
+use crate::output::Output;
 
 #[derive(Debug, Parser)]
 #[command(name = "rustlayer", version, about = "A containerd snapshotter")]
@@ -23,9 +27,62 @@ struct Cli {
 enum Command {
     /// Serve containerd's snapshots API on a unix socket.
     Serve(ServeArgs),
+    /// List the snapshots of a running daemon.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// containerd filter, e.g. kind==committed or labels."a.b"==c (repeat to OR)
+        #[arg(long = "filter")]
+        filters: Vec<String>,
+    },
+    /// Show the layer tree of a running daemon: each layer under its parent.
+    Tree {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show disk and inode use per snapshot (all, or the keys given).
+    Usage {
+        #[command(flatten)]
+        client: ClientArgs,
+        keys: Vec<String>,
+    },
+    /// Check that this node can run rustlayer and that the daemon is healthy.
+    Check {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Root to check [default: from the configuration]
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Backend to check [default: from the configuration]
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
+    },
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// The daemon's socket [default: from the configuration]
+    #[arg(long)]
+    address: Option<PathBuf>,
+    /// Configuration file to take the socket from [default: /etc/rustlayer/config.toml if present]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output format
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+impl ClientArgs {
+    fn resolve(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(address) = &self.address {
+            config.address = address.clone();
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +136,18 @@ impl ServeArgs {
     }
 }
 
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// A failed check is an answer, not an error: exit 2 without an error message.
+fn return_code(code: u8) -> anyhow::Result<()> {
+    std::process::exit(i32::from(code))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -89,6 +158,32 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.resolve().and_then(|config| {
             logging::init(config.log_format);
             serve::run(config)
+        }),
+        Command::Ls { client, filters } => client
+            .resolve()
+            .and_then(|config| block_on(inspect::ls(&config.address, &filters, client.output))),
+        Command::Tree { client } => client
+            .resolve()
+            .and_then(|config| block_on(inspect::tree(&config.address, client.output))),
+        Command::Usage { client, keys } => client.resolve().and_then(|config| {
+            block_on(inspect::usage_report(&config.address, &keys, client.output))
+        }),
+        Command::Check {
+            client,
+            root,
+            backend,
+        } => client.resolve().and_then(|mut config| {
+            if let Some(root) = root {
+                config.root = root;
+            }
+            if let Some(backend) = backend {
+                config.backend = backend;
+            }
+            match block_on(check::check(&config, client.output)) {
+                Ok(true) => Ok(()),
+                Ok(false) => return_code(2),
+                Err(err) => Err(err),
+            }
         }),
     };
     match result {

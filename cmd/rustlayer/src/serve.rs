@@ -49,24 +49,32 @@ pub fn run(config: Config) -> Result<()> {
 
 /// The root holds every layer on the node: it must be ours alone. A symlink could be
 /// repointed and a world-writable directory lets anyone plant storage in it.
-fn prepare_root(root: &Path) -> Result<()> {
+pub fn root_problem(root: &Path) -> Option<String> {
     match fs::symlink_metadata(root) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            bail!("root {} is a symlink; give the real path", root.display())
-        }
-        Ok(meta) if !meta.is_dir() => bail!("root {} is not a directory", root.display()),
-        Ok(meta) if meta.permissions().mode() & 0o002 != 0 => bail!(
+        Ok(meta) if meta.file_type().is_symlink() => Some(format!(
+            "root {} is a symlink; give the real path",
+            root.display()
+        )),
+        Ok(meta) if !meta.is_dir() => Some(format!("root {} is not a directory", root.display())),
+        Ok(meta) if meta.permissions().mode() & 0o002 != 0 => Some(format!(
             "root {} is world-writable; make it 0700 and owned by root",
             root.display()
-        ),
-        Ok(_) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .with_context(|| format!("cannot create root {}", root.display())),
-        Err(err) => Err(err).with_context(|| format!("cannot inspect root {}", root.display())),
+        )),
+        Ok(_) => None,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => Some(format!("cannot inspect root {}: {err}", root.display())),
     }
+}
+
+fn prepare_root(root: &Path) -> Result<()> {
+    if let Some(problem) = root_problem(root) {
+        bail!(problem);
+    }
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .with_context(|| format!("cannot create root {}", root.display()))
 }
 
 fn open_backend(config: &Config) -> Result<Arc<dyn Backend>> {

@@ -1,11 +1,13 @@
 //! The only crate that knows gRPC: containerd's `Snapshots` service mapped onto
 //! [`Snapshotter`], served on a unix socket.
 
+mod client;
 mod convert;
 mod error;
 mod service;
 mod socket;
 
+pub use client::connect;
 pub use error::{Error, Result};
 pub use service::{NoopObserver, RequestObserver, SnapshotService, status_from};
 pub use socket::{SocketOptions, bind_socket};

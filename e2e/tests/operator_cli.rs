@@ -1,0 +1,135 @@
+//! `rustlayer ls | tree | usage | check` against a running daemon.
+
+use std::fs;
+use std::process::{Command, Output};
+
+use rustlayer_e2e::{Daemon, Mounted, binary, privileged};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run rustlayer")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inspect_a_running_daemon() {
+    if !privileged("inspect_a_running_daemon") {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let sock = daemon.socket.to_str().unwrap().to_owned();
+    {
+        let c = daemon.client().await;
+        let m = c.prepare("base-a", "").await.unwrap();
+        {
+            let m = Mounted::new(&m);
+            fs::write(m.path().join("blob"), vec![1u8; 300 * 1024]).unwrap();
+        }
+        c.commit("base", "base-a").await.unwrap();
+        c.prepare("mid-a", "base").await.unwrap();
+        c.commit("mid", "mid-a").await.unwrap();
+        c.prepare("ctr", "mid").await.unwrap();
+        c.view("peek", "base").await.unwrap();
+    }
+
+    let table = stdout(&run(&["ls", "--address", &sock]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{table}");
+    assert_eq!(lines.len(), 5, "{table}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ctr ") && l.contains("active") && l.contains("mid"))
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&stdout(&run(&[
+        "ls",
+        "--address",
+        &sock,
+        "-o",
+        "json",
+        "--filter",
+        "kind==committed",
+    ])))
+    .unwrap();
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", "mid"]);
+
+    let tree = stdout(&run(&["tree", "--address", &sock]));
+    let expected_shape = [
+        "base (committed, 3",
+        "├── mid (committed,",
+        "│   └── ctr (active)",
+        "└── peek (view)",
+    ];
+    for (line, prefix) in tree.lines().zip(expected_shape) {
+        assert!(
+            line.starts_with(prefix),
+            "{line:?} should start with {prefix:?} in:\n{tree}"
+        );
+    }
+
+    let usage = stdout(&run(&["usage", "--address", &sock, "-o", "json", "base"]));
+    let usage: serde_json::Value = serde_json::from_str(&usage).unwrap();
+    assert!(usage[0]["bytes"].as_i64().unwrap() >= 300 * 1024);
+    assert_eq!(usage[0]["inodes"].as_i64().unwrap(), 2);
+    let total = stdout(&run(&["usage", "--address", &sock]));
+    assert!(
+        total
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("TOTAL (4 snapshots)"),
+        "{total}"
+    );
+
+    let root = daemon.root.to_str().unwrap().to_owned();
+    let report = stdout(&run(&["check", "--address", &sock, "--root", &root]));
+    for check in [
+        "kernel",
+        "root",
+        "d_type",
+        "overlay mount",
+        "root filesystem",
+        "daemon",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with(check) && l.contains(" ok ")),
+            "{check} not ok in:\n{report}"
+        );
+    }
+    assert!(report.contains("with 4 snapshots"), "{report}");
+
+    daemon.stop();
+    let down = run(&["check", "--address", &sock, "--root", &root, "-o", "json"]);
+    assert_eq!(down.status.code(), Some(2));
+    let results: serde_json::Value = serde_json::from_slice(&down.stdout).unwrap();
+    let daemon_row = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["check"] == "daemon")
+        .unwrap();
+    assert_eq!(daemon_row["ok"], false);
+    let ls = run(&["ls", "--address", &sock]);
+    assert!(!ls.status.success());
+    assert!(String::from_utf8_lossy(&ls.stderr).contains("is the daemon running"));
+}
