@@ -84,7 +84,7 @@ impl<'c> Tx<'c> {
              SELECT id FROM chain WHERE depth > 0 ORDER BY depth",
         )?;
         let rows = stmt.query_map([sql_id(id)], |r| r.get::<_, i64>(0))?;
-        rows.map(|r| Ok(id_from_sql(r?)?)).collect()
+        rows.map(|r| id_from_sql(r?)).collect()
     }
 
     pub fn labels(&self, id: SnapshotId) -> Result<Labels> {
@@ -161,7 +161,7 @@ impl<'c> Tx<'c> {
     pub fn ids(&self) -> Result<HashSet<SnapshotId>> {
         let mut stmt = self.txn.prepare_cached("SELECT id FROM snapshots")?;
         let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-        rows.map(|r| Ok(id_from_sql(r?)?)).collect()
+        rows.map(|r| id_from_sql(r?)).collect()
     }
 
     pub fn has_children(&self, id: SnapshotId) -> Result<bool> {

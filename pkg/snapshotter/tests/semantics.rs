@@ -30,6 +30,8 @@ struct Faults {
 struct FaultyBackend {
     inner: OverlayBackend,
     faults: Arc<Faults>,
+    /// Pretend to be another backend, to test that a root stays with its backend.
+    name: Option<&'static str>,
 }
 
 fn injected() -> rustlayer_core::Error {
@@ -38,7 +40,7 @@ fn injected() -> rustlayer_core::Error {
 
 impl Backend for FaultyBackend {
     fn name(&self) -> &'static str {
-        self.inner.name()
+        self.name.unwrap_or_else(|| self.inner.name())
     }
     fn stage(
         &self,
@@ -77,12 +79,20 @@ impl Backend for FaultyBackend {
     }
 }
 
-fn open_at(root: &Path, faults: Arc<Faults>) -> Snapshotter {
+fn backend_at(root: &Path, faults: Arc<Faults>, name: Option<&'static str>) -> Arc<FaultyBackend> {
     let inner = OverlayBackend::open(&OverlayOptions {
         root: root.to_owned(),
     })
     .unwrap();
-    Snapshotter::open(root, Arc::new(FaultyBackend { inner, faults })).unwrap()
+    Arc::new(FaultyBackend {
+        inner,
+        faults,
+        name,
+    })
+}
+
+fn open_at(root: &Path, faults: Arc<Faults>) -> Snapshotter {
+    Snapshotter::open(root, backend_at(root, faults, None)).unwrap()
 }
 
 fn fixture() -> Fixture {
@@ -437,38 +447,8 @@ fn a_root_is_bound_to_its_backend() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     drop(open_at(&root, Arc::default()));
-    struct Other(OverlayBackend);
-    impl Backend for Other {
-        fn name(&self) -> &'static str {
-            "devmapper"
-        }
-        fn stage(&self, k: Kind, p: &[SnapshotId], l: &Labels) -> rustlayer_core::Result<Staged> {
-            self.0.stage(k, p, l)
-        }
-        fn publish(&self, s: &Staged, id: SnapshotId) -> rustlayer_core::Result<()> {
-            self.0.publish(s, id)
-        }
-        fn discard(&self, s: Staged) {
-            self.0.discard(s)
-        }
-        fn mounts(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Vec<Mount>> {
-            self.0.mounts(s)
-        }
-        fn seal(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
-            self.0.seal(s)
-        }
-        fn usage(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
-            self.0.usage(s)
-        }
-        fn remove(&self, id: SnapshotId) -> rustlayer_core::Result<()> {
-            self.0.remove(id)
-        }
-        fn cleanup(&self, k: &dyn Fn(SnapshotId) -> bool) -> rustlayer_core::Result<usize> {
-            self.0.cleanup(k)
-        }
-    }
-    let inner = OverlayBackend::open(&OverlayOptions { root: root.clone() }).unwrap();
-    let err = Snapshotter::open(&root, Arc::new(Other(inner))).unwrap_err();
+    let other = backend_at(&root, Arc::default(), Some("devmapper"));
+    let err = Snapshotter::open(&root, other).unwrap_err();
     assert!(err.to_string().contains("backend"), "{err}");
 }
 
