@@ -22,6 +22,8 @@ pub fn run(config: Config) -> Result<()> {
         ?config,
         "starting rustlayer"
     );
+    // Modes of everything we create must not depend on whoever started us.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     prepare_root(&config.root)?;
     let backend = open_backend(&config)?;
     let snapshotter = Arc::new(
