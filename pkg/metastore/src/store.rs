@@ -1,4 +1,6 @@
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -12,6 +14,10 @@ use crate::tx::Tx;
 /// How many idle read connections to keep; more are opened under load and dropped.
 const IDLE_READERS: usize = 8;
 
+/// Space set aside next to the metadata so that, on a full disk, the transactions
+/// that free space (Remove) can still append to the write-ahead log.
+const RESERVE_BYTES: u64 = 4 << 20;
+
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// The backend that owns this root; a root is never shared between backends.
@@ -22,6 +28,8 @@ pub struct Store {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    reserve: PathBuf,
+    reserve_missing: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -49,11 +57,42 @@ impl Store {
         migrate(&writer, path)?;
         bind_backend(&writer, path, &options.backend)?;
         info!(path = %path.display(), existed, "metadata store open");
-        Ok(Store {
+        let store = Store {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
-        })
+            reserve: reserve_path(path),
+            reserve_missing: AtomicBool::new(true),
+        };
+        store.restore_reserve();
+        Ok(store)
+    }
+
+    /// Gives the space reserve back to the filesystem, for a retry of a transaction
+    /// that frees space. False if there was no reserve to give.
+    pub fn release_reserve(&self) -> bool {
+        match std::fs::remove_file(&self.reserve) {
+            Ok(()) => {
+                self.reserve_missing.store(true, Ordering::SeqCst);
+                tracing::warn!(path = %self.reserve.display(), "disk full: released the metadata space reserve");
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Sets the space reserve aside again once there is room; cheap when it exists.
+    pub fn restore_reserve(&self) {
+        if !self.reserve_missing.load(Ordering::SeqCst) {
+            return;
+        }
+        match allocate(&self.reserve, RESERVE_BYTES) {
+            Ok(()) => self.reserve_missing.store(false, Ordering::SeqCst),
+            Err(err) => {
+                let _ = std::fs::remove_file(&self.reserve);
+                debug!(%err, "metadata space reserve not set aside yet");
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -120,6 +159,23 @@ impl Store {
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
+}
+
+fn reserve_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".reserve");
+    db.with_file_name(name)
+}
+
+/// Real blocks, not a sparse file: a sparse reserve frees nothing when deleted.
+fn allocate(path: &Path, len: u64) -> std::io::Result<()> {
+    let file: File = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
+    rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len)?;
+    file.sync_all()
 }
 
 /// A panic while holding the lock leaves no half-done transaction behind (rusqlite

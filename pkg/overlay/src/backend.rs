@@ -182,14 +182,21 @@ impl OverlayBackend {
         }
     }
 
+    /// Creates or replaces the layer's short link in one rename, so concurrent
+    /// Commits of one snapshot never see a missing or half-made link.
     fn link_layer(&self, id: SnapshotId) -> Result<()> {
         let link = self.layout.link(id);
-        match fs::remove_file(&link) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(io_err("replace link", &link)(err)),
+        let name = self.unique_name("link-");
+        let temp = self.layout.staging().join(&name);
+        self.live().insert(name.clone());
+        let made = symlink(Layout::link_target(id), &temp)
+            .map_err(io_err("link", &temp))
+            .and_then(|()| fs::rename(&temp, &link).map_err(io_err("link", &link)));
+        if made.is_err() {
+            let _ = fs::remove_file(&temp);
         }
-        symlink(Layout::link_target(id), &link).map_err(io_err("link", &link))?;
+        self.live().remove(&name);
+        made?;
         sync_dir(&self.layout.links())
     }
 

@@ -13,8 +13,8 @@ use std::time::SystemTime;
 
 use rustlayer_core::filter::Fields;
 use rustlayer_core::{
-    Backend, Error, Filters, Info, Kind, Labels, Mount, Result, SnapshotId, SnapshotRef, Usage,
-    validate,
+    Backend, Code, Error, Filters, Info, Kind, Labels, Mount, Result, SnapshotId, SnapshotRef,
+    Usage, validate,
 };
 use rustlayer_metastore::{KindCounts, NewSnapshot, Record, Store, StoreOptions, Tx};
 use tracing::{debug, info, warn};
@@ -111,7 +111,10 @@ impl Snapshotter {
             )));
         }
 
-        let staged = self.backend.stage(kind, &chain, labels)?;
+        let staged = self
+            .backend
+            .stage(kind, &chain, labels)
+            .map_err(|err| self.unless_vanished(err, parent))?;
         let mut published = false;
         let created = self.store.write(|tx| {
             if tx.get(key)?.is_some() {
@@ -145,6 +148,7 @@ impl Snapshotter {
             }
         };
         debug!(key, %id, %kind, depth = chain.len(), "created");
+        self.store.restore_reserve();
         self.backend.mounts(SnapshotRef {
             id,
             kind,
@@ -185,11 +189,14 @@ impl Snapshotter {
             Ok((record, chain))
         })?;
         // Measuring the layer may take a while; it happens outside the write lock.
-        let usage = self.backend.seal(SnapshotRef {
-            id: record.id,
-            kind: record.kind,
-            parents: &chain,
-        })?;
+        let usage = self
+            .backend
+            .seal(SnapshotRef {
+                id: record.id,
+                kind: record.kind,
+                parents: &chain,
+            })
+            .map_err(|err| self.unless_vanished(err, key))?;
         self.store.write(|tx| {
             let current = committable(tx, key)?;
             if current.id != record.id {
@@ -207,7 +214,25 @@ impl Snapshotter {
 
     pub fn remove(&self, key: &str) -> Result<()> {
         validate::key("key", key)?;
-        let id = self.store.write(|tx| {
+        // Remove is how space comes back, so a full disk must not stop it: the store
+        // keeps a reserve to give up for exactly this retry.
+        let id = match self.forget(key) {
+            Err(err) if err.code() == Code::ResourceExhausted && self.store.release_reserve() => {
+                self.forget(key)?
+            }
+            other => other?,
+        };
+        // The metadata has forgotten the snapshot, durably: from here on its storage
+        // is garbage, and a failure to detach it is Cleanup's to finish.
+        if let Err(err) = self.backend.remove(id) {
+            warn!(key, %id, %err, "snapshot removed but its storage stays until Cleanup");
+        }
+        debug!(key, %id, "removed");
+        Ok(())
+    }
+
+    fn forget(&self, key: &str) -> Result<SnapshotId> {
+        self.store.write(|tx| {
             let record = get(tx, key)?;
             if tx.has_children(record.id)? {
                 return Err(Error::FailedPrecondition(format!(
@@ -216,14 +241,7 @@ impl Snapshotter {
             }
             tx.delete(record.id)?;
             Ok(record.id)
-        })?;
-        // The metadata has forgotten the snapshot, durably: from here on its storage
-        // is garbage, and a failure to detach it is Cleanup's to finish.
-        if let Err(err) = self.backend.remove(id) {
-            warn!(key, %id, %err, "snapshot removed but its storage stays until Cleanup");
-        }
-        debug!(key, %id, "removed");
-        Ok(())
+        })
     }
 
     pub fn stat(&self, key: &str) -> Result<Info> {
@@ -269,11 +287,27 @@ impl Snapshotter {
         match record.kind {
             Kind::Committed => Ok(record.usage.unwrap_or_default()),
             Kind::View => Ok(Usage::default()),
-            Kind::Active => self.backend.usage(SnapshotRef {
-                id: record.id,
-                kind: record.kind,
-                parents: &[],
-            }),
+            Kind::Active => self
+                .backend
+                .usage(SnapshotRef {
+                    id: record.id,
+                    kind: record.kind,
+                    parents: &[],
+                })
+                .map_err(|err| self.unless_vanished(err, key)),
+        }
+    }
+
+    /// Storage work happens outside the write lock, so a concurrent Remove can take a
+    /// snapshot away underneath it. The caller then deserves containerd's NotFound,
+    /// not the I/O error the vanished storage caused.
+    fn unless_vanished(&self, err: Error, key: &str) -> Error {
+        if key.is_empty() {
+            return err;
+        }
+        match self.store.read(|tx| tx.get(key)) {
+            Ok(None) => Error::NotFound(key.to_owned()),
+            _ => err,
         }
     }
 
