@@ -211,3 +211,20 @@ async fn garbage_on_the_socket_does_not_hurt_the_daemon() {
     drop(c);
     daemon.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_socket_group_is_configurable() {
+    if !privileged("the_socket_group_is_configurable") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    // Any gid works for the check; 4242 needs no group entry to exist.
+    std::fs::write(&config, "socket_group = 4242\n").unwrap();
+    let mut daemon = Daemon::start_with(&["--config", config.to_str().unwrap()]);
+    let meta = std::fs::symlink_metadata(&daemon.socket).unwrap();
+    assert_eq!(meta.gid(), 4242);
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    daemon.stop();
+}
