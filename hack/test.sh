@@ -26,6 +26,11 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo deny (licenses, bans, sources)"
+command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny@0.20.2
+cargo fetch --locked --quiet
+cargo deny --offline check licenses bans sources
+
 step "cargo build"
 cargo build --workspace --all-targets --locked
 export RUSTLAYER_BIN="$repo/target/debug/rustlayer"
