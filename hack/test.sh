@@ -49,4 +49,7 @@ hack/conformance.sh
 step "real containerd: import and run an image on rustlayer"
 hack/e2e-containerd.sh
 
+step "VM runner self-test: dm-thin pool, thin devices and snapshots in a VM"
+hack/vm/selftest.sh
+
 step "all tests passed in $(($(date +%s) - start))s"
