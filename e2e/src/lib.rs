@@ -5,6 +5,8 @@
 //! they skip with a line saying so, unless `RUSTLAYER_REQUIRE_PRIVILEGED=1` (set by
 //! the test script, and so in CI), which turns a skip into a failure.
 
+pub mod support;
+
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};

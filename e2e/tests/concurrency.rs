@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustlayer_api::snapshots as pb;
+use rustlayer_e2e::support::{Rng, code_of, count_entries, env_or, sorted_infos, trash_drains};
 use rustlayer_e2e::{Client, Daemon, Labels, Mounted, privileged};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
@@ -19,13 +20,6 @@ use tonic::Code;
 const CLIENTS: usize = 64;
 /// No single request may take this long; longer means a deadlock.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(20);
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: i32) -> u64 {
@@ -44,10 +38,6 @@ fn threads(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("Threads")
-}
-
-fn code_of<T>(r: &Result<T, tonic::Status>) -> Code {
-    r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok)
 }
 
 type Tally = BTreeMap<String, usize>;
@@ -104,38 +94,10 @@ fn one_winner(what: &str, results: &[Result<(), tonic::Status>], losers: &[Code]
     winners[0]
 }
 
-async fn infos(c: &Client) -> Vec<pb::Info> {
-    let mut all = c.list(&[]).await.expect("list");
-    all.sort_by(|a, b| a.name.cmp(&b.name));
-    all
-}
-
-fn count(dir: &Path) -> usize {
-    fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .count()
-}
-
-async fn trash_drains(root: &Path) {
-    let trash = root.join("trash");
-    let started = Instant::now();
-    loop {
-        let left = count(&trash);
-        if left == 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "trash/ still holds {left} entries after 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// No missing or uncommitted parent; with no request in flight, no staging debris and
 /// one storage directory per snapshot (before Cleanup: nothing may need it).
 async fn consistent(c: &Client, root: &Path, when: &str) -> Vec<pb::Info> {
-    let all = infos(c).await;
+    let all = sorted_infos(c).await;
     for info in &all {
         if !info.parent.is_empty() {
             let parent = all
@@ -150,9 +112,13 @@ async fn consistent(c: &Client, root: &Path, when: &str) -> Vec<pb::Info> {
             );
         }
     }
-    assert_eq!(count(&root.join("staging")), 0, "{when}: staging/ debris");
     assert_eq!(
-        count(&root.join("snapshots")),
+        count_entries(&root.join("staging")),
+        0,
+        "{when}: staging/ debris"
+    );
+    assert_eq!(
+        count_entries(&root.join("snapshots")),
         all.len(),
         "{when}: snapshots/ must hold one directory per snapshot"
     );
@@ -314,7 +280,7 @@ async fn racing_clients_get_exactly_one_winner() {
         c.remove(&format!("r{r}/layer")).await.unwrap();
     }
     consistent(&c, &root, "after teardown").await;
-    assert!(infos(&c).await.is_empty());
+    assert!(sorted_infos(&c).await.is_empty());
     c.cleanup().await.unwrap();
     trash_drains(&root).await;
 
@@ -497,7 +463,7 @@ async fn requests_racing_a_remove_see_it_there_or_gone() {
         for info in all.iter().filter(|i| !i.parent.is_empty()) {
             c.remove(&info.name).await.unwrap();
         }
-        for info in infos(&c).await {
+        for info in sorted_infos(&c).await {
             c.remove(&info.name).await.unwrap();
         }
         consistent(&c, &root, &format!("after clearing round {r}")).await;
@@ -518,22 +484,6 @@ async fn requests_racing_a_remove_see_it_there_or_gone() {
 }
 
 // ---------------------------------------------------------------------------------
-
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 const ACTIVES: usize = 8;
 const LAYERS: usize = 6;
@@ -612,7 +562,7 @@ async fn mixed_op(c: &Client, rng: &mut Rng) -> (&'static str, Code, String, Vec
             ),
             9 => {
                 let mut raw = c.raw.clone();
-                let labels: Labels = [("n".to_string(), rng.next().to_string())].into();
+                let labels: Labels = [("n".to_string(), rng.next_u64().to_string())].into();
                 let r = raw
                     .update(pb::UpdateSnapshotRequest {
                         snapshotter: String::new(),
@@ -719,11 +669,11 @@ async fn mixed_workload_has_no_deadlock_no_stray_codes_no_debris() {
         .filter(|i| i.kind == pb::Kind::Committed as i32)
         .count();
     assert!(
-        count(&root.join("l")) >= committed,
+        count_entries(&root.join("l")) >= committed,
         "a committed layer lost its link"
     );
     assert!(
-        count(&root.join("l")) <= names.len(),
+        count_entries(&root.join("l")) <= names.len(),
         "links to unknown ids after Cleanup"
     );
     trash_drains(&root).await;

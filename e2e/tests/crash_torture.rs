@@ -18,36 +18,13 @@ use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 use rustlayer_api::snapshots as pb;
+use rustlayer_e2e::support::{Rng, env_or, storage_matches_metadata};
 use rustlayer_e2e::{Client, Daemon, Mounted, privileged};
 use tonic::Code;
 
 const WORKERS: usize = 4;
 /// Each worker's chain of committed layers grows up to this depth, then shrinks.
 const MAX_CHAIN: usize = 6;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// xorshift64*: deterministic, dependency-free.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 // ---------------------------------------------------------------------------------
 // The model: what the daemon has acknowledged.
@@ -331,12 +308,6 @@ async fn worker(round: Arc<Round>, w: usize) -> Option<()> {
 // ---------------------------------------------------------------------------------
 // After a restart.
 
-fn count(dir: &Path) -> usize {
-    fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .count()
-}
-
 async fn stat(c: &Client, key: &str) -> Option<pb::Info> {
     match c.stat(key).await {
         Ok(info) => Some(info),
@@ -525,39 +496,7 @@ async fn check(c: &Client, root: &Path, model: &Mutex<Model>, when: &str) -> u64
         mount_check_write(mounts, files, None).await;
     }
 
-    // Storage agrees with the metadata once Cleanup has run.
-    c.cleanup().await.expect("cleanup");
-    let committed = present
-        .values()
-        .filter(|s| s.kind == Kind::Committed)
-        .count();
-    let dirs: Vec<String> = fs::read_dir(root.join("snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(
-        dirs.len(),
-        present.len(),
-        "{when}: snapshots/ holds {dirs:?} for {} snapshots",
-        present.len()
-    );
-    assert!(dirs.iter().all(|d| d.bytes().all(|b| b.is_ascii_digit())));
-    assert_eq!(count(&root.join("staging")), 0, "{when}: staging/ debris");
-    let links = count(&root.join("l"));
-    assert!(
-        links >= committed && links <= present.len(),
-        "{when}: {links} links for {committed} committed of {} snapshots",
-        present.len()
-    );
-    let trash = root.join("trash");
-    let started = Instant::now();
-    while count(&trash) > 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{when}: trash/ does not drain"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    storage_matches_metadata(c, root, when).await;
     checked
 }
 
@@ -597,7 +536,7 @@ async fn sigkill_at_random_instants_loses_nothing_acknowledged() {
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| tokio::spawn(worker(Arc::clone(&round), w)))
             .collect();
-        let delay = Duration::from_millis(20 + rng.below(281));
+        let delay = Duration::from_millis(20 + rng.below(281) as u64);
         tokio::time::sleep(delay).await;
         let status = tokio::task::block_in_place(|| daemon.stop_with(Signal::KILL));
         assert_eq!(

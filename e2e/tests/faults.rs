@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use rustix::mount::{MountFlags, UnmountFlags};
 use rustlayer_api::snapshots as pb;
-use rustlayer_e2e::{Client, Labels, Mounted, binary, privileged};
+use rustlayer_e2e::support::{
+    code_of, count_entries, labels, sorted_infos, storage_matches_metadata, trash_drains,
+};
+use rustlayer_e2e::{Client, Mounted, binary, privileged};
 use tonic::Code;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -153,57 +156,6 @@ impl Drop for Proc {
     }
 }
 
-async fn infos(c: &Client) -> Vec<pb::Info> {
-    let mut all = c.list(&[]).await.expect("list");
-    all.sort_by(|a, b| a.name.cmp(&b.name));
-    all
-}
-
-fn count(dir: &Path) -> usize {
-    fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .count()
-}
-
-async fn trash_drains(root: &Path) {
-    let started = Instant::now();
-    loop {
-        let left = count(&root.join("trash"));
-        if left == 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "trash/ still holds {left} entries after 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// After Cleanup: one storage directory per snapshot and no staging debris.
-async fn storage_matches_metadata(c: &Client, root: &Path, when: &str) {
-    c.cleanup()
-        .await
-        .unwrap_or_else(|s| panic!("{when}: Cleanup: {s:?}"));
-    let all = infos(c).await;
-    assert_eq!(
-        count(&root.join("snapshots")),
-        all.len(),
-        "{when}: snapshots/ must hold one directory per snapshot"
-    );
-    assert_eq!(count(&root.join("staging")), 0, "{when}: staging/ debris");
-    for info in &all {
-        if !info.parent.is_empty() {
-            assert!(
-                all.iter()
-                    .any(|p| p.name == info.parent && p.kind == pb::Kind::Committed as i32),
-                "{when}: {} lost its parent",
-                info.name
-            );
-        }
-    }
-}
-
 fn write_small(mounts: &[rustlayer_core::Mount], name: &str) {
     let m = Mounted::new(mounts);
     fs::write(m.path().join(name), name).unwrap();
@@ -246,7 +198,7 @@ async fn on_full_disk<T>(
     fut: impl std::future::Future<Output = Result<T, tonic::Status>>,
     wrong: &mut Vec<String>,
 ) -> Code {
-    let before = infos(c).await;
+    let before = sorted_infos(c).await;
     let result = fut.await;
     match &result {
         Ok(_) => Code::Ok,
@@ -254,7 +206,7 @@ async fn on_full_disk<T>(
             if s.code() != Code::ResourceExhausted {
                 wrong.push(format!("{what}: {:?}: {}", s.code(), s.message()));
             }
-            let after = infos(c).await;
+            let after = sorted_infos(c).await;
             if after != before {
                 wrong.push(format!(
                     "{what}: failed with {:?} but changed the metadata",
@@ -262,7 +214,7 @@ async fn on_full_disk<T>(
                 ));
             }
             // A refused create discards what it staged before answering.
-            let staged = count(&root.join("staging"));
+            let staged = count_entries(&root.join("staging"));
             if staged != 0 {
                 wrong.push(format!(
                     "{what}: failed, leaving {staged} entries in staging/"
@@ -271,17 +223,6 @@ async fn on_full_disk<T>(
             s.code()
         }
     }
-}
-
-fn code_of<T>(r: &Result<T, tonic::Status>) -> Code {
-    r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok)
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -604,7 +545,7 @@ async fn sigterm_on_a_full_disk_exits_cleanly_and_loses_nothing() {
         upper.join("blob")
     };
     assert!(blob.exists());
-    let before = infos(&c).await;
+    let before = sorted_infos(&c).await;
     drop(c);
 
     // The stop itself: compare its exit with a clean one.
@@ -634,7 +575,7 @@ async fn sigterm_on_a_full_disk_exits_cleanly_and_loses_nothing() {
     let mut again = Proc::start(&root, &socket, &log);
     let c = Client::connect(&socket).await;
     assert_eq!(
-        infos(&c).await,
+        sorted_infos(&c).await,
         before,
         "state lost across a stop on a full disk"
     );

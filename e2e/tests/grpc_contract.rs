@@ -2,18 +2,12 @@
 //! status codes its unpacker and garbage collector branch on.
 
 use rustlayer_api::snapshots as pb;
-use rustlayer_e2e::{Daemon, Labels, PbKind, privileged};
+use rustlayer_e2e::support::labels;
+use rustlayer_e2e::{Daemon, PbKind, privileged};
 use tonic::Code;
 
 fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
     r.expect_err("expected a refusal").code()
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

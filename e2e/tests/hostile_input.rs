@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustlayer_api::snapshots as pb;
+use rustlayer_e2e::support::{Rng, labels, sorted_infos, storage_matches_metadata, trash_drains};
 use rustlayer_e2e::{Client, Daemon, Labels, Mounted, privileged};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -207,13 +208,6 @@ async fn send(c: &Client, req: &Req) -> Result<Vec<rustlayer_core::Mount>, tonic
 // ---------------------------------------------------------------------------------
 // Observing the daemon's state: its metadata (List) and its storage (the root).
 
-/// Every snapshot's full info (timestamps included), sorted by name.
-async fn infos(c: &Client) -> Vec<pb::Info> {
-    let mut all = c.list(&[]).await.expect("list");
-    all.sort_by(|a, b| a.name.cmp(&b.name));
-    all
-}
-
 /// Every path under `root` (but the metadata files) with its type, size, mode and
 /// link target; timestamps are left out.
 fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
@@ -257,60 +251,7 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-/// The reaper deletes detached storage in the background; wait for it, boundedly.
-async fn trash_drains(root: &Path) {
-    let trash = root.join("trash");
-    let started = Instant::now();
-    loop {
-        let left = fs::read_dir(&trash).map(|d| d.count()).unwrap_or(0);
-        if left == 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "trash/ still holds {left} entries after 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn count(dir: &Path) -> usize {
-    fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .count()
-}
-
-/// After Cleanup: one storage directory per snapshot, no staging debris, no link to
-/// anything but a snapshot that exists, nothing left in the trash.
-async fn storage_matches_metadata(c: &Client, root: &Path) {
-    c.cleanup().await.expect("cleanup");
-    let all = infos(c).await;
-    let committed = all
-        .iter()
-        .filter(|i| i.kind == pb::Kind::Committed as i32)
-        .count();
-    assert_eq!(
-        count(&root.join("snapshots")),
-        all.len(),
-        "snapshots/ must hold exactly one directory per snapshot"
-    );
-    assert_eq!(count(&root.join("staging")), 0, "staging/ debris");
-    assert!(
-        count(&root.join("l")) >= committed,
-        "every committed layer has its link"
-    );
-    assert!(count(&root.join("l")) <= all.len(), "links to unknown ids");
-    trash_drains(root).await;
-}
-
 // ---------------------------------------------------------------------------------
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 /// A small world to aim at: a committed base with an active, a view and a committed
 /// child on it.
@@ -335,7 +276,7 @@ async fn refusals_carry_exact_codes_and_change_nothing() {
     let mut daemon = Daemon::start();
     let c = daemon.client().await;
     populate(&c).await;
-    let before_infos = infos(&c).await;
+    let before_infos = sorted_infos(&c).await;
     let before_tree = tree(&daemon.root);
 
     let mib = 1 << 20;
@@ -545,7 +486,7 @@ async fn refusals_carry_exact_codes_and_change_nothing() {
     println!("hostile requests sent: {}", cases.len());
 
     // Nothing changed: metadata (timestamps included) and storage.
-    let after_infos = infos(&c).await;
+    let after_infos = sorted_infos(&c).await;
     assert_eq!(
         after_infos, before_infos,
         "refused requests changed the metadata"
@@ -581,7 +522,7 @@ async fn malformed_filters_are_invalid_argument() {
     let mut daemon = Daemon::start();
     let c = daemon.client().await;
     populate(&c).await;
-    let before = infos(&c).await;
+    let before = sorted_infos(&c).await;
 
     // Each is outside containerd's grammar (filters/parser.go):
     //   selectors := selector ("," selector)*
@@ -634,7 +575,7 @@ async fn malformed_filters_are_invalid_argument() {
     if let Err(s) = c.list(&[&long]).await {
         assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
     }
-    assert_eq!(infos(&c).await, before);
+    assert_eq!(sorted_infos(&c).await, before);
     assert!(
         wrong.is_empty(),
         "malformed filters not refused with InvalidArgument:\n{}",
@@ -750,7 +691,7 @@ async fn keys_that_look_like_paths_stay_inside_the_root() {
         );
     }
     assert_eq!(c.names(&[]).await.len(), keys.len() * 3);
-    storage_matches_metadata(&c, &daemon.root).await;
+    storage_matches_metadata(&c, &daemon.root, "after hostile input").await;
 
     // Removing them all leaves the root as it was.
     for (i, key) in keys.iter().enumerate() {
@@ -775,30 +716,6 @@ async fn keys_that_look_like_paths_stay_inside_the_root() {
 
 // ---------------------------------------------------------------------------------
 // Property-style: random strings at random RPCs.
-
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 const PIECES: &[&str] = &[
     "",
@@ -993,7 +910,7 @@ async fn random_inputs_never_crash_or_change_state_when_refused() {
         Code::AlreadyExists,
         Code::FailedPrecondition,
     ];
-    let mut state = infos(&c).await;
+    let mut state = sorted_infos(&c).await;
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();
     let mut bad = Vec::new();
     let started = Instant::now();
@@ -1017,7 +934,7 @@ async fn random_inputs_never_crash_or_change_state_when_refused() {
             // What Prepare and View hand out must mount.
             let _m = Mounted::new(mounts);
         }
-        let now = infos(&c).await;
+        let now = sorted_infos(&c).await;
         if code != Code::Ok || !req.mutates() {
             assert_eq!(
                 now,
@@ -1032,7 +949,7 @@ async fn random_inputs_never_crash_or_change_state_when_refused() {
             for info in state.iter().rev() {
                 let _ = c.remove(&info.name).await;
             }
-            state = infos(&c).await;
+            state = sorted_infos(&c).await;
         }
     }
     println!(
@@ -1051,7 +968,7 @@ async fn random_inputs_never_crash_or_change_state_when_refused() {
     );
 
     // Storage agrees with the metadata; every parent exists and is committed.
-    let all = infos(&c).await;
+    let all = sorted_infos(&c).await;
     for info in &all {
         if !info.parent.is_empty() {
             let parent = all
@@ -1061,7 +978,7 @@ async fn random_inputs_never_crash_or_change_state_when_refused() {
             assert_eq!(parent.kind, pb::Kind::Committed as i32);
         }
     }
-    storage_matches_metadata(&c, &daemon.root).await;
+    storage_matches_metadata(&c, &daemon.root, "after hostile input").await;
     drop(c);
     daemon.stop();
     assert!(!daemon.log().contains("panicked"));
