@@ -1,0 +1,539 @@
+#!/usr/bin/env bash
+# End-to-end test of rustlayer under a real containerd: a private containerd uses
+# a private rustlayer daemon as its proxy snapshotter "rustlayer", imports an OCI
+# image built offline by e2e/containerd/make_image.py (three gzip layers with a
+# whiteout and an opaque directory) and runs containers from it with runc.
+#
+# Checks that:
+#   - the import unpacks the three layers into rustlayer as a chain of committed
+#     snapshots named by the image's ChainIDs (in containerd and in the daemon);
+#   - a container sees the merged root exactly (whiteout and opaque dir applied);
+#   - a container's writes and deletions land in its own active snapshot (file in
+#     the upper dir, overlay whiteout for the deleted file) and no committed
+#     layer changes;
+#   - removing the container removes its snapshot, in containerd and, after
+#     containerd's garbage collection, in the daemon;
+#   - removing the image lets the GC remove every layer, and the daemon exits 0
+#     on SIGTERM.
+#
+#   hack/e2e-containerd.sh                         target/debug/rustlayer
+#   RUSTLAYER_BIN=path hack/e2e-containerd.sh
+#   SNAPSHOTTER=overlayfs hack/e2e-containerd.sh   containerd's own snapshotter,
+#                                                  no daemon (to test the test)
+#
+# Debian packages it relies on (installs none itself):
+#   containerd      containerd, ctr, containerd-shim-runc-v2
+#   runc            the container runtime
+#   busybox-static  /bin/busybox, the image's userland (must be static)
+#   python3         the image builder (standard library only)
+#   util-linux      mount, umount
+#   coreutils, mawk timeout, stat, mktemp, awk (present on any Debian)
+#
+# Needs root. Everything lives in one temporary directory and is stopped,
+# unmounted and removed on exit, failed or not. Prints "ok - ..." or
+# "not ok - ..." per check, the daemon's and containerd's log tails if any
+# failed, and ends with "containerd-e2e: N passed, N failed"; exits 1 on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+me=containerd-e2e
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "$me: must run as root (containerd, runc and overlay mounts need it)" >&2
+  exit 1
+fi
+
+snapshotter=${SNAPSHOTTER:-rustlayer}
+ns=rustlayer-e2e
+image=docker.io/library/rustlayer-e2e:latest
+
+missing=()
+for cmd in containerd ctr containerd-shim-runc-v2 runc python3 mount umount timeout awk; do
+  command -v "$cmd" >/dev/null || missing+=("$cmd")
+done
+[[ -x /bin/busybox ]] || missing+=(/bin/busybox)
+if ((${#missing[@]})); then
+  echo "$me: missing ${missing[*]}; install the Debian packages:" >&2
+  echo "  apt-get install -y --no-install-recommends containerd runc busybox-static python3 util-linux" >&2
+  exit 1
+fi
+
+bin=''
+if [[ $snapshotter == rustlayer ]]; then
+  bin=${RUSTLAYER_BIN:-$repo/target/debug/rustlayer}
+  if [[ ! -f $bin || ! -x $bin ]]; then
+    echo "$me: no rustlayer binary at $bin (run cargo build, or set RUSTLAYER_BIN)" >&2
+    exit 1
+  fi
+  bin=$(realpath "$bin")
+fi
+
+# ---------------------------------------------------------------- reporting
+passed=0 failed=0
+ok() { # ok NAME
+  passed=$((passed + 1))
+  echo "ok - $1"
+}
+not_ok() { # not_ok NAME [DETAIL]: the detail indented under it
+  failed=$((failed + 1))
+  echo "not ok - $1"
+  # shellcheck disable=SC2001 # indents every line
+  if [[ -n ${2-} ]]; then sed 's/^/    /' <<<"$2"; fi
+}
+# abort: stop here after a failed check that later ones depend on.
+aborting=''
+abort() {
+  aborting=1
+  exit 1
+}
+expect_eq() { # expect_eq NAME WANT GOT
+  if [[ $2 == "$3" ]]; then
+    ok "$1"
+  else
+    not_ok "$1" "want: $2"$'\n'"got:  $3"
+  fi
+}
+
+# ---------------------------------------------------------------- helpers
+tmp=$(mktemp -d /tmp/rustlayer-containerd-e2e.XXXXXX)
+sock=$tmp/containerd.sock
+rl_sock=$tmp/rustlayer.sock
+daemon_pid='' containerd_pid='' daemon_stopped=''
+
+# Every client call is bounded: a hung daemon must fail the test, not stall it.
+ctr_() { timeout 120 ctr -a "$sock" -n "$ns" "$@"; }
+snaps() { ctr_ snapshots --snapshotter "$snapshotter" "$@"; }
+# The daemon speaks the same Snapshots API as containerd, so ctr can ask it
+# directly what it holds (keys there are containerd's "ns/N/name").
+backend() { timeout 30 ctr -a "$rl_sock" -n "$ns" snapshots --snapshotter rustlayer "$@"; }
+run_() { # run_ [--rm] ID CMD...: a container from the image, on our runc root
+  local flags=() id
+  if [[ $1 == --rm ]]; then
+    flags=(--rm)
+    shift
+  fi
+  id=$1
+  shift
+  ctr_ run --snapshotter "$snapshotter" --runc-root "$tmp/runc" "${flags[@]}" "$image" "$id" "$@"
+}
+
+# ctr snapshots ls as "KEY KIND PARENT" lines, PARENT "-" for none.
+table() { awk 'NR > 1 && NF { print $1, $NF, (NF >= 3 ? $2 : "-") }'; }
+
+# wait_until SECONDS PID CMD...: runs CMD every 0.1 s until it succeeds. Fails
+# after SECONDS, or at once when process PID (unless "-") has died.
+wait_until() {
+  local deadline=$((SECONDS + $1)) pid=$2
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if [[ $pid != - ]] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+}
+
+# stop_pid PID NAME: SIGTERM, up to 15 s, then SIGKILL; returns its exit status.
+stop_pid() {
+  local pid=$1 rc=0
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  if ! wait_until 15 - eval "! kill -0 $pid"; then
+    echo "$me: $2 (pid $pid) ignored SIGTERM for 15 s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || rc=$?
+  return "$rc"
+}
+
+# mount_snapshot KEY TARGET: mounts a snapshot the way ctr prints it.
+mount_snapshot() {
+  local out word1 flag type src target flag2 opts
+  mkdir -p "$2"
+  out=$(snaps mounts "$2" "$1") || return 1
+  if [[ $(grep -c . <<<"$out") -ne 1 ]]; then
+    echo "expected one mount for $1, got: $out"
+    return 1
+  fi
+  read -r word1 flag type src target flag2 opts <<<"$out"
+  if [[ $word1 != mount || $flag != -t || $flag2 != -o || $target != "$2" ]]; then
+    echo "unexpected mount line for $1: $out"
+    return 1
+  fi
+  mount -t "$type" "$src" "$target" -o "$opts"
+}
+
+tail_logs() {
+  local f
+  for f in rustlayer.log containerd.log; do
+    [[ -s $tmp/$f ]] || continue
+    # containerd's start-up chatter would fill the tail.
+    echo "---- last 40 lines of $f"
+    grep -v 'msg="loading plugin' "$tmp/$f" | tail -n 40
+  done
+  echo "----"
+}
+
+mounted_under_tmp() { awk -v p="$tmp/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo; }
+
+cleanup() {
+  local rc=$? pid cmd m id
+  trap - EXIT INT TERM ERR
+  set +e
+  if ((rc != 0)) && [[ -z $aborting ]]; then
+    not_ok "the script stopped early: '$err_cmd' (line $err_line) exited $rc"
+  fi
+  if ((failed)); then tail_logs; fi
+  if [[ -n $containerd_pid ]] && kill -0 "$containerd_pid" 2>/dev/null; then
+    # Short timeouts: a hung daemon must not hold up the cleanup for long.
+    for id in c1 c2 c3; do
+      timeout 10 ctr -a "$sock" -n "$ns" tasks kill -s SIGKILL "$id" >/dev/null 2>&1
+      timeout 10 ctr -a "$sock" -n "$ns" tasks delete -f "$id" >/dev/null 2>&1
+      timeout 10 ctr -a "$sock" -n "$ns" containers delete "$id" >/dev/null 2>&1
+    done
+    timeout 20 ctr -a "$sock" -n "$ns" images rm --sync "$image" >/dev/null 2>&1
+  fi
+  stop_pid "$containerd_pid" containerd
+  # Shims outlive containerd; ours name our socket on their command line.
+  # shellcheck disable=SC2013 # pids, one word each
+  for pid in $(grep -lsF -- "$tmp/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
+    cmd=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || continue
+    [[ $cmd == *containerd-shim* ]] && kill -KILL "$pid" 2>/dev/null
+  done
+  [[ -n $daemon_stopped ]] || stop_pid "$daemon_pid" rustlayer
+  # The namespace's cgroups (v1: one per hierarchy), once its containers are gone.
+  for m in /sys/fs/cgroup/"$ns" /sys/fs/cgroup/*/"$ns"; do
+    [[ -d $m ]] && find "$m" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
+  # Container rootfs and test mounts, deepest first.
+  for m in $(mounted_under_tmp | sort -r); do
+    umount "$m" 2>/dev/null || umount -l "$m"
+  done
+  if [[ -n $(mounted_under_tmp) ]]; then
+    not_ok "cleanup: mounts left under $tmp; not removing it" "$(mounted_under_tmp)"
+  else
+    rm -rf "$tmp"
+  fi
+  echo "$me: finished in $((SECONDS - start))s"
+  echo "$me: $passed passed, $failed failed"
+  if ((failed)); then exit 1; fi
+  exit 0
+}
+start=$SECONDS
+trap cleanup EXIT
+trap 'err_cmd="(a signal)" err_line=-; exit 130' INT TERM
+# Which command set -e stopped on, for the report (-E: in functions too).
+err_cmd='' err_line=''
+set -E
+trap 'err_cmd=$BASH_COMMAND err_line=$LINENO' ERR
+
+echo "$me: snapshotter $snapshotter${bin:+ ($bin)}, working in $tmp"
+
+# ---------------------------------------------------------------- image
+build_image() {
+  local err
+  if err=$(python3 "$repo/e2e/containerd/make_image.py" --output "$tmp/image.tar" \
+    --name "$image" 2>&1 >"$tmp/image.json"); then
+    ok "OCI archive built by e2e/containerd/make_image.py ($(($(stat -c %s "$tmp/image.tar") / 1024)) KiB)"
+  else
+    not_ok "e2e/containerd/make_image.py failed" "$err"
+    abort
+  fi
+  # The ChainIDs: the names containerd gives the committed layer snapshots.
+  mapfile -t chain < <(python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin)["chain_ids"]))' <"$tmp/image.json")
+}
+
+# ---------------------------------------------------------------- daemons
+start_rustlayer() {
+  # Private to this containerd: containerd's GC removes any backend snapshot
+  # it has no record of, so a shared daemon would lose other users' data.
+  "$bin" serve --root "$tmp/rustlayer" --address "$rl_sock" >"$tmp/rustlayer.log" 2>&1 &
+  daemon_pid=$!
+  if wait_until 60 "$daemon_pid" backend ls; then
+    ok "rustlayer daemon answers on its socket (pid $daemon_pid)"
+  else
+    not_ok "rustlayer daemon did not come up on $rl_sock within 60 s"
+    abort
+  fi
+}
+
+start_containerd() {
+  mkdir -p "$tmp/containerd"
+  # version 2 config; CRI and snapshotters that cannot work here are off.
+  # deletion_threshold = 1: every deletion schedules a GC right away, so the
+  # daemon sees the Remove calls while the test waits for them.
+  cat >"$tmp/containerd.toml" <<EOF
+version = 2
+root = "$tmp/containerd/root"
+state = "$tmp/containerd/state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "$sock"
+
+[ttrpc]
+  address = "$sock.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$tmp/containerd/opt"
+
+[plugins."io.containerd.gc.v1.scheduler"]
+  deletion_threshold = 1
+
+[proxy_plugins.rustlayer]
+  type = "snapshot"
+  address = "$rl_sock"
+EOF
+  containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
+  containerd_pid=$!
+  if ! wait_until 60 "$containerd_pid" ctr -a "$sock" version; then
+    not_ok "containerd did not answer on $sock within 60 s"
+    abort
+  fi
+  local plugins
+  plugins=$(ctr -a "$sock" plugins ls 2>&1) || true
+  if grep -qE "^io\.containerd\.snapshotter\.v1 +$snapshotter .* ok *\$" <<<"$plugins"; then
+    ok "containerd up (pid $containerd_pid) with snapshotter $snapshotter"
+  else
+    not_ok "containerd has no working snapshotter $snapshotter" "$plugins"
+    abort
+  fi
+}
+
+# ---------------------------------------------------------------- import
+check_import() {
+  local out want got
+  if out=$(ctr_ images import --snapshotter "$snapshotter" "$tmp/image.tar" 2>&1); then
+    ok "ctr images import --snapshotter $snapshotter: $(tr -s '\n ' ' ' <<<"$out")"
+  else
+    not_ok "ctr images import --snapshotter $snapshotter" "$out"
+    abort
+  fi
+  got=$(ctr_ images ls -q 2>&1) || true
+  expect_eq "the image is listed as $image" "$image" "$got"
+
+  # Exactly the three layers, each committed on the one below it.
+  want=$(printf '%s\n' "${chain[0]} Committed -" "${chain[1]} Committed ${chain[0]}" \
+    "${chain[2]} Committed ${chain[1]}" | sort)
+  got=$(snaps ls 2>&1 | table | sort) || true
+  expect_eq "containerd lists the 3 layers as a chain of committed snapshots" "$want" "$got"
+
+  [[ $snapshotter == rustlayer ]] || return 0
+  # The daemon's own names carry a namespace/id prefix; match on the ChainIDs.
+  got=$(backend ls 2>&1 | table | awk '{
+    n = split($1, k, "/"); p = split($3, q, "/")
+    print k[n], $2, ($3 == "-" ? "-" : q[p]) }' | sort) || true
+  expect_eq "the daemon holds the 3 layers as a chain of committed snapshots" "$want" "$got"
+}
+
+# ---------------------------------------------------------------- merged view
+# Prints what the test looks at inside a container, one key=value a line.
+# shellcheck disable=SC2016 # expanded by the container's shell
+probe='
+if test -e /etc/doomed; then echo doomed=present; else echo doomed=absent; fi
+echo motd=$(cat /etc/motd 2>&1)
+echo etc=$(ls -A /etc)
+echo data=$(ls -A /data)
+echo fresh=$(cat /data/fresh 2>&1)
+echo written=$(cat /written 2>/dev/null || echo absent)
+echo wc=$(printf 12345 | wc -c)
+'
+field() { sed -n "s/^$1=//p" <<<"$2" | head -n 1; } # field KEY TEXT
+
+check_merged_view() {
+  local out
+  if out=$(run_ --rm c1 sh -c "$probe" 2>&1); then
+    ok "ctr run --rm c1: a container on the image runs"
+  else
+    not_ok "ctr run --rm c1 failed" "$out"
+    return 0
+  fi
+  expect_eq "c1: /etc/doomed is gone (whiteout in layer 2)" absent "$(field doomed "$out")"
+  expect_eq "c1: /etc/motd reads new (layer 2 over layer 1)" new "$(field motd "$out")"
+  expect_eq "c1: /etc merges layers 1 and 2" "added group motd passwd" "$(field etc "$out")"
+  expect_eq "c1: /data holds only fresh (opaque directory in layer 3)" fresh "$(field data "$out")"
+  expect_eq "c1: /data/fresh reads fresh" fresh "$(field fresh "$out")"
+  expect_eq "c1: busybox applets work (wc counts 5 bytes)" 5 "$(field wc "$out")"
+}
+
+# ---------------------------------------------------------------- writes
+c2_upper=''
+
+check_writes() {
+  local out mounts lower got
+  if out=$(run_ c2 sh -c 'echo hello >/written && rm /etc/motd && echo done' 2>&1) &&
+    [[ $out == "done" ]]; then
+    ok "ctr run c2: wrote /written and deleted /etc/motd"
+  else
+    not_ok "ctr run c2 (echo hello >/written; rm /etc/motd) failed" "$out"
+    return 0
+  fi
+
+  got=$(snaps ls 2>&1 | table | grep '^c2 ') || true
+  expect_eq "c2's snapshot is active on the top layer" "c2 Active ${chain[2]}" "$got"
+
+  # Its upper directory, from the overlay mount containerd would use.
+  mounts=$(snaps mounts "$tmp/unused" c2 2>&1) || true
+  c2_upper=$(grep -o 'upperdir=[^,]*' <<<"$mounts" | cut -d= -f2-) || true
+  if [[ $mounts == "mount -t overlay "* && -d $c2_upper ]]; then
+    ok "c2's mount is an overlay with upperdir $c2_upper"
+  else
+    not_ok "c2's mount is not an overlay with an existing upperdir" "$mounts"
+    return 0
+  fi
+  expect_eq "c2's upper dir has /written = hello" hello "$(cat "$c2_upper/written" 2>&1)"
+  expect_eq "c2's upper dir has a whiteout for /etc/motd (char device 0/0)" \
+    "character special file 0:0" "$(stat -c '%F %t:%T' "$c2_upper/etc/motd" 2>&1)"
+  # Nothing else was copied up: the writes went only where they were made.
+  got=$(cd "$c2_upper" && find . -mindepth 1 | sort | tr '\n' ' ')
+  expect_eq "c2's upper dir holds only its own changes" "./etc ./etc/motd ./written " "$got"
+  got=''
+  for lower in $(grep -o 'lowerdir=[^,]*' <<<"$mounts" | cut -d= -f2- | tr ':' ' '); do
+    [[ -e $lower/written ]] && got+="$lower/written "
+  done
+  expect_eq "no lower dir of c2's mount has /written" "" "$got"
+
+  # The merged view of c2's snapshot, mounted by hand now that c2 has exited.
+  if out=$(mount_snapshot c2 "$tmp/mnt/c2" 2>&1); then
+    got="written=$(cat "$tmp/mnt/c2/written" 2>&1) motd=$(test -e "$tmp/mnt/c2/etc/motd" && echo present || echo absent)"
+    umount "$tmp/mnt/c2"
+    expect_eq "c2's snapshot mounted: /written there, /etc/motd gone" "written=hello motd=absent" "$got"
+  else
+    not_ok "mounting c2's snapshot failed" "$out"
+  fi
+}
+
+# inspect_layer NAME PARENT WANT: a fresh active snapshot on PARENT shows the
+# committed layers as they were unpacked. (prepare, not view: ctr marks a
+# prepared snapshot as a GC root, so a collection cannot take it mid-check.)
+inspect_layer() {
+  local key=e2e-inspect-$1 target=$tmp/mnt/$1 out got
+  if ! out=$(snaps prepare "$key" "$2" 2>&1 && mount_snapshot "$key" "$target" 2>&1); then
+    not_ok "mounting a snapshot on the $1 layer failed" "$out"
+    return 0
+  fi
+  got="motd=$(cat "$target/etc/motd" 2>&1) doomed=$(test -e "$target/etc/doomed" && echo present || echo absent)"
+  # shellcheck disable=SC2012 # names of our own making
+  got+=" data=$(ls -A "$target/data" | tr '\n' ' ')written=$(test -e "$target/written" && echo present || echo absent)"
+  umount "$target"
+  snaps rm "$key" >/dev/null 2>&1 || true
+  expect_eq "the committed $1 layer is unchanged" "$3" "$got"
+}
+
+check_layers_unchanged() {
+  inspect_layer base "${chain[0]}" "motd=old doomed=present data=a b sub written=absent"
+  inspect_layer top "${chain[2]}" "motd=new doomed=absent data=fresh written=absent"
+  local out
+  if out=$(run_ --rm c3 sh -c "$probe" 2>&1); then
+    expect_eq "a fresh container c3 sees /etc/motd = new and no /written" \
+      "motd=new written=absent" \
+      "motd=$(field motd "$out") written=$(field written "$out")"
+  else
+    not_ok "ctr run --rm c3 failed" "$out"
+  fi
+}
+
+# ---------------------------------------------------------------- removal
+backend_count() { backend ls | table | wc -l; }
+backend_has_c2() { backend ls | table | grep -q '/c2 '; }
+
+check_container_removal() {
+  local before after out backend_before=''
+  before=$(snaps ls | table | wc -l)
+  [[ $snapshotter == rustlayer ]] && backend_before=$(backend_count)
+  if out=$(ctr_ containers rm c2 2>&1); then
+    ok "ctr containers rm c2"
+  else
+    not_ok "ctr containers rm c2" "$out"
+    return 0
+  fi
+  after=$(snaps ls | table)
+  if grep -q '^c2 ' <<<"$after"; then
+    not_ok "containerd still lists c2's snapshot after the container was removed" "$after"
+  else
+    expect_eq "containerd dropped c2's snapshot (count $before -> $((before - 1)))" \
+      $((before - 1)) "$(grep -c . <<<"$after")"
+  fi
+
+  if [[ $snapshotter == rustlayer ]]; then
+    # The daemon hears of it when containerd's GC runs (scheduled by the deletion).
+    if wait_until 30 "$daemon_pid" eval '! backend_has_c2'; then
+      expect_eq "the daemon removed c2's snapshot (count $backend_before -> $((backend_before - 1)))" \
+        $((backend_before - 1)) "$(backend_count)"
+    else
+      not_ok "the daemon still has c2's snapshot 30 s after containerd removed it" "$(backend ls 2>&1)"
+    fi
+  fi
+  if [[ -n $c2_upper ]]; then
+    if wait_until 30 - test ! -e "$c2_upper"; then
+      ok "c2's upper dir is gone from disk"
+    else
+      not_ok "c2's upper dir $c2_upper is still on disk 30 s later"
+    fi
+  fi
+}
+
+check_image_removal() {
+  local out
+  if out=$(ctr_ images rm --sync "$image" 2>&1); then
+    ok "ctr images rm --sync $image"
+  else
+    not_ok "ctr images rm --sync $image" "$out"
+    return 0
+  fi
+  # shellcheck disable=SC2016 # expanded by eval, on each try
+  if wait_until 30 - eval '[[ -z $(snaps ls | table) ]]'; then
+    ok "containerd's GC removed every layer snapshot"
+  else
+    not_ok "containerd still lists snapshots 30 s after the image was removed" "$(snaps ls 2>&1)"
+  fi
+  [[ $snapshotter == rustlayer ]] || return 0
+  # shellcheck disable=SC2016 # expanded by eval, on each try
+  if wait_until 30 "$daemon_pid" eval '[[ $(backend_count) -eq 0 ]]'; then
+    ok "the daemon holds no snapshots any more"
+  else
+    not_ok "the daemon still holds snapshots 30 s after the image was removed" "$(backend ls 2>&1)"
+  fi
+}
+
+check_shutdown() {
+  local rc=0
+  stop_pid "$containerd_pid" containerd || true
+  containerd_pid=''
+  [[ $snapshotter == rustlayer ]] || return 0
+  daemon_stopped=1
+  if ! kill -0 "$daemon_pid" 2>/dev/null; then
+    wait "$daemon_pid" 2>/dev/null || rc=$?
+    not_ok "rustlayer daemon died before the end of the test (status $rc)"
+    return 0
+  fi
+  stop_pid "$daemon_pid" rustlayer || rc=$?
+  if ((rc == 0)); then
+    ok "rustlayer daemon exited 0 on SIGTERM"
+  else
+    not_ok "rustlayer daemon exited with status $rc on SIGTERM" "$(tail -n 5 "$tmp/rustlayer.log")"
+  fi
+}
+
+# ---------------------------------------------------------------- main
+build_image
+[[ $snapshotter == rustlayer ]] && start_rustlayer
+start_containerd
+check_import
+check_merged_view
+check_writes
+check_layers_unchanged
+check_container_removal
+check_image_removal
+check_shutdown
