@@ -13,6 +13,8 @@
 #     layer changes;
 #   - removing the container removes its snapshot, in containerd and, after
 #     containerd's garbage collection, in the daemon;
+#   - a running container survives the daemon's SIGKILL and a SIGTERM restart;
+#     its snapshot then still answers Stat and Mounts, commits and is removed;
 #   - removing the image lets the GC remove every layer, and the daemon exits 0
 #     on SIGTERM.
 #
@@ -526,6 +528,84 @@ check_shutdown() {
   fi
 }
 
+# ---------------------------------------------------------------- restart
+task_status() { ctr_ task ls 2>/dev/null | awk -v id="$1" '$1 == id { print $3 }'; }
+backend_key() { backend ls | table | awk -v n="/$1" 'substr($1, length($1) - length(n) + 1) == n { print $1 }'; }
+
+# A container keeps running while the daemon dies (SIGKILL, as in a crash) and
+# is upgraded (SIGTERM, then a new start); afterwards its snapshot still answers
+# Stat and Mounts, and can be committed and removed.
+check_restart_under_live_container() {
+  [[ $snapshotter == rustlayer ]] || return 0
+  local out sig key view=$tmp/live-check
+  if ! out=$(ctr_ run -d --snapshotter "$snapshotter" --runc-root "$tmp/runc" "$image" live \
+    sh -c 'echo before > /state; exec sleep 600' 2>&1); then
+    not_ok "start the long-running container live" "$out"
+    return 0
+  fi
+  # shellcheck disable=SC2016 # expanded by eval, on each try
+  if ! wait_until 30 - eval '[[ $(task_status live) == RUNNING ]]'; then
+    not_ok "container live is not running" "$(ctr_ task ls 2>&1)"
+    return 0
+  fi
+  for sig in KILL TERM; do
+    kill "-$sig" "$daemon_pid" 2>/dev/null || true
+    wait "$daemon_pid" 2>/dev/null || true
+    start_rustlayer
+    expect_eq "container live still runs after the daemon's SIG$sig and restart" RUNNING "$(task_status live)"
+    if out=$(ctr_ task exec --exec-id "after-$sig" live sh -c "echo after-$sig >> /state" 2>&1); then
+      ok "container live writes to its root after the daemon's SIG$sig"
+    else
+      not_ok "container live cannot write after the daemon's SIG$sig" "$out"
+    fi
+    key=$(backend_key live)
+    if [[ -n $key ]] && out=$(backend info "$key" 2>&1) && grep -q '"Kind": "Active"' <<<"$out"; then
+      ok "after SIG$sig the daemon still has live's snapshot as active (Stat)"
+    else
+      not_ok "after SIG$sig the daemon lost live's snapshot" "$(backend ls 2>&1)"
+    fi
+    if out=$(backend mounts "$tmp/unused" "$key" 2>&1) && grep -q 'upperdir=' <<<"$out"; then
+      ok "after SIG$sig live's snapshot answers Mounts with an overlay"
+    else
+      not_ok "after SIG$sig live's snapshot does not answer Mounts" "$out"
+    fi
+  done
+  ctr_ task kill -s KILL live >/dev/null 2>&1 || true
+  # shellcheck disable=SC2016 # expanded by eval, on each try
+  wait_until 30 - eval '[[ $(task_status live) == STOPPED || -z $(task_status live) ]]' || true
+  ctr_ task delete live >/dev/null 2>&1 || true
+  if out=$(snaps commit live-committed live 2>&1); then
+    ok "live's snapshot commits after the restarts"
+  else
+    not_ok "live's snapshot does not commit after the restarts" "$out"
+    return 0
+  fi
+  # A prepared snapshot, not a view: ctr labels it a GC root, so containerd's
+  # collector (run on every deletion here) leaves it alone while we look.
+  if out=$(snaps prepare live-check live-committed 2>&1) && mount_snapshot live-check "$view" >/dev/null 2>&1; then
+    expect_eq "the committed layer holds every write, before and after the restarts" \
+      "$(printf 'before\nafter-KILL\nafter-TERM')" "$(cat "$view/state" 2>&1)"
+    umount "$view" || true
+  else
+    not_ok "cannot mount a snapshot on live-committed" "$out"
+  fi
+  ctr_ containers rm live >/dev/null 2>&1 || true
+  if ! out=$(snaps rm live-check 2>&1); then
+    not_ok "cannot remove live-check" "$out"
+  fi
+  if out=$(snaps rm live-committed 2>&1); then
+    ok "the committed snapshot of live is removed"
+  else
+    not_ok "cannot remove live-committed" "$out"
+  fi
+  # shellcheck disable=SC2016 # expanded by eval, on each try
+  if wait_until 30 "$daemon_pid" eval '[[ -z $(backend_key live-committed) ]]'; then
+    ok "the daemon dropped live-committed"
+  else
+    not_ok "the daemon still has live-committed" "$(backend ls 2>&1)"
+  fi
+}
+
 # ---------------------------------------------------------------- main
 build_image
 [[ $snapshotter == rustlayer ]] && start_rustlayer
@@ -534,6 +614,7 @@ check_import
 check_merged_view
 check_writes
 check_layers_unchanged
+check_restart_under_live_container
 check_container_removal
 check_image_removal
 check_shutdown
