@@ -9,6 +9,8 @@ packages=(
   busybox-static                                    # the e2e test image's userland
   python3                                           # OCI image builder
   util-linux kmod                                   # mount(8) for long overlay chains
+  prometheus curl                                   # a real Prometheus scraping the exporter
+  qemu-system-x86 cpio dmsetup thin-provisioning-tools e2fsprogs xfsprogs # the VM tier
 )
 
 missing=()
