@@ -338,6 +338,13 @@ main() {
 		esac
 	done
 	((${#cmd[@]})) || usage
+	# A checkout under a directory the guest replaces with tmpfs (CI clones into
+	# /tmp) would vanish in the guest: share it so the command finds its files.
+	case $PWD/ in
+	/tmp/* | /var/tmp/* | /run/* | /var/lib/*)
+		[[ " ${shares[*]} " == *" $PWD "* ]] || shares+=("$PWD")
+		;;
+	esac
 
 	ensure_packages
 	trap cleanup EXIT
