@@ -49,6 +49,9 @@ hack/conformance.sh
 step "real containerd: import and run an image on rustlayer"
 hack/e2e-containerd.sh
 
+step "metrics: promtool, a real Prometheus scraping the daemon, every dashboard query and alert"
+hack/metrics-e2e.sh
+
 step "VM runner self-test: dm-thin pool, thin devices and snapshots in a VM"
 hack/vm/selftest.sh
 
