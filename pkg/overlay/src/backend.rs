@@ -244,8 +244,12 @@ impl OverlayBackend {
                 removed += 1;
             }
         }
+        // Listed before the live set is read: a Prepare registers its name before it
+        // makes the directory, so every directory listed here that is still in
+        // flight is in the set read afterwards.
+        let staged = list(&self.layout.staging())?;
         let live = self.live().clone();
-        for (name, path) in list(&self.layout.staging())? {
+        for (name, path) in staged {
             if !live.contains(&name) {
                 debug!(path = %path.display(), "removing abandoned staging directory");
                 self.detach(&path)?;
