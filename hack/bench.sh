@@ -1,0 +1,527 @@
+#!/usr/bin/env bash
+# Benchmarks rustlayer side by side with containerd's built-in snapshotters. One
+# private containerd (its own root, state and socket in a temporary directory, CRI
+# off) serves its built-in overlayfs and native snapshotters and a private rustlayer
+# daemon (release build, own root) as the proxy plugin "rustlayer". Each row
+# measures every snapshotter the same way, interleaved round by round (the order
+# reversed every other round), and reports medians and rustlayer / built-in:
+#
+#   0  the disk: what an fdatasync and a directory fsync cost here
+#   1  snapshot cycle through containerd's snapshots API: Prepare, Commit, Prepare
+#      child, Mounts, Remove, Remove; p50/p99 vs overlayfs and native (and rustlayer
+#      straight on its socket, to show what containerd's hop costs)
+#   2  image unpack: `ctr images import` of a debootstrap'd Debian split into five
+#      layers (128 MB), cold (content and snapshots deleted between rounds) and
+#      with the content already present (snapshots deleted), vs overlayfs
+#   3  container start: `ctr run --rm IMAGE id /bin/true`, vs overlayfs
+#   4  Usage of a committed layer with 100k small files
+#   5  a 500-layer chain: Prepare on top, and mounting it
+#   6  10k snapshots: List, and resident memory at idle
+#   7  devmapper rows (skipped until that backend exists)
+#   +  where rustlayer's time goes: strace -T -y of the daemon and of containerd
+#      during snapshot cycles: every sync, by the file it syncs
+#
+#   sudo hack/bench.sh            full run (~7 min on 2 vCPUs, once built and cached)
+#   sudo hack/bench.sh --quick    2 rounds, small sizes (~2 min)
+#
+# It prints figures and never judges them: the exit status is non-zero only when
+# something breaks (a daemon does not start, an import fails), never for a time.
+# The tables go to stdout and to .cache/bench/results.md; every figure, as JSON
+# lines, to .cache/bench/results.jsonl.
+#
+# Builds `cargo build --release --locked -p rustlayer -p rustlayer-bench` into
+# $CARGO_TARGET_DIR (default target/), unless RUSTLAYER_BIN and RUSTLAYER_BENCH_BIN
+# name binaries to use. The image's root filesystem is debootstrap'd once from
+# Debian's archive (DEBIAN_MIRROR, default http://deb.debian.org/debian) and cached
+# with the image under .cache/bench/. BENCH_DIR picks the scratch directory
+# (default: a new one under /var/tmp, so on disk like /var/lib, not tmpfs);
+# BENCH_KEEP=1 keeps it. Both snapshotters' roots go under it, on its filesystem;
+# BENCH_FS=fresh puts them on a new ext4 made in a sparse image file there
+# (BENCH_FS_SIZE, default 16G) and loop-mounted instead.
+#
+# Debian packages (installed if missing, after hack/deps.sh):
+#   containerd   containerd, ctr, containerd-shim-runc-v2 (1.6.x in bookworm)
+#   runc         the container runtime
+#   debootstrap  the image's root filesystem
+#   python3      the OCI image builder, the strace summary (standard library only)
+#   strace       the syscall profile
+#   util-linux   mount, umount, findmnt
+#   e2fsprogs    mkfs.ext4, for BENCH_FS=fresh
+set -euo pipefail
+export LC_ALL=C # decimal points in $EPOCHREALTIME and awk
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+me=bench
+
+mode=full
+for arg in "$@"; do
+  case $arg in
+    --quick) mode=quick ;;
+    --full) mode=full ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "$me: unknown argument $arg (try --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "$me: must run as root (containerd, runc, debootstrap and overlay mounts need it)" >&2
+  exit 1
+fi
+
+started=$SECONDS
+say() { printf '\n=== %s (%ss)\n' "$*" "$((SECONDS - started))"; }
+die() {
+  echo "$me: $*" >&2
+  exit 1
+}
+
+# ---------------------------------------------------------------- sizes
+if [[ $mode == quick ]]; then
+  rounds=2          # rows 1, 3, 4, 5, 6
+  cycle_iterations=40
+  import_rounds=1   # row 2, each variant
+  runs_per_round=2  # row 3
+  usage_files=10000
+  usage_calls=100
+  chain_layers=200
+  many_count=1000
+  profile_cycles=30
+else
+  rounds=5
+  cycle_iterations=300
+  import_rounds=4
+  runs_per_round=4
+  usage_files=100000
+  usage_calls=500
+  chain_layers=500
+  many_count=10000
+  profile_cycles=100
+fi
+
+# ---------------------------------------------------------------- packages
+say "dependencies"
+if [[ -x hack/deps.sh ]]; then
+  hack/deps.sh
+fi
+packages=(containerd runc debootstrap python3 strace util-linux e2fsprogs)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "$me: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+for cmd in containerd ctr containerd-shim-runc-v2 runc debootstrap python3 strace mount umount mkfs.ext4; do
+  command -v "$cmd" >/dev/null || die "$cmd not found after installing packages"
+done
+
+# ---------------------------------------------------------------- build
+if [[ -n ${RUSTLAYER_BIN-} && -n ${RUSTLAYER_BENCH_BIN-} ]]; then
+  bin=$RUSTLAYER_BIN bench=$RUSTLAYER_BENCH_BIN
+else
+  say "cargo build --release"
+  command -v cargo >/dev/null ||
+    die "cargo not in PATH (sudo resets it: try sudo env PATH=\"\$PATH\" hack/bench.sh, or set RUSTLAYER_BIN and RUSTLAYER_BENCH_BIN)"
+  cargo build --release --locked -p rustlayer -p rustlayer-bench
+  target_dir=${CARGO_TARGET_DIR:-$repo/target}
+  bin=$target_dir/release/rustlayer bench=$target_dir/release/rustlayer-bench
+fi
+[[ -x $bin ]] || die "no rustlayer binary at $bin"
+[[ -x $bench ]] || die "no rustlayer-bench binary at $bench"
+bin=$(realpath "$bin") bench=$(realpath "$bench")
+
+# ---------------------------------------------------------------- image
+cache=$repo/.cache/bench
+mkdir -p "$cache"
+rootfs=$cache/rootfs-bookworm-minbase
+if [[ ! -e $rootfs.complete ]]; then
+  say "debootstrap --variant=minbase bookworm (once; cached in $rootfs)"
+  rm -rf "$rootfs" "$rootfs.tmp"
+  debootstrap --variant=minbase bookworm "$rootfs.tmp" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
+    >"$cache/debootstrap.log" 2>&1 || {
+    tail -n 20 "$cache/debootstrap.log" >&2
+    die "debootstrap failed; the whole log is $cache/debootstrap.log"
+  }
+  mv "$rootfs.tmp" "$rootfs"
+  touch "$rootfs.complete"
+fi
+image=docker.io/library/rustlayer-bench-debian:bookworm
+archive=$cache/debian-bookworm.oci.tar
+builder=hack/bench/make_rootfs_image.py
+image_key=$(
+  {
+    sha256sum "$builder"
+    stat -c %Y "$rootfs.complete"
+    echo "$image"
+  } | sha256sum | cut -d' ' -f1
+)
+if [[ ! -f $archive || $(cat "$archive.key" 2>/dev/null) != "$image_key" ]]; then
+  say "packing the root filesystem into a multi-layer OCI archive (once)"
+  python3 "$builder" --rootfs "$rootfs" --output "$archive" --name "$image" >"$archive.json"
+  echo "$image_key" >"$archive.key"
+fi
+layers=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"])' <"$archive.json")
+image_mb=$(python3 -c 'import json,sys; j=json.load(sys.stdin); print("%d MB in %d layers (%d MB gzip)" % (j["uncompressed_bytes"]/1e6, j["layers"], j["compressed_bytes"]/1e6))' <"$archive.json")
+echo "$me: image $image: $image_mb"
+
+# ---------------------------------------------------------------- daemons
+tmp=${BENCH_DIR:-$(mktemp -d /var/tmp/rustlayer-bench.XXXXXX)}
+mkdir -p "$tmp"
+tmp=$(realpath "$tmp")
+sock=$tmp/containerd.sock
+rl_sock=$tmp/rl.sock
+# Both snapshotters' roots share one filesystem: the scratch directory's own, or
+# with BENCH_FS=fresh a new ext4 in a loop-mounted image file, so that neither
+# inherits an aged filesystem's layout (on a long-used filesystem, file creation
+# speed can differ from one directory to the next by more than the snapshotters
+# differ). A loop device makes every fsync much dearer than on the disk below.
+roots=$tmp/fs
+rl_root=$roots/rl
+results=$tmp/results.jsonl
+: >"$results"
+rl_pid='' cd_pid='' strace_pids=()
+namespaces=(bench bench-import bench-unpack bench-run bench-gc)
+
+stop_pid() { # stop_pid PID NAME: TERM, up to 20 s, then KILL
+  local pid=$1 i
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 200; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "$me: $2 (pid $pid) ignored SIGTERM; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+mounted_under_tmp() { awk -v p="$tmp/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo; }
+
+cleanup() {
+  local rc=$? pid cmd m ns
+  trap - EXIT INT TERM
+  set +e
+  for pid in "${strace_pids[@]}"; do kill -INT "$pid" 2>/dev/null; done
+  if ((rc != 0)); then
+    for f in rustlayer.log containerd.log; do
+      [[ -s $tmp/$f ]] || continue
+      echo "---- last 30 lines of $tmp/$f"
+      grep -v 'msg="loading plugin' "$tmp/$f" | tail -n 30
+    done
+  fi
+  stop_pid "$cd_pid" containerd
+  # Shims outlive containerd; ours name our directory on their command line.
+  # shellcheck disable=SC2013 # pids, one word each
+  for pid in $(grep -lsF -- "$tmp/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
+    [[ $pid == "$$" ]] && continue
+    cmd=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || continue
+    [[ $cmd == *containerd-shim* ]] && kill -KILL "$pid" 2>/dev/null
+  done
+  stop_pid "$rl_pid" rustlayer
+  for ns in "${namespaces[@]}"; do
+    for m in /sys/fs/cgroup/"$ns" /sys/fs/cgroup/*/"$ns"; do
+      [[ -d $m ]] && find "$m" -depth -type d -exec rmdir {} + 2>/dev/null
+    done
+  done
+  for m in $(mounted_under_tmp | sort -r); do
+    umount "$m" 2>/dev/null || umount -l "$m"
+  done
+  if [[ -n ${BENCH_KEEP-} ]]; then
+    echo "$me: kept $tmp"
+  elif [[ -n $(mounted_under_tmp) ]]; then
+    echo "$me: mounts left under $tmp; not removing it" >&2
+    rc=1
+  else
+    rm -rf "$tmp"
+  fi
+  echo "$me: $mode run finished in $((SECONDS - started))s (status $rc)"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+case ${BENCH_FS:-host} in
+  host | fresh) ;;
+  *) die "BENCH_FS must be host or fresh, not ${BENCH_FS}" ;;
+esac
+mkdir -p "$roots"
+if [[ ${BENCH_FS:-host} == fresh ]]; then
+  say "a fresh ext4 (${BENCH_FS_SIZE:-16G} sparse image) for the roots"
+  truncate -s "${BENCH_FS_SIZE:-16G}" "$tmp/fs.img"
+  mkfs.ext4 -q -F "$tmp/fs.img"
+  mount -o loop "$tmp/fs.img" "$roots"
+fi
+fs_desc=$(findmnt -n -T "$roots" -o FSTYPE,SOURCE | tr -s ' ')
+if [[ ${BENCH_FS:-host} == fresh ]]; then fs_desc="a fresh $fs_desc"; fi
+
+say "starting rustlayer and containerd in $tmp"
+: >"$tmp/rustlayer.toml" # defaults, whatever /etc/rustlayer holds
+env -u RUST_LOG "$bin" serve --config "$tmp/rustlayer.toml" --root "$rl_root" --address "$rl_sock" \
+  >"$tmp/rustlayer.log" 2>&1 &
+rl_pid=$!
+for ((i = 0; i < 300; i++)); do
+  [[ -S $rl_sock ]] && break
+  kill -0 "$rl_pid" 2>/dev/null || die "rustlayer exited during start"
+  sleep 0.1
+done
+[[ -S $rl_sock ]] || die "rustlayer did not create $rl_sock within 30 s"
+
+mkdir -p "$roots/containerd" "$tmp/containerd" "$tmp/mnt" "$tmp/runc"
+cat >"$tmp/containerd.toml" <<EOF
+version = 2
+root = "$roots/containerd/root"
+state = "$tmp/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "$sock"
+
+[ttrpc]
+  address = "$sock.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$tmp/containerd/opt"
+
+[proxy_plugins.rustlayer]
+  type = "snapshot"
+  address = "$rl_sock"
+EOF
+containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
+cd_pid=$!
+for ((i = 0; i < 300; i++)); do
+  kill -0 "$cd_pid" 2>/dev/null || die "containerd exited during start"
+  ctr -a "$sock" version >/dev/null 2>&1 && break
+  sleep 0.1
+done
+plugins=$(ctr -a "$sock" plugins ls 2>&1)
+for s in rustlayer overlayfs native; do
+  grep -qE "^io\.containerd\.snapshotter\.v1 +$s .* ok" <<<"$plugins" ||
+    die "containerd lacks a working snapshotter $s:"$'\n'"$plugins"
+done
+echo "$me: containerd pid $cd_pid, rustlayer pid $rl_pid"
+
+# ---------------------------------------------------------------- helpers
+ctrn() { # ctrn NAMESPACE ARGS...
+  local ns=$1
+  shift
+  timeout 900 ctr -a "$sock" -n "$ns" "$@"
+}
+record() { # record ROW METRIC TARGET UNIT VALUE ROUND [--main]
+  "$bench" record --results "$results" --row "$1" --metric "$2" --target "$3" --unit "$4" \
+    --value "$5" --round "$6" "${@:7}"
+}
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
+count_snapshots() { # count_snapshots NAMESPACE SNAPSHOTTER
+  ctrn "$1" snapshots --snapshotter "$2" ls | awk 'NR > 1 && NF' | wc -l
+}
+count_content() { ctrn "$1" content ls -q | awk 'NF' | wc -l; }
+# A full garbage collection now, waited for: delete a throwaway lease synchronously.
+gc_now() {
+  ctrn bench-gc leases create --id gc-now >/dev/null
+  ctrn bench-gc leases delete --sync gc-now >/dev/null
+}
+# Let deferred work finish before the next timed step: containerd's GC, rustlayer's
+# trash reaper, the page cache's dirty data.
+settle() {
+  local i
+  gc_now
+  for ((i = 0; i < 600; i++)); do
+    [[ -z $(ls -A "$rl_root/trash" 2>/dev/null) ]] && break
+    sleep 0.1
+  done
+  sync
+  sleep 1
+}
+# Snapshotters in the order of a round: reversed every other round.
+ordered() { # ordered ROUND NAME...
+  local round=$1
+  shift
+  if ((round % 2)); then
+    local -a r=()
+    for ((i = $#; i > 0; i--)); do r+=("${!i}"); done
+    echo "${r[@]}"
+  else
+    echo "$@"
+  fi
+}
+
+# ---------------------------------------------------------------- row 0
+say "row 0: the disk under the roots ($fs_desc)"
+"$bench" fsync-probe --dir "$roots" --count 200 --results "$results"
+settle
+
+# ---------------------------------------------------------------- row 1
+say "row 1: snapshot cycle, $rounds rounds x $cycle_iterations cycles"
+for ((r = 0; r < rounds; r++)); do
+  "$bench" cycle --containerd "$sock" --namespace bench \
+    --snapshotter rustlayer --snapshotter overlayfs --snapshotter native --rustlayer "$rl_sock" \
+    --iterations "$cycle_iterations" --warmup 10 --round "$r" --results "$results"
+done
+settle
+
+# ---------------------------------------------------------------- row 2
+say "row 2: image import, $import_rounds rounds cold and $import_rounds with the content present"
+import_cold() { # import_cold SNAPSHOTTER ROUND
+  local s=$1 r=$2 t0 t1 n
+  t0=$EPOCHREALTIME
+  ctrn bench-import images import --snapshotter "$s" "$archive" >/dev/null ||
+    die "ctr images import --snapshotter $s failed"
+  t1=$EPOCHREALTIME
+  n=$(count_snapshots bench-import "$s")
+  ((n == layers)) || die "import on $s: $n snapshots, expected $layers"
+  record "2 image import" "ctr images import, cold (content + unpack)" "$s" s "$(elapsed "$t0" "$t1")" "$r" --main
+  ctrn bench-import images rm --sync "$image" >/dev/null
+  n=$(count_snapshots bench-import "$s")
+  ((n == 0)) || die "after removing the image, $n snapshots of $s are left"
+  n=$(count_content bench-import)
+  ((n == 0)) || die "after removing the image, $n content blobs are left"
+  settle
+}
+import_warm() { # import_warm SNAPSHOTTER ROUND
+  local s=$1 r=$2 t0 t1 n
+  t0=$EPOCHREALTIME
+  ctrn bench-unpack images import --snapshotter "$s" "$archive" >/dev/null ||
+    die "ctr images import --snapshotter $s failed"
+  t1=$EPOCHREALTIME
+  n=$(count_snapshots bench-unpack "$s")
+  ((n == layers)) || die "import on $s: $n snapshots, expected $layers"
+  record "2 image import" "ctr images import, content present (unpack only)" "$s" s "$(elapsed "$t0" "$t1")" "$r" --main
+  "$bench" wipe --containerd "$sock" --namespace bench-unpack --snapshotter "$s" >/dev/null
+  n=$(count_snapshots bench-unpack "$s")
+  ((n == 0)) || die "after wiping, $n snapshots of $s are left"
+  settle
+}
+# Cold first: no other namespace may hold the image's content yet, or containerd
+# would take the blobs as already there.
+for ((r = 0; r < import_rounds; r++)); do
+  for s in $(ordered "$r" rustlayer overlayfs); do import_cold "$s" "$r"; done
+done
+ctrn bench-unpack images import --no-unpack "$archive" >/dev/null
+for ((r = 0; r < import_rounds; r++)); do
+  for s in $(ordered "$r" rustlayer overlayfs); do import_warm "$s" "$r"; done
+done
+
+# ---------------------------------------------------------------- row 3
+say "row 3: container start, $rounds rounds x $runs_per_round runs"
+for s in overlayfs rustlayer; do
+  ctrn bench-run images import --snapshotter "$s" "$archive" >/dev/null ||
+    die "ctr images import --snapshotter $s failed"
+done
+run_once() { # run_once SNAPSHOTTER ID
+  ctrn bench-run run --rm --snapshotter "$1" --runc-root "$tmp/runc" "$image" "$2" /bin/true </dev/null
+}
+for s in overlayfs rustlayer; do run_once "$s" "warmup-$s" || die "ctr run on $s failed"; done
+n=0
+for ((r = 0; r < rounds; r++)); do
+  for s in $(ordered "$r" rustlayer overlayfs); do
+    for ((k = 0; k < runs_per_round; k++)); do
+      n=$((n + 1))
+      t0=$EPOCHREALTIME
+      run_once "$s" "run-$s-$n" || die "ctr run --snapshotter $s failed"
+      t1=$EPOCHREALTIME
+      record "3 container start" "ctr run --rm IMAGE /bin/true" "$s" s "$(elapsed "$t0" "$t1")" "$n" --main
+    done
+  done
+done
+settle
+
+# ---------------------------------------------------------------- row 4
+say "row 4: Usage of a committed layer with $usage_files files"
+"$bench" usage --containerd "$sock" --namespace bench \
+  --snapshotter rustlayer --snapshotter overlayfs --snapshotter native --rustlayer "$rl_sock" \
+  --files "$usage_files" --calls "$usage_calls" --rounds "$rounds" --workdir "$tmp/mnt" --results "$results"
+settle
+
+# ---------------------------------------------------------------- row 5
+say "row 5: a $chain_layers-layer chain"
+"$bench" chain --containerd "$sock" --namespace bench --snapshotter rustlayer --snapshotter overlayfs \
+  --layers "$chain_layers" --rounds "$rounds" --workdir "$tmp/mnt" --results "$results"
+settle
+
+# ---------------------------------------------------------------- profile
+say "where the time goes: strace -T -y during $profile_cycles cycles"
+trace() { # trace OUT PID -- COMMAND...: COMMAND runs while PID is traced
+  local out=$1 pid=$2 spid i
+  shift 3
+  strace -f -T -y -o "$out" -p "$pid" 2>"$out.err" &
+  spid=$!
+  strace_pids+=("$spid")
+  for ((i = 0; i < 50; i++)); do
+    grep -q attached "$out.err" 2>/dev/null && break
+    sleep 0.1
+  done
+  sleep 0.5
+  "$@" >/dev/null 2>&1 || die "traced command failed: $*"
+  kill -INT "$spid"
+  wait "$spid" || true
+  strace_pids=()
+}
+one_cycle_run() { # one_cycle_run TARGET-ARGS...
+  "$bench" cycle --namespace bench --iterations "$profile_cycles" --warmup 0 "$@"
+}
+trace "$tmp/strace-rl-direct.txt" "$rl_pid" -- one_cycle_run --rustlayer "$rl_sock"
+trace "$tmp/strace-rl-via.txt" "$rl_pid" -- one_cycle_run --containerd "$sock" --snapshotter rustlayer
+trace "$tmp/strace-cd-rl.txt" "$cd_pid" -- one_cycle_run --containerd "$sock" --snapshotter rustlayer
+trace "$tmp/strace-cd-ovl.txt" "$cd_pid" -- one_cycle_run --containerd "$sock" --snapshotter overlayfs
+profile=$(python3 hack/bench/strace_summary.py --cycles "$profile_cycles" --strip "$roots" \
+  "rustlayer daemon (direct cycles)=$tmp/strace-rl-direct.txt" \
+  "rustlayer daemon (cycles via containerd)=$tmp/strace-rl-via.txt" \
+  "containerd (rustlayer cycles)=$tmp/strace-cd-rl.txt" \
+  "containerd (overlayfs cycles)=$tmp/strace-cd-ovl.txt")
+echo "$profile"
+settle
+
+# ---------------------------------------------------------------- row 6
+say "row 6: $many_count snapshots each on rustlayer and overlayfs"
+"$bench" many --containerd "$sock" --namespace bench --snapshotter rustlayer --snapshotter overlayfs \
+  --rustlayer "$rl_sock" --count "$many_count" --concurrency 8 --rounds "$rounds" \
+  --rustlayer-pid "$rl_pid" --containerd-pid "$cd_pid" --results "$results"
+
+# ---------------------------------------------------------------- row 7
+"$bench" record --results "$results" --row "7 devmapper" --metric "all devmapper rows" \
+  --target rustlayer --note "skipped: devmapper backend not built yet" --main
+
+# ---------------------------------------------------------------- report
+say "report"
+cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+rev=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
+invocation="hack/bench.sh"
+if [[ $mode == quick ]]; then invocation+=" --quick"; fi
+built="rustlayer $rev"
+if [[ -n ${RUSTLAYER_BIN-} ]]; then built="rustlayer binary $bin (tree at $rev)"; fi
+"$bench" report --results "$results" --output "$cache/results.md" \
+  --context "$(date -u +%Y-%m-%dT%H:%MZ), \`$invocation\`, $built" \
+  --context "$(nproc) × $cpu, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), roots on $fs_desc" \
+  --context "$(containerd --version | awk '{ print $1, $3 }'), $(runc --version | head -n1)" \
+  --context "image: debootstrap'd Debian bookworm minbase, $image_mb" \
+  --context "rounds: $rounds (row 2: $import_rounds per variant); row 1: $cycle_iterations cycles per round; row 3: $runs_per_round runs per round; row 4: $usage_files files, $usage_calls calls per round; row 5: $chain_layers layers; row 6: $many_count snapshots"
+{
+  echo
+  echo "## Where the time goes: strace -f -T -y, per snapshot cycle"
+  echo
+  echo "$profile_cycles cycles of row 1 with the daemon (or containerd) under strace, which slows"
+  echo "every syscall: the counts are exact, the times inflated. Through containerd, a Remove"
+  echo "only deletes containerd's record; the snapshotter's own Remove comes later, from"
+  echo "containerd's garbage collector, and may fall outside the traced window."
+  echo
+  echo "$profile"
+} >>"$cache/results.md"
+cp "$results" "$cache/results.jsonl"
+echo "$me: tables in $cache/results.md, figures in $cache/results.jsonl"
