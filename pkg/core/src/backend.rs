@@ -30,10 +30,13 @@ pub struct SnapshotRef<'a> {
 /// decides anything about the snapshot graph; the snapshotter owns the metadata and
 /// calls these hooks in an order that keeps a crash at any point recoverable:
 ///
-/// 1. [`stage`](Backend::stage) outside any transaction (slow work, nothing visible);
+/// 1. [`stage`](Backend::stage) outside any transaction (slow work, nothing visible),
+///    under an id the store has durably reserved, so a crash leaves a reservation
+///    that tells Cleanup where to look;
 /// 2. [`publish`](Backend::publish) inside the metadata transaction, just before it
 ///    commits, so storage is visible under the id iff the metadata is durable;
-/// 3. [`remove`](Backend::remove) only after the metadata forgot the snapshot;
+/// 3. [`remove`](Backend::remove) only after the metadata forgot the snapshot (its
+///    id stays reserved until Cleanup confirms the storage is gone);
 /// 4. [`cleanup`](Backend::cleanup) deletes anything the metadata does not know.
 ///
 /// Methods block (filesystem and ioctl work); callers run them off the async runtime.
@@ -41,8 +44,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Short name for logs, metrics and `rustlayer check`.
     fn name(&self) -> &'static str;
 
-    /// Creates a new snapshot's storage under a private staging name.
-    fn stage(&self, kind: Kind, parents: &[SnapshotId], labels: &Labels) -> Result<Staged>;
+    /// Creates a new snapshot's storage for the reserved id `id`, invisible until
+    /// published. `parents` are the committed ancestors, nearest first.
+    fn stage(
+        &self,
+        id: SnapshotId,
+        kind: Kind,
+        parents: &[SnapshotId],
+        labels: &Labels,
+    ) -> Result<Staged>;
 
     /// Makes staged storage durable under `id`. Anything found under `id` beforehand
     /// is debris of a transaction that never committed and may be replaced.
@@ -66,8 +76,24 @@ pub trait Backend: Send + Sync + 'static {
     fn remove(&self, id: SnapshotId) -> Result<()>;
 
     /// Deletes every piece of storage whose id `is_known` rejects, plus staging
-    /// debris. Returns how many pieces were removed.
-    fn cleanup(&self, is_known: &dyn Fn(SnapshotId) -> bool) -> Result<usize>;
+    /// debris, and makes sure nothing is left under any of `suspects` (reserved ids
+    /// whose storage a crash or a Remove may have left behind; a backend that cannot
+    /// list its storage relies on them). Returns how many pieces were removed.
+    fn cleanup(
+        &self,
+        is_known: &dyn Fn(SnapshotId) -> bool,
+        suspects: &[SnapshotId],
+    ) -> Result<usize>;
+
+    /// Called once at start with the snapshots containerd may still mount (active
+    /// ones and views), so storage that must be attached to be mounted is.
+    fn resume(&self, live: &[(SnapshotId, Kind)]) -> Result<()> {
+        let _ = live;
+        Ok(())
+    }
+
+    /// Clean shutdown: release what the backend attached and nobody uses.
+    fn shutdown(&self) {}
 
     /// Space figures of a shared pool the backend allocates from (dm-thin), for
     /// metrics and `rustlayer check`. Directory-based backends have none.

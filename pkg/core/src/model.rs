@@ -12,6 +12,10 @@ pub type Labels = BTreeMap<String, String>;
 pub struct SnapshotId(u64);
 
 impl SnapshotId {
+    /// The largest id the store hands out. Ids name dm-thin devices, whose ids are 24
+    /// bits wide; id 0 is left to a backend's own use (the devmapper base device).
+    pub const MAX: SnapshotId = SnapshotId((1 << 24) - 1);
+
     pub const fn new(raw: u64) -> Self {
         SnapshotId(raw)
     }

@@ -34,6 +34,8 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("all {max} snapshot ids are in use or awaiting cleanup")]
+    IdsExhausted { max: u64 },
     #[error("metadata: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("metadata holds an invalid {what}: {value}")]
@@ -48,6 +50,7 @@ impl From<Error> for rustlayer_core::Error {
         match &err {
             Error::Full { .. } => rustlayer_core::Error::ResourceExhausted(err.to_string()),
             Error::ReadOnly { .. } => rustlayer_core::Error::FailedPrecondition(err.to_string()),
+            Error::IdsExhausted { .. } => rustlayer_core::Error::ResourceExhausted(err.to_string()),
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == ErrorCode::DiskFull =>
             {

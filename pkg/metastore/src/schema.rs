@@ -1,10 +1,11 @@
 //! The on-disk layout. `user_version` records the schema so that an older binary
 //! refuses a newer file instead of misreading it.
 
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
-/// Ids come from AUTOINCREMENT so a deleted snapshot's id is never handed out again:
-/// its storage may still be in the reaper's queue under that id.
+/// Ids are handed out by the store before any storage exists (see `reserved_ids`),
+/// lowest free first, so they stay small enough to name thin devices (24 bits). An id
+/// is reused only once nothing of its old storage can remain.
 pub const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS snapshots (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -24,6 +25,13 @@ CREATE TABLE IF NOT EXISTS labels (
     value       TEXT    NOT NULL,
     PRIMARY KEY (snapshot_id, name)
 ) WITHOUT ROWID;
+-- Ids that may own storage without a snapshot row: handed to a Prepare that is
+-- still creating its storage ('staging'), or left by a Remove whose storage is
+-- still being deleted ('removed'). Cleanup deletes their storage, then the row.
+CREATE TABLE IF NOT EXISTS reserved_ids (
+    id      INTEGER PRIMARY KEY,
+    reason  TEXT NOT NULL CHECK (reason IN ('staging', 'removed'))
+);
 CREATE TABLE IF NOT EXISTS settings (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -23,12 +23,23 @@ pub struct Record {
 
 #[derive(Debug, Clone)]
 pub struct NewSnapshot<'a> {
+    /// An id from [`Tx::reserve_ids`]; inserting the row ends its reservation.
+    pub id: SnapshotId,
     pub key: &'a str,
     pub parent: Option<SnapshotId>,
     pub kind: Kind,
     pub labels: &'a Labels,
     pub storage: Option<&'a str>,
     pub now: SystemTime,
+}
+
+/// Why an id is reserved without a snapshot row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Handed to a Prepare that may be creating storage under it.
+    Staging,
+    /// Its snapshot was removed; its storage may not be deleted yet.
+    Removed,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -164,6 +175,19 @@ impl<'c> Tx<'c> {
         rows.map(|r| id_from_sql(r?)).collect()
     }
 
+    /// Active snapshots and views: what containerd may still mount.
+    pub fn live_ids(&self) -> Result<Vec<(SnapshotId, Kind)>> {
+        let mut stmt = self.txn.prepare_cached(
+            "SELECT id, kind FROM snapshots WHERE kind != 'committed' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|row| {
+            let (id, kind) = row?;
+            Ok((id_from_sql(id)?, kind_from_sql(&kind)?))
+        })
+        .collect()
+    }
+
     pub fn has_children(&self, id: SnapshotId) -> Result<bool> {
         let mut stmt = self
             .txn
@@ -205,19 +229,97 @@ impl<'c> Tx<'c> {
     pub fn insert(&self, new: &NewSnapshot<'_>) -> Result<SnapshotId> {
         let now = time_to_sql(new.now);
         let mut stmt = self.txn.prepare_cached(
-            "INSERT INTO snapshots (key, parent_id, kind, created_ns, updated_ns, storage)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+            "INSERT INTO snapshots (id, key, parent_id, kind, created_ns, updated_ns, storage)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
         )?;
         stmt.execute(params![
+            sql_id(new.id),
             new.key,
             new.parent.map(sql_id),
             new.kind.as_str(),
             now,
             new.storage
         ])?;
-        let id = id_from_sql(self.txn.last_insert_rowid())?;
+        let id = new.id;
+        self.release_ids(&[id])?;
         self.write_labels(id, new.labels)?;
         Ok(id)
+    }
+
+    /// Sets aside the `count` lowest ids that neither name a snapshot nor are
+    /// reserved already, for Prepares to create storage under before their row
+    /// exists. Fails with `IdsExhausted` when fewer than `count` remain below `max`.
+    pub fn reserve_ids(&self, count: usize, max: SnapshotId) -> Result<Vec<SnapshotId>> {
+        let mut taken = self.txn.prepare_cached(
+            "SELECT id FROM snapshots UNION SELECT id FROM reserved_ids ORDER BY 1",
+        )?;
+        let mut rows = taken.query([])?;
+        let mut free = Vec::with_capacity(count);
+        let mut candidate: u64 = 1;
+        'scan: while free.len() < count {
+            let next_taken = match rows.next()? {
+                Some(row) => id_from_sql(row.get(0)?)?.get(),
+                None => u64::MAX,
+            };
+            while candidate < next_taken {
+                if candidate > max.get() {
+                    break 'scan;
+                }
+                free.push(SnapshotId::new(candidate));
+                candidate += 1;
+                if free.len() == count {
+                    break 'scan;
+                }
+            }
+            candidate = next_taken.saturating_add(1);
+            if next_taken == u64::MAX {
+                break;
+            }
+        }
+        if free.len() < count {
+            return Err(Error::IdsExhausted { max: max.get() });
+        }
+        let mut insert = self
+            .txn
+            .prepare_cached("INSERT INTO reserved_ids (id, reason) VALUES (?1, 'staging')")?;
+        for id in &free {
+            insert.execute([sql_id(*id)])?;
+        }
+        Ok(free)
+    }
+
+    /// Every reserved id with why it is reserved, in id order.
+    pub fn reserved_ids(&self) -> Result<Vec<(SnapshotId, Reservation)>> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("SELECT id, reason FROM reserved_ids ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|row| {
+            let (id, reason) = row?;
+            let reason = match reason.as_str() {
+                "staging" => Reservation::Staging,
+                "removed" => Reservation::Removed,
+                other => {
+                    return Err(Error::Invalid {
+                        what: "reservation",
+                        value: other.to_owned(),
+                    });
+                }
+            };
+            Ok((id_from_sql(id)?, reason))
+        })
+        .collect()
+    }
+
+    /// Ends reservations: the id names a snapshot now, or its old storage is gone.
+    pub fn release_ids(&self, ids: &[SnapshotId]) -> Result<()> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("DELETE FROM reserved_ids WHERE id = ?1")?;
+        for id in ids {
+            stmt.execute([sql_id(*id)])?;
+        }
+        Ok(())
     }
 
     /// Turns an active snapshot into a committed one under a new key, keeping its id
@@ -282,11 +384,17 @@ impl<'c> Tx<'c> {
 
     /// Deletes the record and its labels. The caller has checked it has no children;
     /// the foreign key would refuse otherwise.
+    /// Forgets a snapshot. Its id stays reserved until Cleanup has made sure its
+    /// storage is gone, so a new snapshot never inherits the old one's device.
     pub fn delete(&self, id: SnapshotId) -> Result<()> {
         let mut stmt = self
             .txn
             .prepare_cached("DELETE FROM snapshots WHERE id = ?1")?;
         stmt.execute([sql_id(id)])?;
+        let mut retire = self.txn.prepare_cached(
+            "INSERT OR REPLACE INTO reserved_ids (id, reason) VALUES (?1, 'removed')",
+        )?;
+        retire.execute([sql_id(id)])?;
         Ok(())
     }
 

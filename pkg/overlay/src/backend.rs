@@ -268,8 +268,11 @@ impl Backend for OverlayBackend {
         "overlay"
     }
 
+    /// Directories are staged under a private name and renamed to the id at publish,
+    /// so the reserved id itself is not needed yet.
     fn stage(
         &self,
+        _id: SnapshotId,
         kind: Kind,
         parents: &[SnapshotId],
         _labels: &Labels,
@@ -303,7 +306,12 @@ impl Backend for OverlayBackend {
         Ok(self.remove_storage(id)?)
     }
 
-    fn cleanup(&self, is_known: &dyn Fn(SnapshotId) -> bool) -> rustlayer_core::Result<usize> {
+    /// Listing `snapshots/` finds every unknown directory, suspects included.
+    fn cleanup(
+        &self,
+        is_known: &dyn Fn(SnapshotId) -> bool,
+        _suspects: &[SnapshotId],
+    ) -> rustlayer_core::Result<usize> {
         Ok(self.cleanup_storage(is_known)?)
     }
 }

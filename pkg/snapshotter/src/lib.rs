@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use rustlayer_core::filter::Fields;
@@ -28,9 +28,23 @@ pub const METADATA_FILE: &str = "metadata.db";
 /// created but never mounted, so they are refused at Prepare.
 pub const MAX_CHAIN_DEPTH: usize = 500;
 
+/// Ids are reserved this many at a time, so most Prepares pay no extra transaction.
+const ID_BATCH: usize = 16;
+
 pub struct Snapshotter {
     store: Store,
     backend: Arc<dyn Backend>,
+    ids: Mutex<IdPool>,
+}
+
+/// Ids this process has reserved in the store: not yet handed out, or handed to a
+/// Prepare that has not finished. Cleanup must leave both alone. Locked only inside
+/// the store's write lock or on its own, never the other way round.
+#[derive(Debug, Default)]
+struct IdPool {
+    /// Highest first, so `pop` hands out the lowest.
+    free: Vec<SnapshotId>,
+    in_flight: HashSet<SnapshotId>,
 }
 
 impl std::fmt::Debug for Snapshotter {
@@ -62,8 +76,14 @@ impl Snapshotter {
                 backend: backend.name().to_owned(),
             },
         )?;
-        let snapshotter = Snapshotter { store, backend };
+        let snapshotter = Snapshotter {
+            store,
+            backend,
+            ids: Mutex::new(IdPool::default()),
+        };
         let removed = snapshotter.cleanup()?;
+        let live = snapshotter.store.read(|tx| tx.live_ids())?;
+        snapshotter.backend.resume(&live)?;
         let counts = snapshotter.counts()?;
         info!(
             removed,
@@ -111,9 +131,26 @@ impl Snapshotter {
             )));
         }
 
+        let id = self.take_id()?;
+        let created = self.create_as(id, kind, key, parent, &chain, labels);
+        // A failed id stays reserved in the store: storage may linger under it, and
+        // Cleanup, not this Prepare, makes sure it is gone before the id is reused.
+        lock(&self.ids).in_flight.remove(&id);
+        created
+    }
+
+    fn create_as(
+        &self,
+        id: SnapshotId,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        chain: &[SnapshotId],
+        labels: &Labels,
+    ) -> Result<Vec<Mount>> {
         let staged = self
             .backend
-            .stage(kind, &chain, labels)
+            .stage(id, kind, chain, labels)
             .map_err(|err| self.unless_vanished(err, parent))?;
         let mut published = false;
         let created = self.store.write(|tx| {
@@ -123,7 +160,8 @@ impl Snapshotter {
             if parent_chain(tx, parent)? != chain {
                 return Err(Error::NotFound(parent.to_owned()));
             }
-            let id = tx.insert(&NewSnapshot {
+            tx.insert(&NewSnapshot {
+                id,
                 key,
                 parent: chain.first().copied(),
                 kind,
@@ -138,9 +176,8 @@ impl Snapshotter {
         let id = match created {
             Ok(id) => id,
             Err(err) => {
-                // Published storage under an id whose transaction failed is debris the
-                // next publish under that id, or Cleanup, replaces; deleting it here
-                // could race with a writer that already reuses the id.
+                // Published storage under an id whose transaction failed is debris that
+                // Cleanup removes, since the id stays reserved.
                 if !published {
                     self.backend.discard(staged);
                 }
@@ -152,7 +189,24 @@ impl Snapshotter {
         self.backend.mounts(SnapshotRef {
             id,
             kind,
-            parents: &chain,
+            parents: chain,
+        })
+    }
+
+    /// An id durably reserved for a new snapshot, marked in flight.
+    fn take_id(&self) -> Result<SnapshotId> {
+        if let Some(id) = take_free(&mut lock(&self.ids)) {
+            return Ok(id);
+        }
+        self.store.write(|tx| {
+            let mut pool = lock(&self.ids);
+            // Another Prepare may have refilled the pool while we waited for the lock.
+            if pool.free.is_empty() {
+                let mut fresh = tx.reserve_ids(ID_BATCH, SnapshotId::MAX)?;
+                fresh.reverse();
+                pool.free = fresh;
+            }
+            Ok(take_free(&mut pool).expect("pool just refilled"))
         })
     }
 
@@ -323,12 +377,26 @@ impl Snapshotter {
         })
     }
 
-    /// Deletes all storage the metadata does not know. Holds the write lock so no
-    /// storage is published meanwhile.
+    /// Deletes all storage the metadata does not know, and ends the reservations of
+    /// ids whose storage is confirmed gone. Holds the write lock so no storage is
+    /// published meanwhile.
     pub fn cleanup(&self) -> Result<usize> {
         self.store.write(|tx| {
-            let known: HashSet<SnapshotId> = tx.ids()?;
-            self.backend.cleanup(&|id| known.contains(&id))
+            let mut known: HashSet<SnapshotId> = tx.ids()?;
+            {
+                let pool = lock(&self.ids);
+                known.extend(pool.free.iter().copied());
+                known.extend(pool.in_flight.iter().copied());
+            }
+            let suspects: Vec<SnapshotId> = tx
+                .reserved_ids()?
+                .into_iter()
+                .map(|(id, _)| id)
+                .filter(|id| !known.contains(id))
+                .collect();
+            let removed = self.backend.cleanup(&|id| known.contains(&id), &suspects)?;
+            tx.release_ids(&suspects)?;
+            Ok(removed)
         })
     }
 
@@ -341,10 +409,22 @@ impl Snapshotter {
         Ok(self.store.read(|tx| tx.committed_usage())?)
     }
 
-    /// Flushes the metadata into its main file; for clean shutdown.
+    /// Clean shutdown: the backend lets go of what it attached, and the metadata is
+    /// folded into its main file.
     pub fn close(&self) -> Result<()> {
+        self.backend.shutdown();
         Ok(self.store.checkpoint()?)
     }
+}
+
+fn take_free(pool: &mut IdPool) -> Option<SnapshotId> {
+    let id = pool.free.pop()?;
+    pool.in_flight.insert(id);
+    Some(id)
+}
+
+fn lock(pool: &Mutex<IdPool>) -> MutexGuard<'_, IdPool> {
+    pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn get(tx: &Tx<'_>, key: &str) -> Result<Record> {

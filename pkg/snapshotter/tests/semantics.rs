@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustlayer_core::{
     Backend, Code, Filters, Kind, Labels, Mount, SnapshotId, SnapshotRef, Staged, Usage,
@@ -25,6 +25,8 @@ struct Fixture {
 struct Faults {
     fail_publish: AtomicBool,
     fail_seal: AtomicBool,
+    /// Every id Cleanup was asked to make sure is empty.
+    suspects: Mutex<Vec<SnapshotId>>,
 }
 
 struct FaultyBackend {
@@ -44,11 +46,12 @@ impl Backend for FaultyBackend {
     }
     fn stage(
         &self,
+        id: SnapshotId,
         kind: Kind,
         parents: &[SnapshotId],
         labels: &Labels,
     ) -> rustlayer_core::Result<Staged> {
-        self.inner.stage(kind, parents, labels)
+        self.inner.stage(id, kind, parents, labels)
     }
     fn publish(&self, staged: &Staged, id: SnapshotId) -> rustlayer_core::Result<()> {
         if self.faults.fail_publish.load(Ordering::SeqCst) {
@@ -74,8 +77,13 @@ impl Backend for FaultyBackend {
     fn remove(&self, id: SnapshotId) -> rustlayer_core::Result<()> {
         self.inner.remove(id)
     }
-    fn cleanup(&self, is_known: &dyn Fn(SnapshotId) -> bool) -> rustlayer_core::Result<usize> {
-        self.inner.cleanup(is_known)
+    fn cleanup(
+        &self,
+        is_known: &dyn Fn(SnapshotId) -> bool,
+        suspects: &[SnapshotId],
+    ) -> rustlayer_core::Result<usize> {
+        self.faults.suspects.lock().unwrap().extend(suspects);
+        self.inner.cleanup(is_known, suspects)
     }
 }
 
@@ -494,4 +502,51 @@ fn chains_deeper_than_the_kernel_allows_are_refused() {
         code(f.s.prepare("too-deep", &parent, &none())),
         Code::FailedPrecondition
     );
+}
+
+fn id_of(f: &Fixture, key: &str) -> u64 {
+    let upper = upper_of(f, key);
+    let dir = upper
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    dir.parse().unwrap()
+}
+
+#[test]
+fn a_removed_snapshots_id_is_reused_only_after_cleanup_confirms_it_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let faults = Arc::new(Faults::default());
+    let mut f = Fixture {
+        s: open_at(&root, Arc::clone(&faults)),
+        _dir: dir,
+        root: root.clone(),
+        faults: Arc::clone(&faults),
+    };
+    f.s.prepare("a", "", &none()).unwrap();
+    f.s.prepare("keep", "", &none()).unwrap();
+    let (a, keep) = (id_of(&f, "a"), id_of(&f, "keep"));
+    assert_eq!((a, keep), (1, 2), "lowest free ids first");
+    f.s.remove("a").unwrap();
+    f.s.prepare("b", "", &none()).unwrap();
+    assert_ne!(
+        id_of(&f, "b"),
+        a,
+        "a removed id stays reserved until Cleanup"
+    );
+
+    faults.suspects.lock().unwrap().clear();
+    drop(std::mem::replace(
+        &mut f.s,
+        open_at(&root, Arc::clone(&faults)),
+    ));
+    let suspects = faults.suspects.lock().unwrap().clone();
+    assert!(suspects.contains(&SnapshotId::new(a)), "{suspects:?}");
+    f.s.prepare("c", "", &none()).unwrap();
+    assert_eq!(id_of(&f, "c"), a, "confirmed empty, the id is free again");
+    assert_eq!(f.s.stat("keep").unwrap().name, "keep");
 }
