@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use rustlayer_devmapper::DevmapperConfig;
 use serde::{Deserialize, Serialize};
 
 /// Read when `--config` is not given, if it exists.
@@ -36,6 +37,8 @@ pub struct Config {
     /// Group id allowed to use the socket besides root.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<u32>,
+    /// Settings of the devmapper backend (ignored by the overlay backend).
+    pub devmapper: DevmapperConfig,
 }
 
 impl Default for Config {
@@ -47,12 +50,17 @@ impl Default for Config {
             metrics_address: None,
             log_format: LogFormat::Text,
             socket_group: None,
+            devmapper: DevmapperConfig::default(),
         }
     }
 }
 
 /// `rustlayer config default`: every setting with its default and what it does.
-pub const DEFAULT_TOML: &str = r#"# rustlayer daemon configuration. Command-line flags override these settings.
+pub fn default_toml() -> String {
+    format!("{TOP_LEVEL_TOML}\n{}", rustlayer_devmapper::DEFAULT_TOML)
+}
+
+const TOP_LEVEL_TOML: &str = r#"# rustlayer daemon configuration. Command-line flags override these settings.
 
 # Where snapshots and their metadata live. Must not be a symlink or world-writable.
 root = "/var/lib/rustlayer"
@@ -82,8 +90,14 @@ impl Config {
             None => (Path::new(DEFAULT_CONFIG_PATH), false),
         };
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .with_context(|| format!("invalid configuration in {}", path.display())),
+            Ok(text) => {
+                let config: Config = toml::from_str(&text)
+                    .with_context(|| format!("invalid configuration in {}", path.display()))?;
+                config.devmapper.validate().map_err(|problem| {
+                    anyhow::anyhow!("invalid [devmapper] in {}: {problem}", path.display())
+                })?;
+                Ok(config)
+            }
             Err(err) if !required && err.kind() == std::io::ErrorKind::NotFound => {
                 Ok(Config::default())
             }
@@ -98,7 +112,7 @@ mod tests {
 
     #[test]
     fn printed_defaults_are_the_defaults() {
-        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        let parsed: Config = toml::from_str(&default_toml()).unwrap();
         assert_eq!(parsed, Config::default());
     }
 
@@ -110,9 +124,13 @@ mod tests {
 
     #[test]
     fn partial_files_keep_other_defaults() {
-        let c: Config =
-            toml::from_str("backend = \"devmapper\"\nmetrics_address = \"127.0.0.1:9\"").unwrap();
+        let c: Config = toml::from_str(
+            "backend = \"devmapper\"\nmetrics_address = \"127.0.0.1:9\"\n[devmapper]\npool_name = \"p\"",
+        )
+        .unwrap();
         assert_eq!(c.backend, BackendKind::Devmapper);
+        assert_eq!(c.devmapper.pool_name.as_deref(), Some("p"));
+        assert_eq!(c.devmapper.base_image_size, DevmapperConfig::default().base_image_size);
         assert_eq!(c.metrics_address, Some("127.0.0.1:9".parse().unwrap()));
         assert_eq!(c.root, Config::default().root);
     }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{BackendKind, Config, DEFAULT_TOML, LogFormat};
+use crate::config::{BackendKind, Config, LogFormat, default_toml};
 use crate::output::Output;
 
 #[derive(Debug, Parser)]
@@ -152,7 +152,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Config(ConfigCommand::Default) => {
-            print!("{DEFAULT_TOML}");
+            print!("{}", default_toml());
             Ok(())
         }
         Command::Serve(args) => args.resolve().and_then(|config| {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use rustlayer_core::Backend;
+use rustlayer_devmapper::{DevmapperBackend, DevmapperOptions};
 use rustlayer_metrics::{Collector, DEFAULT_INTERVAL, Health, Metrics};
 use rustlayer_mount::LinuxMounter;
 use rustlayer_overlay::{OverlayBackend, OverlayOptions, preflight};
@@ -97,7 +98,13 @@ fn open_backend(config: &Config) -> Result<Arc<dyn Backend>> {
             Ok(Arc::new(backend))
         }
         BackendKind::Devmapper => {
-            bail!("the devmapper backend is not part of this build yet; use --backend overlay")
+            rustlayer_devmapper::kernel_support().map_err(anyhow::Error::msg)?;
+            let backend = DevmapperBackend::open(&DevmapperOptions {
+                root: config.root.clone(),
+                config: config.devmapper.clone(),
+            })
+            .context("cannot open the devmapper backend")?;
+            Ok(Arc::new(backend))
         }
     }
 }

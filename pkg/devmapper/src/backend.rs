@@ -1,0 +1,570 @@
+//! The devmapper backend: every snapshot is a thin device named by its snapshot id
+//! (the store hands out 24-bit ids, so the id is the thin id too); a new snapshot is
+//! a thin snapshot of its parent's device, or of the base device that carries the
+//! empty filesystem.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use devicemapper::Device;
+use rustlayer_core::{
+    Backend, Kind, Labels, Mount, PoolStats, SnapshotId, SnapshotRef, Staged, Usage,
+};
+use tracing::{debug, info, warn};
+
+use crate::config::{DevmapperConfig, FsType};
+use crate::dm::{Deactivated, Dm};
+use crate::error::{Error, Result};
+use crate::mkfs::make_filesystem;
+use crate::pool::{Deleted, ManagedPool, Pool, PoolMode, PoolUsage, ThinId};
+
+/// Thin id 0 is the base device; the store never hands out snapshot id 0.
+const BASE: ThinId = ThinId::BASE;
+const SECTOR: u64 = 512;
+
+#[derive(Debug, Clone)]
+pub struct DevmapperOptions {
+    pub root: PathBuf,
+    pub config: DevmapperConfig,
+}
+
+pub struct DevmapperBackend {
+    inner: Arc<Inner>,
+    reaper: Mutex<Option<Reaper>>,
+}
+
+struct Inner {
+    dm: Dm,
+    pool: Pool,
+    /// Every device this daemon activates is named `<prefix>-<id>`: unique per root,
+    /// so two daemons on one node never touch each other's devices.
+    prefix: String,
+    sectors: u64,
+    config: DevmapperConfig,
+    /// Pool messages and the activation state they depend on (a snapshot's origin
+    /// must be inactive or suspended) change together.
+    lock: Mutex<()>,
+}
+
+struct Reaper {
+    queue: Sender<ThinId>,
+    worker: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for DevmapperBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevmapperBackend")
+            .field("pool", &self.inner.pool.name())
+            .field("prefix", &self.inner.prefix)
+            .finish()
+    }
+}
+
+/// The device-name prefix for a root: stable across restarts, distinct per root.
+pub fn device_prefix(root: &Path) -> String {
+    // FNV-1a: tiny, stable across releases (unlike std's hasher).
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in root.as_os_str().as_encoded_bytes() {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!("rustlayer-{hash:08x}")
+}
+
+impl DevmapperBackend {
+    pub fn open(options: &DevmapperOptions) -> Result<DevmapperBackend> {
+        let config = options.config.clone();
+        config.validate().map_err(Error::Config)?;
+        let root = fs::canonicalize(&options.root).map_err(Error::io("resolve", &options.root))?;
+        let prefix = device_prefix(&root);
+        let dm = Dm::open()?;
+        let dir = root.join("devmapper");
+        fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
+        let pool = match &config.pool_name {
+            Some(name) => Pool::open_existing(&dm, name)?,
+            None => Pool::open_managed(
+                &dm,
+                &format!("{prefix}-pool"),
+                &ManagedPool {
+                    dir: &dir,
+                    data_bytes: config.pool_data_size.get(),
+                    metadata_bytes: config.pool_metadata_size.get(),
+                    discard_passdown: config.discard_blocks,
+                },
+            )?,
+        };
+        let sectors = config.base_image_size.get().div_ceil(4096) * 4096 / SECTOR;
+        let inner = Arc::new(Inner {
+            dm,
+            pool,
+            prefix,
+            sectors,
+            config,
+            lock: Mutex::new(()),
+        });
+        inner.ensure_base(&dir.join("base"))?;
+        let reaper = if inner.config.async_remove {
+            Some(Reaper::start(Arc::clone(&inner))?)
+        } else {
+            None
+        };
+        info!(
+            pool = inner.pool.name(),
+            managed = inner.pool.is_managed(),
+            prefix = %inner.prefix,
+            base_size = %inner.config.base_image_size,
+            fs = %inner.config.fs_type,
+            "devmapper backend ready"
+        );
+        Ok(DevmapperBackend {
+            inner,
+            reaper: Mutex::new(reaper),
+        })
+    }
+
+    pub fn pool_name(&self) -> &str {
+        self.inner.pool.name()
+    }
+
+    /// The name of the device a snapshot is activated as.
+    pub fn device_name(&self, id: SnapshotId) -> String {
+        self.inner.device_name(thin_id(id).unwrap_or(BASE))
+    }
+
+    /// Blocks until every Remove so far has deleted its device (tests, shutdown).
+    pub fn drain_removals(&self) {
+        if let Some(reaper) = lock(&self.reaper).take() {
+            drop(reaper.queue);
+            let _ = reaper.worker.join();
+            if self.inner.config.async_remove {
+                match Reaper::start(Arc::clone(&self.inner)) {
+                    Ok(fresh) => *lock(&self.reaper) = Some(fresh),
+                    Err(err) => warn!(%err, "removals now happen inline"),
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn device_name(&self, id: ThinId) -> String {
+        if id == BASE {
+            format!("{}-base", self.prefix)
+        } else {
+            format!("{}-{}", self.prefix, id.get())
+        }
+    }
+
+    fn activate(&self, id: ThinId, read_only: bool) -> Result<Device> {
+        let name = self.device_name(id);
+        if let Some((device, _)) = self.dm.device(&name)? {
+            return Ok(device);
+        }
+        self.dm.activate(
+            &name,
+            self.sectors,
+            "thin",
+            &self.pool.thin_params(id),
+            read_only,
+        )
+    }
+
+    fn deactivate(&self, id: ThinId) -> Result<()> {
+        let name = self.device_name(id);
+        match self.dm.deactivate(&name)? {
+            Deactivated::Done | Deactivated::Absent => Ok(()),
+            Deactivated::Busy => Err(Error::Busy { device: name }),
+        }
+    }
+
+    /// Deactivates and deletes a thin device; absent devices are fine.
+    fn delete(&self, id: ThinId) -> Result<Deleted> {
+        let _guard = lock(&self.lock);
+        self.deactivate(id)?;
+        let deleted = self.pool.delete(&self.dm, id)?;
+        debug!(thin = id.get(), ?deleted, "thin device deleted");
+        Ok(deleted)
+    }
+
+    /// Makes the base device and its filesystem the first time a pool is used; a
+    /// marker file records it was finished, so a crash midway starts over.
+    fn ensure_base(&self, marker: &Path) -> Result<()> {
+        let wanted = format!(
+            "fs_type={} size={}\n",
+            self.config.fs_type,
+            self.sectors * SECTOR
+        );
+        if self.pool.is_fresh() {
+            let _ = fs::remove_file(marker);
+        }
+        match fs::read_to_string(marker) {
+            Ok(found) if found == wanted => return Ok(()),
+            Ok(found) => {
+                return Err(Error::Config(format!(
+                    "the base device under this root was made with {}, but the configuration asks for {}; fs_type and base_image_size cannot change for an existing root",
+                    found.trim(),
+                    wanted.trim()
+                )));
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(Error::io("read", marker)(err)),
+        }
+        let _guard = lock(&self.lock);
+        self.deactivate(BASE)?;
+        self.pool.delete(&self.dm, BASE)?;
+        self.pool.create_thin(&self.dm, BASE)?;
+        let device = self.activate(BASE, false)?;
+        let made = node(device).and_then(|path| {
+            make_filesystem(self.config.fs_type, &path, &self.config.fs_options)
+        });
+        self.deactivate(BASE)?;
+        made?;
+        write_durably(marker, wanted.as_bytes())?;
+        Ok(())
+    }
+
+    fn check_space(&self) -> Result<()> {
+        let usage = self.pool.usage(&self.dm)?;
+        let name = self.pool.name();
+        match usage.mode {
+            PoolMode::Writable => {}
+            PoolMode::OutOfDataSpace | PoolMode::ReadOnly => {
+                return Err(Error::PoolFull(format!(
+                    "thin pool {name} is {}: {}",
+                    if usage.mode == PoolMode::ReadOnly {
+                        "read-only (metadata space exhausted)"
+                    } else {
+                        "out of data space"
+                    },
+                    figures(&usage)
+                )));
+            }
+            PoolMode::NeedsCheck | PoolMode::Failed => {
+                return Err(Error::Pool(format!(
+                    "thin pool {name} has failed or needs thin_check; repair it before creating snapshots"
+                )));
+            }
+        }
+        let min = f64::from(self.config.min_free_percent);
+        if usage.data_free_percent() < min || usage.metadata_free_percent() < min {
+            return Err(Error::PoolFull(format!(
+                "thin pool {name} is nearly full: {}; new snapshots need {min}% free: remove unused images or grow the pool",
+                figures(&usage)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates `id` as a snapshot of `origin`. The origin is normally an inactive
+    /// committed layer; an active one is suspended meanwhile, as dm-thin requires.
+    fn snapshot(&self, id: ThinId, origin: ThinId) -> Result<()> {
+        let origin_name = self.device_name(origin);
+        let active_origin = self.dm.device(&origin_name)?.is_some();
+        if active_origin {
+            self.dm.suspend(&origin_name)?;
+        }
+        let created = match self.pool.create_snapshot(&self.dm, id, origin) {
+            // Debris of an id whose cleanup never ran: the store says it is free.
+            Err(err) if err.errno() == Some(libc::EEXIST) => {
+                warn!(thin = id.get(), "replacing a stale thin device");
+                self.deactivate(id)
+                    .and_then(|()| self.pool.delete(&self.dm, id))
+                    .and_then(|_| self.pool.create_snapshot(&self.dm, id, origin))
+            }
+            other => other,
+        };
+        if active_origin {
+            self.dm.resume(&origin_name)?;
+        }
+        created
+    }
+
+    fn thin_usage(&self, id: ThinId) -> Result<Usage> {
+        let name = self.device_name(id);
+        let (_, status) = self.dm.status(&name, false)?;
+        // "<mapped sectors> <highest mapped sector>", or "Fail".
+        let mapped: u64 = status
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::Pool(format!("thin device {name} reports {status:?}")))?;
+        Ok(Usage {
+            bytes: mapped * SECTOR,
+            inodes: 0,
+        })
+    }
+
+    fn mount_for(&self, id: ThinId, kind: Kind) -> Result<Mount> {
+        let device = self.activate(id, kind == Kind::View)?;
+        let source = node(device)?;
+        let mut options = Vec::new();
+        if kind == Kind::View {
+            options.push("ro".to_owned());
+        }
+        match self.config.fs_type {
+            // Every snapshot carries the base filesystem's UUID; XFS refuses to mount
+            // a second filesystem with a UUID already mounted.
+            FsType::Xfs => {
+                options.push("nouuid".to_owned());
+                if kind == Kind::View {
+                    options.push("norecovery".to_owned());
+                }
+            }
+            FsType::Ext4 => {
+                if kind == Kind::View {
+                    options.push("noload".to_owned());
+                }
+            }
+        }
+        Ok(Mount {
+            fs_type: self.config.fs_type.as_str().to_owned(),
+            source: source.to_string_lossy().into_owned(),
+            options,
+        })
+    }
+
+    /// Ids of our active thin devices (the base excluded).
+    fn active_ids(&self) -> Result<Vec<ThinId>> {
+        let prefix = format!("{}-", self.prefix);
+        Ok(self
+            .dm
+            .names_with_prefix(&prefix)?
+            .iter()
+            .filter_map(|name| name[prefix.len()..].parse::<u64>().ok())
+            .filter_map(ThinId::new)
+            .collect())
+    }
+}
+
+impl Reaper {
+    fn start(inner: Arc<Inner>) -> Result<Reaper> {
+        let (queue, work) = mpsc::channel::<ThinId>();
+        let worker = std::thread::Builder::new()
+            .name("rustlayer-thin-reaper".into())
+            .spawn(move || {
+                for id in work {
+                    // A device left here stays reserved in the store; Cleanup retries.
+                    if let Err(err) = inner.delete(id) {
+                        warn!(thin = id.get(), %err, "thin device not deleted; Cleanup retries");
+                    }
+                }
+            })
+            .map_err(Error::io("start thread", "rustlayer-thin-reaper"))?;
+        Ok(Reaper { queue, worker })
+    }
+}
+
+impl Backend for DevmapperBackend {
+    fn name(&self) -> &'static str {
+        "devmapper"
+    }
+
+    fn stage(
+        &self,
+        id: SnapshotId,
+        kind: Kind,
+        parents: &[SnapshotId],
+        _labels: &Labels,
+    ) -> rustlayer_core::Result<Staged> {
+        let inner = &self.inner;
+        let thin = thin_id(id)?;
+        let origin = match parents.first() {
+            Some(parent) => thin_id(*parent)?,
+            None => BASE,
+        };
+        inner.check_space()?;
+        let _guard = lock(&inner.lock);
+        inner.snapshot(thin, origin)?;
+        if kind != Kind::Committed
+            && let Err(err) = inner.activate(thin, kind == Kind::View)
+        {
+            let _ = inner.pool.delete(&inner.dm, thin);
+            return Err(err.into());
+        }
+        Ok(Staged::new(id.get().to_string()))
+    }
+
+    /// The device exists under its id already; the metadata row makes it a snapshot.
+    fn publish(&self, staged: &Staged, id: SnapshotId) -> rustlayer_core::Result<()> {
+        if staged.name() != id.get().to_string() {
+            return Err(rustlayer_core::Error::Internal(format!(
+                "thin device {} staged for another id than {id}",
+                staged.name()
+            )));
+        }
+        Ok(())
+    }
+
+    fn discard(&self, staged: Staged) {
+        let Some(id) = staged.name().parse().ok().and_then(ThinId::new) else {
+            return;
+        };
+        if let Err(err) = self.inner.delete(id) {
+            warn!(thin = id.get(), %err, "staged thin device left for Cleanup");
+        }
+    }
+
+    fn mounts(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Vec<Mount>> {
+        let thin = thin_id(snapshot.id)?;
+        Ok(vec![self.inner.mount_for(thin, snapshot.kind)?])
+    }
+
+    /// Measures the device and deactivates it: committed layers are only ever read
+    /// through snapshots of them, and an inactive origin needs no suspend.
+    fn seal(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
+        let inner = &self.inner;
+        let thin = thin_id(snapshot.id)?;
+        let _guard = lock(&inner.lock);
+        inner.activate(thin, false)?;
+        let usage = inner.thin_usage(thin)?;
+        inner.deactivate(thin)?;
+        Ok(usage)
+    }
+
+    fn usage(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
+        let thin = thin_id(snapshot.id)?;
+        self.inner.activate(thin, snapshot.kind == Kind::View)?;
+        Ok(self.inner.thin_usage(thin)?)
+    }
+
+    fn remove(&self, id: SnapshotId) -> rustlayer_core::Result<()> {
+        let thin = thin_id(id)?;
+        if let Some(reaper) = lock(&self.reaper).as_ref()
+            && reaper.queue.send(thin).is_ok()
+        {
+            return Ok(());
+        }
+        self.inner.delete(thin)?;
+        Ok(())
+    }
+
+    fn cleanup(
+        &self,
+        is_known: &dyn Fn(SnapshotId) -> bool,
+        suspects: &[SnapshotId],
+    ) -> rustlayer_core::Result<usize> {
+        let inner = &self.inner;
+        let mut removed = 0;
+        for thin in inner.active_ids()? {
+            if !is_known(SnapshotId::new(u64::from(thin.get()))) {
+                inner.delete(thin)?;
+                removed += 1;
+            }
+        }
+        for id in suspects {
+            if inner.delete(thin_id(*id)?)? == Deleted::Done {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            info!(removed, "cleanup deleted thin devices the metadata does not know");
+        }
+        Ok(removed)
+    }
+
+    fn resume(&self, live: &[(SnapshotId, Kind)]) -> rustlayer_core::Result<()> {
+        for (id, kind) in live {
+            self.inner.activate(thin_id(*id)?, *kind == Kind::View)?;
+        }
+        Ok(())
+    }
+
+    /// Deactivates every device nothing has open; a mounted one (a running
+    /// container) stays, and with it the pool.
+    fn shutdown(&self) {
+        if let Some(reaper) = lock(&self.reaper).take() {
+            drop(reaper.queue);
+            let _ = reaper.worker.join();
+        }
+        let inner = &self.inner;
+        let mut busy = 0;
+        let ids = inner.active_ids().unwrap_or_default();
+        for id in ids.into_iter().chain([BASE]) {
+            match inner.dm.deactivate(&inner.device_name(id)) {
+                Ok(Deactivated::Busy) => busy += 1,
+                Ok(_) => {}
+                Err(err) => {
+                    warn!(thin = id.get(), %err, "cannot deactivate");
+                    busy += 1;
+                }
+            }
+        }
+        if inner.pool.is_managed() && busy == 0 {
+            match inner.pool.deactivate(&inner.dm) {
+                Ok(_) => info!(pool = inner.pool.name(), "thin pool deactivated"),
+                Err(err) => warn!(%err, "thin pool left active"),
+            }
+        } else if busy > 0 {
+            info!(busy, "devices in use stay active until the next start");
+        }
+    }
+
+    fn pool_stats(&self) -> rustlayer_core::Result<Option<PoolStats>> {
+        let inner = &self.inner;
+        let usage = inner.pool.usage(&inner.dm)?;
+        Ok(Some(PoolStats {
+            pool: inner.pool.name().to_owned(),
+            data_used_bytes: usage.data_used_bytes,
+            data_size_bytes: usage.data_size_bytes,
+            metadata_used_bytes: usage.metadata_used_bytes,
+            metadata_size_bytes: usage.metadata_size_bytes,
+            thin_devices: inner.active_ids()?.len() as u64,
+        }))
+    }
+}
+
+fn thin_id(id: SnapshotId) -> rustlayer_core::Result<ThinId> {
+    ThinId::new(id.get())
+        .filter(|thin| *thin != BASE)
+        .ok_or_else(|| rustlayer_core::Error::Internal(format!("snapshot id {id} is no thin id")))
+}
+
+/// devtmpfs makes `/dev/dm-N` for every active device, with or without udev.
+fn node(device: Device) -> Result<PathBuf> {
+    let path = PathBuf::from(format!("/dev/dm-{}", device.minor));
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Error::Pool(format!(
+            "device node {} is missing: /dev must be a devtmpfs",
+            path.display()
+        )))
+    }
+}
+
+fn figures(usage: &PoolUsage) -> String {
+    format!(
+        "data {} of {} used ({:.1}% free), metadata {} of {} used ({:.1}% free)",
+        mib(usage.data_used_bytes),
+        mib(usage.data_size_bytes),
+        usage.data_free_percent(),
+        mib(usage.metadata_used_bytes),
+        mib(usage.metadata_size_bytes),
+        usage.metadata_free_percent()
+    )
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+fn write_durably(path: &Path, contents: &[u8]) -> Result<()> {
+    let temp = path.with_extension("tmp");
+    let mut file = fs::File::create(&temp).map_err(Error::io("create", &temp))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(Error::io("write", &temp))?;
+    fs::rename(&temp, path).map_err(Error::io("rename", path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("sync", dir))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,27 @@
+//! rustlayer's devicemapper backend: block-level copy-on-write through a dm-thin pool,
+//! one filesystem per thin device. Device-mapper is driven through its ioctls (the
+//! `devicemapper` crate); the only program run is mkfs, once per pool.
+
+mod backend;
+mod config;
+mod dm;
+mod error;
+mod loopdev;
+mod mkfs;
+mod pool;
+mod size;
+
+pub use backend::{DevmapperBackend, DevmapperOptions, device_prefix};
+pub use config::{DEFAULT_TOML, DevmapperConfig, FsType};
+pub use error::{Error, Result};
+pub use size::ByteSize;
+
+/// Whether this kernel can run the backend: device-mapper's control node and the
+/// thin-pool target (loaded as a module on demand, so only its presence in
+/// /proc/devices-style listings is not enough: ask device-mapper itself).
+pub fn kernel_support() -> std::result::Result<(), String> {
+    if !std::path::Path::new("/dev/mapper/control").exists() {
+        return Err("/dev/mapper/control is missing: the kernel has no device-mapper (modprobe dm_mod)".into());
+    }
+    Ok(())
+}
