@@ -1,0 +1,86 @@
+{{- define "rustlayer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "rustlayer.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rustlayer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rustlayer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "rustlayer.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "rustlayer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: snapshotter
+{{- end }}
+
+{{- define "rustlayer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "rustlayer.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "rustlayer.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The socket's directory, shared with the host so containerd can dial it. */}}
+{{- define "rustlayer.socketDir" -}}
+{{- dir .Values.config.address }}
+{{- end }}
+
+{{/*
+The daemon's config.toml. Keys are exactly those of the daemon's Config struct,
+which rejects unknown ones (values.schema.json checks them first). Strings and
+lists of strings go through toJson: JSON strings and arrays of them are valid
+TOML. Numbers arrive from YAML as floats; the schema allows integers only.
+*/}}
+{{- define "rustlayer.configToml" -}}
+# Rendered by the rustlayer chart from its values; edit the values, not this file.
+root = {{ .Values.config.root | toJson }}
+address = {{ .Values.config.address | toJson }}
+backend = {{ .Values.config.backend | toJson }}
+metrics_address = {{ printf "%s:%d" (include "rustlayer.hostForAddress" .Values.metrics.bindAddress) (int .Values.metrics.port) | toJson }}
+log_format = {{ .Values.config.logFormat | toJson }}
+{{- if not (kindIs "invalid" .Values.config.socketGroup) }}
+socket_group = {{ int64 .Values.config.socketGroup }}
+{{- end }}
+{{- with .Values.config.devmapper }}
+
+[devmapper]
+{{- range $key, $value := . }}
+{{- if or (kindIs "string" $value) (kindIs "slice" $value) }}
+{{ $key }} = {{ $value | toJson }}
+{{- else if kindIs "bool" $value }}
+{{ $key }} = {{ $value }}
+{{- else }}
+{{ $key }} = {{ int64 $value }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* An IPv6 literal needs brackets in host:port. */}}
+{{- define "rustlayer.hostForAddress" -}}
+{{- if contains ":" . }}{{ printf "[%s]" (trimAll "[]" .) }}{{ else }}{{ . }}{{ end }}
+{{- end }}
