@@ -152,7 +152,7 @@ set -- $major_minor
 # A runtime's own snapshotter, and "exports" on proxy plugins, came in 1.7.
 per_runtime=no
 if [ "$1" -ge 2 ] || { [ "$1" -eq 1 ] && [ "$2" -ge 7 ]; }; then per_runtime=yes; fi
-if [ "$config_version" = 3 ] && [ "$per_runtime" = no ]; then
+if [ "$config_version" = 3 ] && [ "$1" -lt 2 ]; then
   die "config version 3 needs containerd 2.x, but containerd is $CONTAINERD_VERSION"
 fi
 

@@ -1,0 +1,767 @@
+"""Checks of the Helm chart (charts/rustlayer) and its containerd config patcher.
+
+Renders the chart with Helm's own engine (the helm-python-sdk package), validates
+every object against the Kubernetes OpenAPI schemas (kubernetes-validate, strict),
+asserts what the DaemonSet, RBAC and ConfigMap must say, and runs
+files/patch-containerd.sh on sample containerd configs in a temporary directory,
+with the real containerd parsing the result where it can.
+
+Run by hack/chart-test.sh, which provides those packages. Prints "ok - ...",
+"not ok - ..." or "skip - ... (reason)" per check and a summary line.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+import traceback
+import unittest
+from pathlib import Path
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "rustlayer"
+ALL_ON = CHART / "ci" / "all-on-values.yaml"
+PATCHER = CHART / "files" / "patch-containerd.sh"
+RELEASE, NAMESPACE = "rustlayer", "kube-system"
+# The chart's kubeVersion floor and the newest schemas kubernetes-validate has.
+KUBE_VERSIONS = ["1.27.0", kubernetes_validate.utils.latest_version()]
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def render(values: dict | None = None) -> list[dict]:
+    """Every object the chart renders with these values, NOTES.txt aside."""
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects = []
+    for name, text in sorted(manifests.items()):
+        if name.endswith("NOTES.txt"):
+            continue
+        objects.extend(o for o in yaml.safe_load_all(text) if o)
+    return objects
+
+
+def one(objects: list[dict], kind: str) -> dict:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def kinds(objects: list[dict]) -> list[str]:
+    return sorted(o["kind"] for o in objects)
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_toml(objects: list[dict]) -> dict:
+    cm = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == RELEASE)
+    return tomllib.loads(cm["data"]["config.toml"])
+
+
+class Lint(unittest.TestCase):
+    def lint(self, values: dict | None) -> None:
+        report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
+        # Severity 1 is information ("icon is recommended"); 2 and 3 are problems.
+        problems = [m for m in report["messages"] if m["severity"] >= 2]
+        self.assertEqual(problems, [])
+        self.assertEqual(report["errors"], [])
+
+    def test_lint_default_values(self):
+        """helm lint --strict, default values"""
+        self.lint(None)
+
+    def test_lint_all_on_values(self):
+        """helm lint --strict, ci/all-on-values.yaml"""
+        self.lint(load_yaml(ALL_ON))
+
+    def test_lint_reports_bad_values(self):
+        """helm lint reports values the schema rejects"""
+        report = helm.lint(CHART, {"config": {"backend": "zfs"}}, strict=True)
+        self.assertTrue(
+            [m for m in report["messages"] if m["severity"] == 3] or report["errors"], report
+        )
+
+
+# CRDs kubernetes-validate has no schema for. Their shape, as far as the chart
+# uses it, checked against the Prometheus Operator's monitoring.coreos.com/v1 API.
+DURATION = {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+STRMAP = {"type": "object", "additionalProperties": {"type": "string"}}
+META = {
+    "type": "object",
+    "required": ["name", "namespace"],
+    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}, "labels": STRMAP},
+}
+CRD_SCHEMAS = {
+    "ServiceMonitor": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": "ServiceMonitor"},
+            "metadata": META,
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["selector", "endpoints"],
+                "properties": {
+                    "selector": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"matchLabels": STRMAP},
+                    },
+                    "namespaceSelector": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}},
+                    },
+                    "endpoints": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "port": {"type": "string"},
+                                "path": {"type": "string"},
+                                "interval": DURATION,
+                                "scrapeTimeout": DURATION,
+                                "relabelings": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "action": {"enum": ["replace", "keep", "drop", "labelmap"]},
+                                            "sourceLabels": {
+                                                "type": "array",
+                                                "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+                                            },
+                                            "targetLabel": {"type": "string"},
+                                            "replacement": {"type": "string"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "PrometheusRule": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": "PrometheusRule"},
+            "metadata": META,
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["groups"],
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "rules"],
+                            "properties": {
+                                "name": {"type": "string", "minLength": 1},
+                                "interval": DURATION,
+                                "rules": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "required": ["expr"],
+                                        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                        "properties": {
+                                            "alert": {"type": "string"},
+                                            "record": {"type": "string"},
+                                            "expr": {"type": ["string", "integer"]},
+                                            "for": DURATION,
+                                            "keep_firing_for": DURATION,
+                                            "labels": STRMAP,
+                                            "annotations": STRMAP,
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            },
+        },
+    },
+}
+
+
+class KubernetesSchemas(unittest.TestCase):
+    def check(self, values: dict | None, label: str) -> None:
+        for obj in render(values):
+            name = f"{obj['kind']}/{obj['metadata']['name']}"
+            if obj["kind"] in CRD_SCHEMAS:
+                with self.subTest(f"{label}: {name} has the Prometheus Operator's v1 shape "
+                                  "(own schema: kubernetes-validate knows no CRDs)"):
+                    jsonschema.validate(obj, CRD_SCHEMAS[obj["kind"]])
+                continue
+            for version in KUBE_VERSIONS:
+                with self.subTest(f"{label}: {name} is a valid Kubernetes {version} object (strict)"):
+                    kubernetes_validate.validate(obj, version, strict=True)
+
+    def test_default_values(self):
+        """every object rendered with default values validates"""
+        self.check(None, "defaults")
+
+    def test_all_on_values(self):
+        """every object rendered with ci/all-on-values.yaml validates"""
+        self.check(load_yaml(ALL_ON), "all on")
+
+
+class DaemonSet(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.objects = render()
+        cls.ds = one(cls.objects, "DaemonSet")
+        cls.pod = cls.ds["spec"]["template"]["spec"]
+        cls.ctr = cls.pod["containers"][0]
+
+    def test_privileged_without_host_pid_or_network(self):
+        """DaemonSet: privileged container, hostPID and hostNetwork off by default"""
+        self.assertIs(self.ctr["securityContext"]["privileged"], True)
+        self.assertIs(self.pod["hostPID"], False)
+        self.assertIs(self.pod["hostNetwork"], False)
+        self.assertNotIn("initContainers", self.pod)
+
+    def test_command(self):
+        """DaemonSet: rustlayer serve --config /etc/rustlayer/config.toml"""
+        self.assertEqual(self.ctr["command"], ["rustlayer", "serve", "--config", "/etc/rustlayer/config.toml"])
+        self.assertEqual(self.ctr["args"], ["--node-integration=on"])
+
+    def test_host_paths_and_propagation(self):
+        """DaemonSet: root (Bidirectional), socket dir and /dev from the host at the same paths"""
+        volumes = {v["name"]: v for v in self.pod["volumes"]}
+        mounts = {m["name"]: m for m in self.ctr["volumeMounts"]}
+        expected = {"root": "/var/lib/rustlayer", "socket": "/run/rustlayer", "dev": "/dev"}
+        for name, path in expected.items():
+            self.assertEqual(volumes[name]["hostPath"]["path"], path, name)
+            self.assertEqual(mounts[name]["mountPath"], path, name)
+        self.assertEqual(mounts["root"]["mountPropagation"], "Bidirectional")
+        self.assertEqual(volumes["config"]["configMap"]["name"], RELEASE)
+        self.assertEqual(mounts["config"]["mountPath"], "/etc/rustlayer")
+        self.assertTrue(mounts["config"]["readOnly"])
+
+    def test_every_node(self):
+        """DaemonSet: tolerates every taint, system-node-critical, RollingUpdate maxUnavailable 1"""
+        self.assertEqual(self.pod["tolerations"], [{"operator": "Exists"}])
+        self.assertEqual(self.pod["priorityClassName"], "system-node-critical")
+        self.assertEqual(
+            self.ds["spec"]["updateStrategy"], {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+        )
+        self.assertIn("memory", self.ctr["resources"]["limits"])
+        self.assertIn("cpu", self.ctr["resources"]["requests"])
+
+    def test_probes_on_the_metrics_port(self):
+        """DaemonSet: liveness /healthz, readiness /readyz on the port metrics_address names"""
+        port = self.ctr["ports"][0]
+        self.assertEqual((port["name"], port["containerPort"]), ("metrics", 9192))
+        self.assertEqual(self.ctr["livenessProbe"]["httpGet"], {"path": "/healthz", "port": "metrics"})
+        self.assertEqual(self.ctr["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "metrics"})
+        self.assertEqual(config_toml(self.objects)["metrics_address"], "0.0.0.0:9192")
+
+    def test_downward_api(self):
+        """DaemonSet: NODE_NAME from spec.nodeName, POD_NAMESPACE from metadata.namespace"""
+        env = {e["name"]: e for e in self.ctr["env"]}
+        self.assertEqual(env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName")
+        self.assertEqual(env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace")
+
+    def test_config_change_rolls_the_pods(self):
+        """DaemonSet: a changed config (log_format) changes the pod template"""
+        other = one(render({"config": {"logFormat": "json"}}), "DaemonSet")
+        self.assertNotEqual(
+            self.ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
+            other["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
+        )
+
+    def test_patcher_init_container(self):
+        """DaemonSet: the containerd patcher is an opt-in init container, with hostPID only then"""
+        objects = render({"containerdConfig": {"patch": {"enabled": True}}})
+        pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+        self.assertIs(pod["hostPID"], True)
+        (init,) = pod["initContainers"]
+        self.assertEqual(init["command"], ["sh", "/opt/rustlayer/patch-containerd.sh", "add"])
+        env = {e["name"]: e["value"] for e in init["env"]}
+        self.assertEqual(env["CONFIG"], "/host/etc/containerd/config.toml")
+        self.assertEqual(env["HOST_CONFIG"], "/etc/containerd/config.toml")
+        self.assertEqual(env["SNAPSHOTTER_ADDRESS"], "/run/rustlayer/rustlayer.sock")
+        self.assertEqual(env["RUNTIME_HANDLER"], "rustlayer")
+        self.assertNotIn("RESTART_CMD", env)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        self.assertEqual(volumes["containerd-config"]["hostPath"]["path"], "/etc/containerd")
+        scripts = [o for o in objects if o["kind"] == "ConfigMap" and "patch-containerd.sh" in o["data"]]
+        self.assertEqual(len(scripts), 1)
+        self.assertEqual(scripts[0]["data"]["patch-containerd.sh"].strip(), PATCHER.read_text().strip())
+        self.assertEqual(volumes["containerd-patch"]["configMap"]["name"], scripts[0]["metadata"]["name"])
+        removing = render({"containerdConfig": {"patch": {"enabled": True, "mode": "remove", "restart": False}}})
+        init = one(removing, "DaemonSet")["spec"]["template"]["spec"]["initContainers"][0]
+        self.assertEqual(init["command"][-1], "remove")
+        self.assertIn("RESTART_CMD", {e["name"] for e in init["env"]})
+
+
+class Rbac(unittest.TestCase):
+    def test_least_privilege(self):
+        """RBAC: nodes get/patch, events create/patch (core and events.k8s.io), nothing else"""
+        objects = render()
+        role = one(objects, "ClusterRole")
+        self.assertEqual(
+            role["rules"],
+            [
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+                {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+                {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+            ],
+        )
+        binding = one(objects, "ClusterRoleBinding")
+        sa = one(objects, "ServiceAccount")
+        self.assertEqual(binding["roleRef"]["name"], role["metadata"]["name"])
+        self.assertEqual(
+            binding["subjects"], [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
+        )
+        self.assertNotIn("Role", kinds(objects))
+        self.assertNotIn("RoleBinding", kinds(objects))
+
+    def test_node_integration_off(self):
+        """RBAC: nodeIntegration.enabled=false renders no ClusterRole, no token, --node-integration=off"""
+        objects = render({"nodeIntegration": {"enabled": False}})
+        self.assertNotIn("ClusterRole", kinds(objects))
+        self.assertNotIn("ClusterRoleBinding", kinds(objects))
+        pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+        self.assertIs(pod["automountServiceAccountToken"], False)
+        self.assertEqual(pod["containers"][0]["args"], ["--node-integration=off"])
+
+
+class ConfigToml(unittest.TestCase):
+    def test_defaults(self):
+        """ConfigMap: config.toml parses to exactly the daemon's keys with the default values"""
+        self.assertEqual(
+            config_toml(render()),
+            {
+                "root": "/var/lib/rustlayer",
+                "address": "/run/rustlayer/rustlayer.sock",
+                "backend": "overlay",
+                "metrics_address": "0.0.0.0:9192",
+                "log_format": "text",
+            },
+        )
+
+    def test_all_on(self):
+        """ConfigMap: socket_group and the [devmapper] table come from values, typed"""
+        values = load_yaml(ALL_ON)
+        self.assertEqual(
+            config_toml(render(values)),
+            {
+                "root": "/var/lib/rustlayer",
+                "address": "/run/rustlayer/rustlayer.sock",
+                "backend": "devmapper",
+                "metrics_address": "0.0.0.0:9192",
+                "log_format": "json",
+                "socket_group": 1000,
+                "devmapper": values["config"]["devmapper"],
+            },
+        )
+
+    def test_quoting_and_ipv6(self):
+        """ConfigMap: paths with spaces and quotes-free TOML strings, IPv6 metrics address bracketed"""
+        toml = config_toml(render({"config": {"root": "/var/lib/rust layer"}, "metrics": {"bindAddress": "::"}}))
+        self.assertEqual(toml["root"], "/var/lib/rust layer")
+        self.assertEqual(toml["metrics_address"], "[::]:9192")
+
+    def test_integer_sizes(self):
+        """ConfigMap: byte sizes given as integers stay integers"""
+        toml = config_toml(render({"config": {"devmapper": {"base_image_size": 17179869184}}}))
+        self.assertEqual(toml["devmapper"], {"base_image_size": 17179869184})
+
+
+class ValuesSchema(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.chart = helm.Chart.load(CHART)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.chart.close()
+
+    def test_accepts_shipped_values(self):
+        """values.schema.json accepts the defaults and ci/all-on-values.yaml"""
+        self.chart.validate_schema(self.chart.values)
+        self.chart.validate_schema(self.chart.merge_values(load_yaml(ALL_ON)))
+
+    def test_covers_every_value(self):
+        """values.schema.json describes every key of values.yaml"""
+        schema = self.chart.schema
+
+        def walk(values: dict, node: dict, path: str) -> None:
+            props = node.get("properties", {})
+            for key, value in values.items():
+                self.assertIn(key, props, f"{path}{key} is not in values.schema.json")
+                if isinstance(value, dict) and value and props[key].get("properties"):
+                    walk(value, props[key], f"{path}{key}.")
+
+        walk(load_yaml(CHART / "values.yaml"), schema, "")
+
+    def test_rejects(self):
+        """values.schema.json rejects bad values"""
+        bad = {
+            "unknown top-level key": {"replicas": 2},
+            "unknown nested key": {"config": {"roots": "/x"}},
+            "unknown devmapper key": {"config": {"devmapper": {"pool": "x"}}},
+            "wrong type (port as string)": {"metrics": {"port": "9192"}},
+            "wrong type (enabled as string)": {"nodeIntegration": {"enabled": "yes"}},
+            "backend not overlay/devmapper": {"config": {"backend": "zfs"}},
+            "relative root": {"config": {"root": "var/lib/rustlayer"}},
+            "size without a known unit": {"config": {"devmapper": {"base_image_size": "10 parsecs"}}},
+            "min_free_percent over 99": {"config": {"devmapper": {"min_free_percent": 100}}},
+            "runtime handler not a bare TOML key": {"runtimeClass": {"handler": "a.b"}},
+            "patch mode not add/remove": {"containerdConfig": {"patch": {"mode": "replace"}}},
+        }
+        for why, values in bad.items():
+            with self.subTest(f"values.schema.json rejects: {why}"):
+                with self.assertRaises(helm.HelmValuesError):
+                    self.chart.validate_schema(self.chart.merge_values(values))
+
+
+class OptIn(unittest.TestCase):
+    def test_defaults_render_the_minimum(self):
+        """defaults: DaemonSet, ConfigMap, ServiceAccount, RBAC and RuntimeClass only"""
+        self.assertEqual(
+            kinds(render()),
+            ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "RuntimeClass", "ServiceAccount"],
+        )
+
+    def test_runtime_class(self):
+        """RuntimeClass: handler from values, left out when disabled"""
+        rc = one(render({"runtimeClass": {"name": "fast", "handler": "fast-handler"}}), "RuntimeClass")
+        self.assertEqual((rc["metadata"]["name"], rc["handler"]), ("fast", "fast-handler"))
+        self.assertNotIn("RuntimeClass", kinds(render({"runtimeClass": {"enabled": False}})))
+
+    def test_monitoring(self):
+        """all on: Service, ServiceMonitor (job rustlayer, node as instance), dashboard with the sidecar label"""
+        objects = render(load_yaml(ALL_ON))
+        svc = one(objects, "Service")
+        sm = one(objects, "ServiceMonitor")
+        self.assertEqual(sm["spec"]["selector"]["matchLabels"], svc["spec"]["selector"])
+        (endpoint,) = sm["spec"]["endpoints"]
+        self.assertEqual(endpoint["port"], svc["spec"]["ports"][0]["name"])
+        relabel = {r["targetLabel"]: r for r in endpoint["relabelings"]}
+        self.assertEqual(relabel["job"]["replacement"], "rustlayer")
+        self.assertEqual(relabel["instance"]["sourceLabels"], ["__meta_kubernetes_pod_node_name"])
+        self.assertEqual(sm["metadata"]["labels"]["release"], "kube-prometheus-stack")
+        dash = next(o for o in objects if o["kind"] == "ConfigMap" and "rustlayer.json" in o.get("data", {}))
+        self.assertEqual(dash["metadata"]["labels"]["grafana_dashboard"], "1")
+        self.assertEqual(dash["metadata"]["namespace"], "monitoring")
+        self.assertEqual(
+            json.loads(dash["data"]["rustlayer.json"]), json.loads((CHART / "dashboards/rustlayer.json").read_text())
+        )
+        other = render({"metrics": {"dashboard": {"enabled": True, "sidecarLabel": "dash", "sidecarLabelValue": "yes"}}})
+        labels = [o["metadata"]["labels"] for o in other if o["kind"] == "ConfigMap" and "rustlayer.json" in o["data"]]
+        self.assertEqual(labels[0]["dash"], "yes")
+
+    def test_prometheus_rule_is_the_rules_file(self):
+        """PrometheusRule: groups equal rules/rustlayer-alerts.yaml"""
+        rule = one(render({"metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")
+        self.assertEqual(rule["spec"]["groups"], load_yaml(CHART / "rules/rustlayer-alerts.yaml")["groups"])
+
+
+# --- files/patch-containerd.sh ---------------------------------------------
+
+V2_16 = """version = 2
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "registry.k8s.io/pause:3.6"
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/var/lib/containerd/opt"
+"""
+
+V2_PROXIES = """# kubeadm node, systemd cgroups, another snapshotter already proxied
+version = 2
+root = "/var/lib/containerd"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = true
+
+[proxy_plugins]
+  [proxy_plugins.stargz]
+    type = "snapshot"
+    address = "/run/containerd-stargz-grpc/containerd-stargz-grpc.sock"
+"""
+
+V3 = """version = 3
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = 'overlayfs'
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = 'io.containerd.runc.v2'
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+    SystemdCgroup = true
+"""
+
+# Written by hand, as the README shows, and with no final newline.
+V2_HAND = """version = 2
+
+[proxy_plugins."rustlayer"]
+  type = "snapshot"
+  address = "/run/rustlayer/rustlayer.sock\""""
+
+SAMPLES = {
+    # name: (text, containerd version, expected runtime table or None, systemd cgroup)
+    "v2, containerd 1.6 (Debian's config)": (V2_16, "1.6.20~ds1", None, None),
+    "v2, containerd 1.7, other proxy plugins, systemd cgroups": (
+        V2_PROXIES, "v1.7.22", ("io.containerd.grpc.v1.cri", "containerd", "runtimes", "rustlayer"), True),
+    "v3, containerd 2.1": (V3, "2.1.4", ("io.containerd.cri.v1.runtime", "containerd", "runtimes", "rustlayer"), True),
+    "v2, proxy plugin already written by hand, no final newline": (
+        V2_HAND, "1.7.22", ("io.containerd.grpc.v1.cri", "containerd", "runtimes", "rustlayer"), False),
+}
+
+
+def dig(doc: dict, path: tuple) -> dict | None:
+    for key in path:
+        if not isinstance(doc, dict) or key not in doc:
+            return None
+        doc = doc[key]
+    return doc
+
+
+class Patcher(unittest.TestCase):
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="patch-containerd-"))
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.config = self.dir / "config.toml"
+        self.restarts = self.dir / "restarts"
+
+    def run_patcher(self, mode: str, version: str, check: str = "true", **env: str) -> subprocess.CompletedProcess:
+        full_env = dict(
+            os.environ,
+            CONFIG=str(self.config),
+            CONTAINERD_VERSION=version,
+            CHECK_CMD=check,
+            RESTART_CMD=f"echo restart >> {self.restarts}",
+            HOST_EXEC="false",
+            **env,
+        )
+        return subprocess.run(
+            ["/bin/sh", str(PATCHER), mode], env=full_env, capture_output=True, text=True, timeout=60
+        )
+
+    def restart_count(self) -> int:
+        return len(self.restarts.read_text().splitlines()) if self.restarts.exists() else 0
+
+    def containerd_dump(self, path: Path) -> dict | None:
+        """containerd's own reading of a config file, or None without a containerd that can."""
+        if not shutil.which("containerd"):
+            return None
+        out = subprocess.run(
+            ["containerd", "--config", str(path), "config", "dump"], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return tomllib.loads(out.stdout)
+
+    def test_samples(self):
+        for name, (text, version, runtime_path, systemd) in SAMPLES.items():
+            with self.subTest(f"patch-containerd.sh on {name}: add, add again, remove"):
+                self.config.write_text(text)
+                self.restarts.unlink(missing_ok=True)
+                (self.dir / "config.toml.rustlayer-backup").unlink(missing_ok=True)
+                first = self.run_patcher("add", version)
+                self.assertEqual(first.returncode, 0, first.stderr + first.stdout)
+                self.assertEqual(self.restart_count(), 1, "a changed file restarts containerd once")
+                self.assertEqual((self.dir / "config.toml.rustlayer-backup").read_text(), text, "backup kept")
+                patched = self.config.read_text()
+                doc = tomllib.loads(patched)
+                self.assertEqual(doc["proxy_plugins"]["rustlayer"]["type"], "snapshot")
+                self.assertEqual(doc["proxy_plugins"]["rustlayer"]["address"], "/run/rustlayer/rustlayer.sock")
+                self.assertEqual(patched.count("[proxy_plugins"), text.count("[proxy_plugins") + ("rustlayer" not in text))
+                old = "1.6" in version
+                if "rustlayer" not in text:
+                    self.assertEqual("exports" in doc["proxy_plugins"]["rustlayer"], not old)
+                runtime = dig(doc, ("plugins",) + runtime_path) if runtime_path else None
+                if runtime_path is None:
+                    self.assertNotIn("runtimes.rustlayer", patched)
+                    self.assertIn("no per-runtime snapshotter", first.stdout + first.stderr)
+                else:
+                    self.assertEqual(runtime["snapshotter"], "rustlayer")
+                    self.assertEqual(runtime["runtime_type"], "io.containerd.runc.v2")
+                    self.assertIs(runtime["options"]["SystemdCgroup"], systemd)
+                # The default snapshotter is never rustlayer: pods without the
+                # RuntimeClass, the DaemonSet's own included, must not need it.
+                self.assertNotIn('snapshotter = "rustlayer"', patched.split("runtimes.rustlayer]")[0])
+                self.assertEqual(patched[: len(text)], text, "the original text is untouched before the block")
+
+                second = self.run_patcher("add", version)
+                self.assertEqual(second.returncode, 0, second.stderr)
+                self.assertEqual(self.config.read_text(), patched, "second add changes nothing")
+                self.assertEqual(self.restart_count(), 1, "second add does not restart containerd")
+
+                removed = self.run_patcher("remove", version)
+                self.assertEqual(removed.returncode, 0, removed.stderr)
+                self.assertEqual(self.config.read_bytes(), text.encode(), "remove restores the file byte for byte")
+                self.assertEqual(self.restart_count(), 2, "remove restarts containerd")
+                again = self.run_patcher("remove", version)
+                self.assertEqual(again.returncode, 0, again.stderr)
+                self.assertEqual(self.restart_count(), 2, "a second remove is a no-op")
+
+    def test_real_containerd_reads_the_patched_config(self):
+        """patch-containerd.sh: the real containerd parses the patched v2 config and sees the proxy plugin"""
+        if not shutil.which("containerd"):
+            self.skipTest("no containerd binary (Debian package containerd)")
+        self.config.write_text(V2_PROXIES)
+        # containerd itself is the check the patcher runs before it replaces the file.
+        out = self.run_patcher("add", "1.7.22", check='containerd --config "$1" config dump >/dev/null')
+        self.assertEqual(out.returncode, 0, out.stderr)
+        dump = self.containerd_dump(self.config)
+        self.assertEqual(dump["proxy_plugins"]["rustlayer"]["address"], "/run/rustlayer/rustlayer.sock")
+        self.assertEqual(dump["proxy_plugins"]["stargz"]["type"], "snapshot")
+        cri = dump["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+        self.assertIn("rustlayer", cri["runtimes"])
+        self.assertEqual(cri["snapshotter"], "overlayfs", "the default snapshotter is unchanged")
+
+    def test_rejected_config_is_left_alone(self):
+        """patch-containerd.sh: a config containerd rejects is not written, and nothing restarts"""
+        self.config.write_text(V2_16)
+        out = self.run_patcher("add", "1.7.22", check="exit 1")
+        self.assertNotEqual(out.returncode, 0)
+        self.assertEqual(self.config.read_text(), V2_16)
+        self.assertEqual(self.restart_count(), 0)
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["config.toml", "config.toml.rustlayer-backup"])
+
+    def test_refusals(self):
+        """patch-containerd.sh: refuses version 1 configs, a missing file, a v3 config on containerd 1.x"""
+        cases = {
+            "version 1": ('[plugins.cri]\n  sandbox_image = "pause"\n', "1.7.0"),
+            "v3 on 1.7": (V3, "1.7.0"),
+            "unknown version": (V2_16, "not-a-version"),
+        }
+        for why, (text, version) in cases.items():
+            with self.subTest(f"patch-containerd.sh refuses: {why}"):
+                self.config.write_text(text)
+                out = self.run_patcher("add", version)
+                self.assertNotEqual(out.returncode, 0, out.stdout)
+                self.assertEqual(self.config.read_text(), text)
+                self.assertEqual(self.restart_count(), 0)
+        self.config.unlink()
+        out = self.run_patcher("add", "1.7.0")
+        self.assertNotEqual(out.returncode, 0)
+        self.assertFalse(self.config.exists())
+
+    def test_shellcheck(self):
+        """patch-containerd.sh: shellcheck (POSIX sh) is clean"""
+        if not shutil.which("shellcheck"):
+            self.skipTest("no shellcheck (Debian package shellcheck)")
+        out = subprocess.run(["shellcheck", "-s", "sh", str(PATCHER)], capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stdout)
+
+
+class Result(unittest.TextTestResult):
+    """One "ok - ..." / "not ok - ..." / "skip - ..." line per check and subcheck."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.passed = 0
+        self.with_subtests: set[str] = set()
+
+    @staticmethod
+    def describe(test) -> str:
+        return test.shortDescription() or test.id().split(".", 1)[-1]
+
+    def line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def details(self, err) -> None:
+        text = "".join(traceback.format_exception_only(err[0], err[1]))
+        for text in text.rstrip().splitlines()[-12:]:
+            self.line("    " + text)
+
+    def addSuccess(self, test):
+        super().addSuccess(test)
+        if test.id() not in self.with_subtests:
+            self.passed += 1
+            self.line(f"ok - {self.describe(test)}")
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        self.with_subtests.add(test.id())
+        name = subtest._message if isinstance(subtest._message, str) else self.describe(test)
+        if err is None:
+            self.passed += 1
+            self.line(f"ok - {name}")
+        else:
+            self.line(f"not ok - {name}")
+            self.details(err)
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self.line(f"not ok - {self.describe(test)}")
+        self.details(err)
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self.line(f"not ok - {self.describe(test)} (error)")
+        self.details(err)
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        self.line(f"skip - {self.describe(test)} ({reason})")
+
+    # The per-test lines above replace unittest's own progress output.
+    def startTest(self, test):
+        unittest.TestResult.startTest(self, test)
+
+    def printErrors(self):
+        pass
+
+
+def main() -> int:
+    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
+    result = Result(unittest.runner._WritelnDecorator(sys.stdout), True, 0)  # noqa: SLF001
+    suite.run(result)
+    failed = len(result.failures) + len(result.errors)
+    print(f"chart-test: {result.passed} passed, {failed} failed, {len(result.skipped)} skipped")
+    return 0 if result.wasSuccessful() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
