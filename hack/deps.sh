@@ -8,6 +8,7 @@ packages=(
   golang-go golang-github-containerd-containerd-dev # containerd's conformance suite
   busybox-static                                    # the e2e test image's userland
   python3                                           # OCI image builder
+  python3-venv shellcheck                           # Helm chart tests (hack/chart-test.sh)
   util-linux kmod                                   # mount(8) for long overlay chains
   prometheus curl                                   # a real Prometheus scraping the exporter
   qemu-system-x86 cpio dmsetup thin-provisioning-tools e2fsprogs xfsprogs # the VM tier

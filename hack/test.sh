@@ -52,6 +52,12 @@ hack/e2e-containerd.sh
 step "metrics: promtool, a real Prometheus scraping the daemon, every dashboard query and alert"
 hack/metrics-e2e.sh
 
+step "Helm chart: lint, render, Kubernetes schemas, containerd config patcher"
+hack/chart-test.sh
+
+step "kind: the chart on a real cluster (skips without docker, kind, helm, kubectl)"
+hack/kind-e2e.sh
+
 step "VM runner self-test: dm-thin pool, thin devices and snapshots in a VM"
 hack/vm/selftest.sh
 
