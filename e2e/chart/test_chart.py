@@ -434,6 +434,20 @@ class ValuesSchema(unittest.TestCase):
 
         walk(load_yaml(CHART / "values.yaml"), schema, "")
 
+    def test_readme_lists_every_value(self):
+        """the chart README's values table lists every value"""
+        readme = (CHART / "README.md").read_text()
+        opaque = {"resources", "tolerations", "nodeSelector", "affinity", "devmapper"}
+
+        def walk(values: dict, path: str) -> None:
+            for key, value in values.items():
+                if isinstance(value, dict) and value and key not in opaque:
+                    walk(value, f"{path}{key}.")
+                else:
+                    self.assertIn(f"| `{path}{key}` |", readme, f"{path}{key} is not in the README's table")
+
+        walk(load_yaml(CHART / "values.yaml"), "")
+
     def test_rejects(self):
         """values.schema.json rejects bad values"""
         bad = {

@@ -37,7 +37,8 @@ SNAPSHOTTER_ROOT=${SNAPSHOTTER_ROOT:-/var/lib/rustlayer}
 RUNTIME_HANDLER=${RUNTIME_HANDLER:-rustlayer}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-}
 SYSTEMD_CGROUP=${SYSTEMD_CGROUP:-auto}
-HOST_EXEC=${HOST_EXEC:-nsenter -t 1 -m -u -i -n -p --}
+# Set but empty runs commands directly, for use on the host itself.
+HOST_EXEC=${HOST_EXEC-nsenter -t 1 -m -u -i -n -p --}
 if [ -z "${CHECK_CMD:-}" ]; then
   # shellcheck disable=SC2016 # "$1" is expanded by the sh -c that runs it
   CHECK_CMD="$HOST_EXEC"' containerd --config "$1" config dump >/dev/null'
