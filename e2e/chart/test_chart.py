@@ -396,7 +396,7 @@ class ConfigToml(unittest.TestCase):
         )
 
     def test_quoting_and_ipv6(self):
-        """ConfigMap: paths with spaces and quotes-free TOML strings, IPv6 metrics address bracketed"""
+        """ConfigMap: a root with a space stays one TOML string; an IPv6 metrics address is bracketed"""
         toml = config_toml(render({"config": {"root": "/var/lib/rust layer"}, "metrics": {"bindAddress": "::"}}))
         self.assertEqual(toml["root"], "/var/lib/rust layer")
         self.assertEqual(toml["metrics_address"], "[::]:9192")
