@@ -111,6 +111,54 @@ struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// Kubernetes node integration. Flags and environment rather than the
+/// configuration file: the DaemonSet knows the node, the file is the same on all.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// This Kubernetes node's name, for its label and Events
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Label the Node rustlayer.io/ready=true while serving and post Events on it:
+    /// auto (on when KUBERNETES_SERVICE_HOST and the node name are set), on, off
+    #[arg(long, default_value = "auto", value_name = "auto|on|off")]
+    node_integration: rustlayer_node::Mode,
+    /// Warn on the Node when free inodes of the root's filesystem fall under this (0: never)
+    #[arg(long, value_name = "PERCENT", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    inode_free_threshold_percent: u8,
+    /// Warn on the Node when thin-pool data or metadata use goes over this (100: never)
+    #[arg(long, value_name = "PERCENT", default_value_t = 90,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    thin_pool_used_threshold_percent: u8,
+}
+
+impl NodeArgs {
+    /// The integration's settings, or `None` (said in the log) when it stays off.
+    fn resolve(&self) -> anyhow::Result<Option<rustlayer_node::Settings>> {
+        let service_host = std::env::var(rustlayer_node::SERVICE_HOST_ENV).ok();
+        let decision = rustlayer_node::decide(
+            self.node_integration,
+            self.node_name.as_deref(),
+            service_host.as_deref(),
+        )?;
+        match decision {
+            rustlayer_node::Decision::On { node_name } => {
+                let thresholds = rustlayer_node::Thresholds {
+                    inode_free_percent: self.inode_free_threshold_percent,
+                    pool_used_percent: self.thin_pool_used_threshold_percent,
+                };
+                Ok(Some(rustlayer_node::Settings::new(node_name, thresholds)))
+            }
+            rustlayer_node::Decision::Off { why } => {
+                tracing::info!("node integration off: {why}");
+                Ok(None)
+            }
+        }
+    }
 }
 
 impl ServeArgs {
@@ -157,7 +205,8 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => args.resolve().and_then(|config| {
             logging::init(config.log_format);
-            serve::run(config)
+            let node = args.node.resolve()?;
+            serve::run(config, node)
         }),
         Command::Ls { client, filters } => client
             .resolve()

@@ -17,7 +17,7 @@ use tracing::info;
 
 use crate::config::{BackendKind, Config};
 
-pub fn run(config: Config) -> Result<()> {
+pub fn run(config: Config, node: Option<rustlayer_node::Settings>) -> Result<()> {
     info!(
         version = env!("CARGO_PKG_VERSION"),
         ?config,
@@ -35,7 +35,7 @@ pub fn run(config: Config) -> Result<()> {
         .thread_name("rustlayer")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(&config, Arc::clone(&snapshotter)))?;
+    runtime.block_on(serve(&config, Arc::clone(&snapshotter), node))?;
     // Background collection may be mid-walk; it holds no state worth waiting for.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
 
@@ -111,7 +111,11 @@ fn open_backend(config: &Config) -> Result<Arc<dyn Backend>> {
 
 /// Serves gRPC (and metrics, when configured) until SIGTERM or SIGINT, then lets
 /// requests in flight finish.
-async fn serve(config: &Config, snapshotter: Arc<Snapshotter>) -> Result<()> {
+async fn serve(
+    config: &Config,
+    snapshotter: Arc<Snapshotter>,
+    node: Option<rustlayer_node::Settings>,
+) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -160,8 +164,18 @@ async fn serve(config: &Config, snapshotter: Arc<Snapshotter>) -> Result<()> {
         },
     )?;
     health.set_serving(true);
+    // Samples on its own: the metrics collector runs only when metrics are served.
+    let node = node.map(|settings| {
+        let root = config.root.clone();
+        let snapshotter = Arc::clone(&snapshotter);
+        let sample = move || rustlayer_node::Sample::gather(&root, snapshotter.backend());
+        rustlayer_node::start_in_cluster(settings, sample)
+    });
     let served = rustlayer_server::serve(snapshotter, observer, listener, stopped()).await;
     health.set_serving(false);
+    if let Some(node) = node {
+        node.shutdown().await;
+    }
     served?;
     if let Some(server) = metrics_server {
         server.await.context("metrics server task")??;
