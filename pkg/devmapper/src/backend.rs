@@ -137,7 +137,8 @@ impl DevmapperBackend {
 
     /// Blocks until every Remove so far has deleted its device (tests, shutdown).
     pub fn drain_removals(&self) {
-        if let Some(reaper) = lock(&self.reaper).take() {
+        let reaper = lock(&self.reaper).take();
+        if let Some(reaper) = reaper {
             drop(reaper.queue);
             let _ = reaper.worker.join();
             if self.inner.config.async_remove {
@@ -476,7 +477,8 @@ impl Backend for DevmapperBackend {
     /// Deactivates every device nothing has open; a mounted one (a running
     /// container) stays, and with it the pool.
     fn shutdown(&self) {
-        if let Some(reaper) = lock(&self.reaper).take() {
+        let reaper = lock(&self.reaper).take();
+        if let Some(reaper) = reaper {
             drop(reaper.queue);
             let _ = reaper.worker.join();
         }

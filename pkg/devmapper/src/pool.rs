@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::str::FromStr;
 
-use devicemapper::{Device, ThinPoolStatus, ThinPoolStatusSummary, ThinPoolTargetParams};
+use devicemapper::{Device, ThinPoolStatus, ThinPoolStatusSummary};
 use tracing::info;
 
 use crate::dm::{Deactivated, Dm};
@@ -174,12 +174,16 @@ impl Pool {
                 "device {name:?} is a {target} device, not a thin pool"
             )));
         }
-        let params = ThinPoolTargetParams::from_str(&params)
-            .map_err(|err| Error::dm(format!("parse table of {name}"), err))?;
+        // "<metadata dev> <data dev> <data block sectors> <low water blocks> ..."
+        let data_block_sectors: u64 = params
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::Pool(format!("cannot read the table of {name}: {params:?}")))?;
         Ok(Pool {
             name: name.to_owned(),
             device,
-            data_block_bytes: *params.data_block_size * SECTOR,
+            data_block_bytes: data_block_sectors * SECTOR,
             managed,
             fresh: false,
         })
