@@ -1,0 +1,402 @@
+#!/usr/bin/env bash
+# The rustlayer image, run the way the Helm chart's DaemonSet runs it, on a
+# private containerd that then uses it as its proxy snapshotter:
+#
+#   - the archive from hack/build-image.sh imports, under the name its index gives;
+#   - the daemon runs FROM THE IMAGE (its own ENTRYPOINT and CMD, `rustlayer
+#     serve`), privileged, on the host network, on containerd's overlayfs
+#     snapshotter (never on itself), with the DaemonSet's mounts: the root dir
+#     at the same path with rshared propagation, the socket dir, /dev, and the
+#     configuration file at /etc/rustlayer/config.toml;
+#   - /healthz and /readyz answer, `rustlayer check` passes inside the container,
+#     and a mount made under the root inside the container shows on the host
+#     (the chart's Bidirectional propagation, which devmapper's mounts need);
+#   - the same containerd imports and runs the e2e image (e2e/containerd/make_image.py)
+#     with --snapshotter rustlayer; the container's output is right; its layers
+#     and its active snapshot are in the daemon (`rustlayer ls -o json` inside
+#     the daemon's container, and from the host over the shared socket);
+#   - removing the workload and its image empties the daemon, and the daemon
+#     exits 0 on SIGTERM.
+#
+#   hack/image-e2e.sh                      .cache/image/rustlayer.oci.tar (built if missing)
+#   IMAGE_ARCHIVE=path hack/image-e2e.sh
+#
+# Debian packages: containerd, runc, busybox-static, python3, util-linux, curl.
+# Needs root. Everything lives in one temporary directory and is stopped,
+# unmounted and removed on exit. Prints "ok - ..." / "not ok - ..." per check and
+# "image-e2e: N passed, N failed"; exits 1 on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+me=image-e2e
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "$me: must run as root (containerd, runc and mounts need it)" >&2
+  exit 1
+fi
+missing=()
+for cmd in containerd ctr containerd-shim-runc-v2 runc python3 mount umount timeout curl; do
+  command -v "$cmd" >/dev/null || missing+=("$cmd")
+done
+if ((${#missing[@]})); then
+  echo "$me: missing ${missing[*]} (hack/deps.sh installs them)" >&2
+  exit 1
+fi
+
+archive=${IMAGE_ARCHIVE:-$repo/.cache/image/rustlayer.oci.tar}
+if [[ ! -f $archive ]]; then
+  [[ -z ${IMAGE_ARCHIVE:-} ]] || { echo "$me: no archive at $archive" >&2; exit 1; }
+  hack/build-image.sh
+fi
+image=$(tar -xOf "$archive" index.json | python3 -c '
+import json, sys
+print(json.load(sys.stdin)["manifests"][0]["annotations"]["io.containerd.image.name"])')
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+# The name hack/build-image.sh gives it (IMAGE, as there, overrides it).
+want_name=${IMAGE:-ghcr.io/rustlayer/rustlayer:$version}
+ns=rustlayer-image-e2e
+workload=docker.io/library/rustlayer-e2e:latest
+daemon=rustlayer-daemon
+
+# ---------------------------------------------------------------- reporting
+passed=0 failed=0
+ok() { passed=$((passed + 1)); echo "ok - $1"; }
+not_ok() {
+  failed=$((failed + 1))
+  echo "not ok - $1"
+  # shellcheck disable=SC2001 # indents every line
+  if [[ -n ${2-} ]]; then sed 's/^/    /' <<<"$2"; fi
+}
+aborting=''
+abort() { aborting=1; exit 1; }
+expect_eq() { # expect_eq NAME WANT GOT
+  if [[ $2 == "$3" ]]; then ok "$1"; else not_ok "$1" "want: $2"$'\n'"got:  $3"; fi
+}
+
+# ---------------------------------------------------------------- helpers
+tmp=$(mktemp -d /tmp/rustlayer-image-e2e.XXXXXX)
+sock=$tmp/containerd.sock
+# The DaemonSet's hostPath directories; the same paths inside the container.
+rl_root=$tmp/var/lib/rustlayer
+rl_sockdir=$tmp/run/rustlayer
+rl_sock=$rl_sockdir/rustlayer.sock
+containerd_pid='' daemon_ctr_pid='' daemon_stopped=''
+metrics_port=$((20000 + RANDOM % 20000))
+
+ctr_() { timeout 120 ctr -a "$sock" -n "$ns" "$@"; }
+in_daemon() { # in_daemon EXEC-ID CMD...: a process in the daemon's container
+  local id=$1
+  shift
+  ctr_ task exec --exec-id "$id" "$daemon" "$@"
+}
+
+wait_until() { # wait_until SECONDS PID CMD...: retries CMD every 0.1 s
+  local deadline=$((SECONDS + $1)) pid=$2
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if [[ $pid != - ]] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+}
+
+stop_pid() { # stop_pid PID NAME: SIGTERM, up to 15 s, then SIGKILL; its exit status
+  local pid=$1 rc=0
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  if ! wait_until 15 - eval "! kill -0 $pid"; then
+    echo "$me: $2 (pid $pid) ignored SIGTERM for 15 s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || rc=$?
+  return "$rc"
+}
+
+# The daemon's snapshots as "NAME KIND" lines, sorted, from `rustlayer ls -o json`.
+ls_table() {
+  python3 -c '
+import json, sys
+for s in json.load(sys.stdin):
+    print(s["name"], s["kind"].lower())' | sort
+}
+host_ls() { timeout 30 ctr -a "$rl_sock" -n "$ns" snapshots --snapshotter rustlayer ls; }
+daemon_ls_json() { in_daemon "ls-$RANDOM" rustlayer ls -o json; }
+daemon_count() { daemon_ls_json | ls_table | grep -c . || true; }
+
+tail_logs() {
+  local f
+  for f in daemon.log containerd.log; do
+    [[ -s $tmp/$f ]] || continue
+    echo "---- last 40 lines of $f"
+    grep -v 'msg="loading plugin' "$tmp/$f" | tail -n 40
+  done
+  echo "----"
+}
+
+mounted_under_tmp() { awk -v p="$tmp/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo; }
+
+cleanup() {
+  local rc=$? pid cmd m id
+  trap - EXIT INT TERM ERR
+  set +e
+  if ((rc != 0)) && [[ -z $aborting ]]; then
+    not_ok "the script stopped early: '$err_cmd' (line $err_line) exited $rc"
+  fi
+  if ((failed)); then tail_logs; fi
+  if [[ -n $containerd_pid ]] && kill -0 "$containerd_pid" 2>/dev/null; then
+    for id in w2 "$daemon"; do
+      timeout 10 ctr -a "$sock" -n "$ns" tasks kill -s SIGKILL "$id" >/dev/null 2>&1
+      timeout 10 ctr -a "$sock" -n "$ns" tasks delete -f "$id" >/dev/null 2>&1
+      timeout 10 ctr -a "$sock" -n "$ns" containers delete "$id" >/dev/null 2>&1
+    done
+  fi
+  [[ -n $daemon_ctr_pid ]] && kill -KILL "$daemon_ctr_pid" 2>/dev/null
+  stop_pid "$containerd_pid" containerd
+  # shellcheck disable=SC2013 # pids, one word each
+  for pid in $(grep -lsF -- "$tmp/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
+    cmd=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || continue
+    [[ $cmd == *containerd-shim* ]] && kill -KILL "$pid" 2>/dev/null
+  done
+  for m in /sys/fs/cgroup/"$ns" /sys/fs/cgroup/*/"$ns"; do
+    [[ -d $m ]] && find "$m" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
+  for m in $(mounted_under_tmp | sort -r); do
+    umount "$m" 2>/dev/null || umount -l "$m"
+  done
+  if [[ -n $(mounted_under_tmp) ]]; then
+    not_ok "cleanup: mounts left under $tmp; not removing it" "$(mounted_under_tmp)"
+  else
+    rm -rf "$tmp"
+  fi
+  echo "$me: finished in $((SECONDS - start))s"
+  echo "$me: $passed passed, $failed failed"
+  if ((failed)); then exit 1; fi
+  exit 0
+}
+start=$SECONDS
+trap cleanup EXIT
+trap 'err_cmd="(a signal)" err_line=-; exit 130' INT TERM
+err_cmd='' err_line=''
+set -E
+trap 'err_cmd=$BASH_COMMAND err_line=$LINENO' ERR
+
+echo "$me: image $image from $archive, working in $tmp"
+
+# ---------------------------------------------------------------- containerd
+start_containerd() {
+  mkdir -p "$tmp/containerd"
+  # One containerd, as on a node: the DaemonSet's pod on overlayfs, workloads on
+  # rustlayer through the proxy plugin, which dials the socket only when used.
+  cat >"$tmp/containerd.toml" <<EOF
+version = 2
+root = "$tmp/containerd/root"
+state = "$tmp/containerd/state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "$sock"
+
+[ttrpc]
+  address = "$sock.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$tmp/containerd/opt"
+
+[plugins."io.containerd.gc.v1.scheduler"]
+  deletion_threshold = 1
+
+[proxy_plugins.rustlayer]
+  type = "snapshot"
+  address = "$rl_sock"
+EOF
+  containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
+  containerd_pid=$!
+  if wait_until 60 "$containerd_pid" ctr -a "$sock" version; then
+    ok "private containerd up (pid $containerd_pid)"
+  else
+    not_ok "containerd did not answer on $sock within 60 s"
+    abort
+  fi
+}
+
+# ---------------------------------------------------------------- the image
+import_image() {
+  local out
+  if out=$(ctr_ images import "$archive" 2>&1); then
+    ok "ctr images import $(basename "$archive") (overlayfs)"
+  else
+    not_ok "ctr images import $archive" "$out"
+    abort
+  fi
+  expect_eq "the image is named $want_name" "$want_name" "$(ctr_ images ls -q 2>&1)"
+  # The runtime carries what the binary and the devmapper backend call at run time.
+  out=$(ctr_ run --rm --runc-root "$tmp/runc" "$image" probe sh -c '
+    for c in rustlayer mount umount mkfs.ext4 mkfs.xfs dmsetup; do command -v $c >/dev/null || echo "no $c"; done
+    ldd /usr/local/bin/rustlayer | grep -i "not found"
+    rustlayer --version' 2>&1) || true
+  expect_eq "the image has the binary, mount, mkfs.ext4, mkfs.xfs and every shared library" \
+    "rustlayer $version" "$out"
+}
+
+start_daemon() {
+  mkdir -p "$rl_root" "$rl_sockdir" "$tmp/etc-rustlayer"
+  chmod 0700 "$rl_root"
+  # A shared mount point of its own, as a node's /var/lib is: rshared inside the
+  # container then propagates mounts both ways.
+  mount --bind "$rl_root" "$rl_root"
+  mount --make-rshared "$rl_root"
+  # What the chart's ConfigMap holds.
+  cat >"$tmp/etc-rustlayer/config.toml" <<EOF
+root = "$rl_root"
+address = "$rl_sock"
+backend = "overlay"
+metrics_address = "127.0.0.1:$metrics_port"
+EOF
+  # No arguments: the image's ENTRYPOINT and CMD, `rustlayer serve`, reading the
+  # mounted /etc/rustlayer/config.toml. Attached, so ctr's exit status is the
+  # daemon's. A shared rootfs is what the kubelet asks for when a mount is
+  # Bidirectional; without it runc makes every mount a slave of the host's.
+  ctr_ run --privileged --net-host --rootfs-propagation rshared --runc-root "$tmp/runc" \
+    --mount "type=bind,src=$rl_root,dst=$rl_root,options=rbind:rshared" \
+    --mount "type=bind,src=$rl_sockdir,dst=$rl_sockdir,options=rbind:rw" \
+    --mount "type=bind,src=/dev,dst=/dev,options=rbind:rw" \
+    --mount "type=bind,src=$tmp/etc-rustlayer,dst=/etc/rustlayer,options=rbind:ro" \
+    "$image" "$daemon" </dev/null >"$tmp/daemon.log" 2>&1 &
+  daemon_ctr_pid=$!
+  if wait_until 60 "$daemon_ctr_pid" host_ls; then
+    ok "the daemon in the image serves $rl_sock (the host sees the socket)"
+  else
+    not_ok "the daemon in the image did not serve $rl_sock within 60 s"
+    abort
+  fi
+  if wait_until 30 - curl -fsS "http://127.0.0.1:$metrics_port/readyz" &&
+    curl -fsS "http://127.0.0.1:$metrics_port/healthz" >/dev/null 2>&1; then
+    ok "/readyz and /healthz answer on the host network (the chart's probes)"
+  else
+    not_ok "/readyz or /healthz do not answer on 127.0.0.1:$metrics_port"
+  fi
+  local out
+  if out=$(in_daemon check rustlayer check 2>&1); then
+    ok "rustlayer check passes inside the daemon's container"
+  else
+    not_ok "rustlayer check fails inside the daemon's container" "$out"
+  fi
+}
+
+check_propagation() {
+  local probe=$rl_root/propagation-probe out
+  mkdir "$probe"
+  if ! out=$(in_daemon mnt mount -t tmpfs rustlayer-probe "$probe" 2>&1); then
+    not_ok "mount a tmpfs under the root inside the container" "$out"
+    rmdir "$probe"
+    return 0
+  fi
+  if wait_until 10 - grep -q " $probe " /proc/self/mountinfo; then
+    ok "a mount made under the root inside the container shows on the host (rshared)"
+  else
+    not_ok "a mount made under the root inside the container does not show on the host"
+  fi
+  in_daemon umnt umount "$probe" >/dev/null 2>&1 || umount "$probe" 2>/dev/null || true
+  if wait_until 10 - eval "! grep -q ' $probe ' /proc/self/mountinfo"; then
+    ok "its unmount propagates too"
+  else
+    not_ok "the probe mount stays on the host after the container unmounted it"
+    umount "$probe" 2>/dev/null || true
+  fi
+  rmdir "$probe"
+}
+
+# ---------------------------------------------------------------- a workload
+check_workload() {
+  local out want got
+  if ! python3 "$repo/e2e/containerd/make_image.py" --output "$tmp/workload.tar" \
+    --name "$workload" >"$tmp/workload.json" 2>"$tmp/make_image.err"; then
+    not_ok "e2e/containerd/make_image.py" "$(cat "$tmp/make_image.err")"
+    return 0
+  fi
+  mapfile -t chain < <(python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin)["chain_ids"]))' <"$tmp/workload.json")
+  if out=$(ctr_ images import --snapshotter rustlayer "$tmp/workload.tar" 2>&1); then
+    ok "ctr images import --snapshotter rustlayer (the e2e image, 3 layers)"
+  else
+    not_ok "ctr images import --snapshotter rustlayer" "$out"
+    return 0
+  fi
+  out=$(ctr_ run --rm --snapshotter rustlayer --runc-root "$tmp/runc" "$workload" w1 \
+    sh -c 'cat /etc/motd; echo hello >/written; cat /written; ls /data; test -e /etc/doomed || echo gone' 2>&1) || true
+  expect_eq "a container on rustlayer sees its merged root and writes to it" \
+    "$(printf 'new\nhello\nfresh\ngone')" "$out"
+
+  if ! out=$(ctr_ run -d --snapshotter rustlayer --runc-root "$tmp/runc" "$workload" w2 sleep 600 2>&1); then
+    not_ok "start a long-running container w2 on rustlayer" "$out"
+    return 0
+  fi
+  # The daemon's keys are containerd's "<ns>/<n>/<name>"; compare the names.
+  want=$(printf '%s committed\n' "${chain[@]}"; echo "w2 active")
+  want=$(sort <<<"$want")
+  got=$(daemon_ls_json 2>&1 | ls_table | awk '{ n = split($1, k, "/"); print k[n], $2 }' | sort) || true
+  expect_eq "rustlayer ls -o json in the daemon's container: the 3 layers committed, w2 active" "$want" "$got"
+  got=$(host_ls 2>&1 | awk 'NR > 1 && NF { n = split($1, k, "/"); print k[n], tolower($NF) }' | sort) || true
+  expect_eq "the host, over the shared socket, sees the same snapshots" "$want" "$got"
+
+  ctr_ task kill -s SIGKILL w2 >/dev/null 2>&1 || true
+  # shellcheck disable=SC2016 # expanded by eval, on each try
+  wait_until 30 - eval '[[ $(ctr_ task ls | awk "\$1 == \"w2\" { print \$3 }") != RUNNING ]]' || true
+  ctr_ task delete w2 >/dev/null 2>&1 || true
+  if out=$(ctr_ containers rm w2 2>&1) && out=$(ctr_ images rm --sync "$workload" 2>&1); then
+    ok "w2 and the e2e image removed from containerd"
+  else
+    not_ok "remove w2 and the e2e image" "$out"
+    return 0
+  fi
+  # containerd's GC, scheduled by the deletions, removes them from the daemon.
+  # shellcheck disable=SC2016 # expanded by eval, on each try
+  if wait_until 60 "$daemon_ctr_pid" eval '[[ $(daemon_count) == 0 ]]'; then
+    ok "containerd's GC emptied the daemon"
+  else
+    not_ok "the daemon still holds snapshots 60 s after the image was removed" "$(daemon_ls_json 2>&1)"
+  fi
+}
+
+check_shutdown() {
+  local rc=0
+  daemon_stopped=1
+  if ! kill -0 "$daemon_ctr_pid" 2>/dev/null; then
+    wait "$daemon_ctr_pid" 2>/dev/null || rc=$?
+    not_ok "the daemon's container ended before the end of the test (status $rc)"
+    return 0
+  fi
+  ctr_ task kill -s SIGTERM "$daemon" >/dev/null 2>&1 || true
+  if wait_until 30 - eval "! kill -0 $daemon_ctr_pid"; then
+    wait "$daemon_ctr_pid" 2>/dev/null || rc=$?
+    if ((rc == 0)); then
+      ok "the daemon exited 0 on SIGTERM (ctr task kill)"
+    else
+      not_ok "the daemon exited $rc on SIGTERM" "$(tail -n 5 "$tmp/daemon.log")"
+    fi
+  else
+    not_ok "the daemon ignored SIGTERM for 30 s"
+  fi
+  daemon_ctr_pid=''
+  ctr_ task delete "$daemon" >/dev/null 2>&1 || true
+  ctr_ containers rm "$daemon" >/dev/null 2>&1 || true
+}
+
+# ---------------------------------------------------------------- main
+start_containerd
+import_image
+start_daemon
+check_propagation
+check_workload
+check_shutdown
