@@ -16,7 +16,8 @@
 #   IMAGE=registry.example/rustlayer:dev hack/build-image.sh
 #   RUSTLAYER_BIN=path hack/build-image.sh       skip the cargo build
 #
-# Debian packages it relies on: debootstrap, python3, git (for the revision label).
+# Debian packages it relies on: debootstrap, python3, binutils (strip), git (for
+# the revision label).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -45,11 +46,11 @@ base=$out/base/$key
 mkdir -p "$out/base" "$out/debs"
 
 slim() { # slim ROOTFS: what a runtime image has no use for, as bookworm-slim drops it
-  local r=$1
+  local r=${1:?}
   rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/* "$r"/var/cache/debconf/*-old \
     "$r"/var/cache/ldconfig/aux-cache "$r"/var/log/* "$r"/tmp/* "$r"/var/tmp/* \
     "$r"/usr/share/doc/* "$r"/usr/share/man/* "$r"/usr/share/info/* \
-    "$r"/usr/share/locale/* "$r"/usr/share/lintian "$r"/dev/* "$r"/run/*
+    "$r"/usr/share/locale/* "$r"/usr/share/lintian "${r:?}"/dev/* "${r:?}"/run/*
   # The runtime provides these per container; stale copies would leak the build host.
   : >"$r/etc/hostname"
   rm -f "$r/etc/resolv.conf" "$r/etc/hosts"
@@ -58,6 +59,7 @@ slim() { # slim ROOTFS: what a runtime image has no use for, as bookworm-slim dr
 
 unmount_under() { # debootstrap mounts proc and sys in the chroot; a failure may leave them
   local m
+  # shellcheck disable=SC2013 # mount points of our own making, no spaces
   for m in $(awk -v p="$1/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
     umount "$m" 2>/dev/null || umount -l "$m"
   done
@@ -98,8 +100,12 @@ if [[ -z $bin ]]; then
   cargo build --release --locked -p rustlayer
   bin=$repo/target/release/rustlayer
 fi
+# As the Dockerfile does: the release profile's line tables would be four
+# fifths of the binary.
+cp "$bin" "$out/rustlayer.stripped"
+strip --strip-debug "$out/rustlayer.stripped"
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 python3 hack/image/build_image.py image --base "$base.tar.gz" --base-json "$base.json" \
-  --binary "$bin" --name "$image" --version "$version" --revision "$revision" --arch "$arch" \
+  --binary "$out/rustlayer.stripped" --name "$image" --version "$version" --revision "$revision" --arch "$arch" \
   --output "$out/rustlayer.oci.tar" >"$out/rustlayer.oci.json"
 echo "$me: $image -> $out/rustlayer.oci.tar ($(($(stat -c %s "$out/rustlayer.oci.tar") / 1024 / 1024)) MiB) in $((SECONDS - start))s"

@@ -7,6 +7,7 @@ packages=(
   containerd runc                                   # real containerd e2e
   golang-go golang-github-containerd-containerd-dev # containerd's conformance suite
   busybox-static                                    # the e2e test image's userland
+  debootstrap                                       # the image's base layer (hack/build-image.sh)
   python3                                           # OCI image builder
   python3-venv shellcheck                           # Helm chart tests (hack/chart-test.sh)
   util-linux kmod                                   # mount(8) for long overlay chains

@@ -28,7 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-me=image-e2e
+me="image-e2e"
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "$me: must run as root (containerd, runc and mounts need it)" >&2
@@ -80,7 +80,7 @@ sock=$tmp/containerd.sock
 rl_root=$tmp/var/lib/rustlayer
 rl_sockdir=$tmp/run/rustlayer
 rl_sock=$rl_sockdir/rustlayer.sock
-containerd_pid='' daemon_ctr_pid='' daemon_stopped=''
+containerd_pid='' daemon_ctr_pid=''
 metrics_port=$((20000 + RANDOM % 20000))
 
 ctr_() { timeout 120 ctr -a "$sock" -n "$ns" "$@"; }
@@ -242,6 +242,7 @@ import_image() {
   fi
   expect_eq "the image is named $want_name" "$want_name" "$(ctr_ images ls -q 2>&1)"
   # The runtime carries what the binary and the devmapper backend call at run time.
+  # shellcheck disable=SC2016 # expanded by the container's shell
   out=$(ctr_ run --rm --runc-root "$tmp/runc" "$image" probe sh -c '
     for c in rustlayer mount umount mkfs.ext4 mkfs.xfs dmsetup; do command -v $c >/dev/null || echo "no $c"; done
     ldd /usr/local/bin/rustlayer | grep -i "not found"
@@ -371,7 +372,6 @@ check_workload() {
 
 check_shutdown() {
   local rc=0
-  daemon_stopped=1
   if ! kill -0 "$daemon_ctr_pid" 2>/dev/null; then
     wait "$daemon_ctr_pid" 2>/dev/null || rc=$?
     not_ok "the daemon's container ended before the end of the test (status $rc)"

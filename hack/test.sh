@@ -49,6 +49,15 @@ hack/conformance.sh
 step "real containerd: import and run an image on rustlayer"
 hack/e2e-containerd.sh
 
+step "CRI: containerd's CRI plugin on rustlayer, driven as the kubelet drives it"
+hack/cri-e2e.sh
+
+step "image: build the OCI archive (base layer cached in .cache/image)"
+hack/build-image.sh
+
+step "image: the daemon run from the image as the DaemonSet runs it, serving containerd"
+hack/image-e2e.sh
+
 step "metrics: promtool, a real Prometheus scraping the daemon, every dashboard query and alert"
 hack/metrics-e2e.sh
 
