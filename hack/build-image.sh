@@ -108,4 +108,5 @@ revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 python3 hack/image/build_image.py image --base "$base.tar.gz" --base-json "$base.json" \
   --binary "$out/rustlayer.stripped" --name "$image" --version "$version" --revision "$revision" --arch "$arch" \
   --output "$out/rustlayer.oci.tar" >"$out/rustlayer.oci.json"
+rm -f "$out/rustlayer.stripped"
 echo "$me: $image -> $out/rustlayer.oci.tar ($(($(stat -c %s "$out/rustlayer.oci.tar") / 1024 / 1024)) MiB) in $((SECONDS - start))s"
