@@ -7,6 +7,8 @@
 #   hack/conformance.sh                          target/debug/rustlayer, overlay
 #   RUSTLAYER_BIN=path RUSTLAYER_BACKEND=name hack/conformance.sh
 #   hack/conformance.sh -test.run 'TestConformance/Walk'   extra test flags
+#   RUSTLAYER_CONFIG_TOML='...' hack/conformance.sh   each daemon's config file
+#   CONFORMANCE_BUILD_ONLY=1 hack/conformance.sh       build the test binary, stop
 #
 # The test binary is cached in .cache/conformance and rebuilt when the Go
 # sources or Debian's Go packages change. Each case's daemon log is kept in
@@ -72,8 +74,12 @@ if [[ ! -x $testbin || $(cat "$testbin.key" 2>/dev/null) != "$key" ]]; then
   echo "conformance: built in $(($(date +%s) - build_start))s"
 fi
 
-logs=$cache/logs
-out=$cache/last-run.log
+if [[ ${CONFORMANCE_BUILD_ONLY:-} == 1 ]]; then
+  exit 0
+fi
+
+logs=${CONFORMANCE_LOGS:-$cache/logs}
+out=${CONFORMANCE_OUT:-$cache/last-run.log}
 rm -rf "$logs"
 mkdir -p "$logs"
 echo "conformance: $bin${RUSTLAYER_BACKEND:+ --backend $RUSTLAYER_BACKEND}"

@@ -21,6 +21,10 @@
 #
 #   hack/e2e-containerd.sh                         target/debug/rustlayer
 #   RUSTLAYER_BIN=path hack/e2e-containerd.sh
+#   RUSTLAYER_E2E_CONFIG=file hack/e2e-containerd.sh  the daemon's config file
+#                                                  (backend = "devmapper": the
+#                                                  upper-dir checks become checks
+#                                                  on the snapshot's thin device)
 #   SNAPSHOTTER=overlayfs hack/e2e-containerd.sh   containerd's own snapshotter,
 #                                                  no daemon (to test the test)
 #
@@ -249,7 +253,9 @@ build_image() {
 start_rustlayer() {
   # Private to this containerd: containerd's GC removes any backend snapshot
   # it has no record of, so a shared daemon would lose other users' data.
-  "$bin" serve --root "$tmp/rustlayer" --address "$rl_sock" >"$tmp/rustlayer.log" 2>&1 &
+  local config=${RUSTLAYER_E2E_CONFIG:-$tmp/rustlayer.toml}
+  [[ -n ${RUSTLAYER_E2E_CONFIG:-} ]] || : >"$config"
+  "$bin" serve --config "$config" --root "$tmp/rustlayer" --address "$rl_sock" >"$tmp/rustlayer.log" 2>&1 &
   daemon_pid=$!
   if wait_until 60 "$daemon_pid" backend ls; then
     ok "rustlayer daemon answers on its socket (pid $daemon_pid)"
@@ -372,6 +378,7 @@ check_merged_view() {
 
 # ---------------------------------------------------------------- writes
 c2_upper=''
+c2_device=''
 
 check_writes() {
   local out mounts lower got
@@ -386,8 +393,26 @@ check_writes() {
   got=$(snaps ls 2>&1 | table | grep '^c2 ') || true
   expect_eq "c2's snapshot is active on the top layer" "c2 Active ${chain[2]}" "$got"
 
-  # Its upper directory, from the overlay mount containerd would use.
   mounts=$(snaps mounts "$tmp/unused" c2 2>&1) || true
+  if [[ $mounts == "mount -t ext4 "* || $mounts == "mount -t xfs "* ]]; then
+    check_writes_on_device "$mounts"
+  else
+    check_writes_in_upper_dir "$mounts"
+  fi
+
+  # The merged view of c2's snapshot, mounted by hand now that c2 has exited.
+  if out=$(mount_snapshot c2 "$tmp/mnt/c2" 2>&1); then
+    got="written=$(cat "$tmp/mnt/c2/written" 2>&1) motd=$(test -e "$tmp/mnt/c2/etc/motd" && echo present || echo absent)"
+    umount "$tmp/mnt/c2"
+    expect_eq "c2's snapshot mounted: /written there, /etc/motd gone" "written=hello motd=absent" "$got"
+  else
+    not_ok "mounting c2's snapshot failed" "$out"
+  fi
+}
+
+# Overlay: the writes are files in the container's own upper directory.
+check_writes_in_upper_dir() {
+  local mounts=$1 lower got
   c2_upper=$(grep -o 'upperdir=[^,]*' <<<"$mounts" | cut -d= -f2-) || true
   if [[ $mounts == "mount -t overlay "* && -d $c2_upper ]]; then
     ok "c2's mount is an overlay with upperdir $c2_upper"
@@ -406,14 +431,33 @@ check_writes() {
     [[ -e $lower/written ]] && got+="$lower/written "
   done
   expect_eq "no lower dir of c2's mount has /written" "" "$got"
+}
 
-  # The merged view of c2's snapshot, mounted by hand now that c2 has exited.
-  if out=$(mount_snapshot c2 "$tmp/mnt/c2" 2>&1); then
-    got="written=$(cat "$tmp/mnt/c2/written" 2>&1) motd=$(test -e "$tmp/mnt/c2/etc/motd" && echo present || echo absent)"
-    umount "$tmp/mnt/c2"
-    expect_eq "c2's snapshot mounted: /written there, /etc/motd gone" "written=hello motd=absent" "$got"
+# devmapper: the snapshot is a thin device of its own, written in place; the
+# layers it was made from are other devices (check_layers_unchanged).
+check_writes_on_device() {
+  local mounts=$1 device
+  device=$(awk '{ print $4 }' <<<"$mounts")
+  if [[ -b $device ]]; then
+    ok "c2's mount is a block device of its own ($device)"
   else
-    not_ok "mounting c2's snapshot failed" "$out"
+    not_ok "c2's mount source is not a block device" "$mounts"
+    return 0
+  fi
+  local name
+  name=$(cat "/sys/block/$(basename "$device")/dm/name" 2>&1)
+  if [[ $name == rustlayer-* ]]; then
+    c2_device=$name
+    ok "c2's device is a rustlayer thin device ($name)"
+  else
+    not_ok "c2's device is not a rustlayer thin device" "$name"
+  fi
+  local table
+  table=$(DM_DISABLE_UDEV=1 dmsetup table "$name" 2>&1)
+  if [[ $table == *" thin "* ]]; then
+    ok "c2's device is a dm-thin device"
+  else
+    not_ok "c2's device has no thin table" "$table"
   fi
 }
 
@@ -476,6 +520,14 @@ check_container_removal() {
         $((backend_before - 1)) "$(backend_count)"
     else
       not_ok "the daemon still has c2's snapshot 30 s after containerd removed it" "$(backend ls 2>&1)"
+    fi
+  fi
+  if [[ -n $c2_device ]]; then
+    # shellcheck disable=SC2016 # expanded by eval, on each try
+    if wait_until 30 - eval '! grep -qx "$c2_device" /sys/block/dm-*/dm/name'; then
+      ok "c2's thin device $c2_device is deactivated"
+    else
+      not_ok "c2's thin device $c2_device is still active 30 s later"
     fi
   fi
   if [[ -n $c2_upper ]]; then

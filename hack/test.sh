@@ -70,4 +70,7 @@ hack/kind-e2e.sh
 step "VM runner self-test: dm-thin pool, thin devices and snapshots in a VM"
 hack/vm/selftest.sh
 
+step "devmapper in a VM: backend tests, conformance suite, containerd on a thin pool"
+hack/vm-test.sh
+
 step "all tests passed in $(($(date +%s) - start))s"

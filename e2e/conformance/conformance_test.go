@@ -21,6 +21,7 @@ func TestConformance(t *testing.T) {
 		bin:     os.Getenv("RUSTLAYER_BIN"),
 		backend: os.Getenv("RUSTLAYER_BACKEND"),
 		logDir:  os.Getenv("RUSTLAYER_CONFORMANCE_LOGS"),
+		config:  os.Getenv("RUSTLAYER_CONFIG_TOML"),
 	}
 	if cfg.bin == "" {
 		t.Fatal("RUSTLAYER_BIN is not set: point it at the rustlayer binary")

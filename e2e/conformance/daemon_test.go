@@ -43,6 +43,7 @@ type daemonConfig struct {
 	bin     string // the rustlayer binary
 	backend string // --backend value; empty leaves the daemon's default
 	logDir  string // where each case's daemon log is kept; empty: nowhere
+	config  string // contents of each case's config file (e.g. a small thin pool)
 }
 
 // daemon is one rustlayer process serving one test case.
@@ -63,7 +64,7 @@ func startDaemon(cfg daemonConfig, root string) (*daemon, error) {
 	// An empty config file keeps a host's /etc/rustlayer/config.toml (say, a
 	// fixed metrics port) from leaking into, and colliding between, cases.
 	config := filepath.Join(root, "rustlayer.toml")
-	if err := os.WriteFile(config, nil, 0o644); err != nil {
+	if err := os.WriteFile(config, []byte(cfg.config), 0o644); err != nil {
 		return nil, err
 	}
 	d := &daemon{

@@ -130,7 +130,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.backend, BackendKind::Devmapper);
         assert_eq!(c.devmapper.pool_name.as_deref(), Some("p"));
-        assert_eq!(c.devmapper.base_image_size, DevmapperConfig::default().base_image_size);
+        assert_eq!(
+            c.devmapper.base_image_size,
+            DevmapperConfig::default().base_image_size
+        );
         assert_eq!(c.metrics_address, Some("127.0.0.1:9".parse().unwrap()));
         assert_eq!(c.root, Config::default().root);
     }

@@ -14,6 +14,7 @@ use devicemapper::Device;
 use rustlayer_core::{
     Backend, Kind, Labels, Mount, PoolStats, SnapshotId, SnapshotRef, Staged, Usage,
 };
+use rustlayer_mount::{LinuxMounter, Mounter};
 use tracing::{debug, info, warn};
 
 use crate::config::{DevmapperConfig, FsType};
@@ -220,7 +221,8 @@ impl Inner {
         self.pool.create_thin(&self.dm, BASE)?;
         let device = self.activate(BASE, false)?;
         let made = node(device).and_then(|path| {
-            make_filesystem(self.config.fs_type, &path, &self.config.fs_options)
+            make_filesystem(self.config.fs_type, &path, &self.config.fs_options)?;
+            empty_root(self.config.fs_type, &path, &marker.with_extension("mnt"))
         });
         self.deactivate(BASE)?;
         made?;
@@ -415,14 +417,18 @@ impl Backend for DevmapperBackend {
     }
 
     /// Measures the device and deactivates it: committed layers are only ever read
-    /// through snapshots of them, and an inactive origin needs no suspend.
+    /// through snapshots of them, and an inactive origin needs no suspend. A layer
+    /// still mounted (containerd's unpacker unmounts first, but a client need not)
+    /// stays active; snapshots of it suspend it meanwhile.
     fn seal(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
         let inner = &self.inner;
         let thin = thin_id(snapshot.id)?;
         let _guard = lock(&inner.lock);
         inner.activate(thin, false)?;
         let usage = inner.thin_usage(thin)?;
-        inner.deactivate(thin)?;
+        if inner.dm.deactivate(&inner.device_name(thin))? == Deactivated::Busy {
+            debug!(thin = thin.get(), "committed while mounted; stays active");
+        }
         Ok(usage)
     }
 
@@ -462,7 +468,10 @@ impl Backend for DevmapperBackend {
             }
         }
         if removed > 0 {
-            info!(removed, "cleanup deleted thin devices the metadata does not know");
+            info!(
+                removed,
+                "cleanup deleted thin devices the metadata does not know"
+            );
         }
         Ok(removed)
     }
@@ -538,6 +547,35 @@ fn node(device: Device) -> Result<PathBuf> {
     }
 }
 
+/// mke2fs leaves `lost+found` in the root; the first layer of every image must
+/// start from an empty directory, as it does on overlay.
+fn empty_root(fs: FsType, device: &Path, mountpoint: &Path) -> Result<()> {
+    if fs != FsType::Ext4 {
+        return Ok(());
+    }
+    fs::create_dir_all(mountpoint).map_err(Error::io("create", mountpoint))?;
+    let mount = Mount {
+        fs_type: fs.as_str().to_owned(),
+        source: device.to_string_lossy().into_owned(),
+        options: Vec::new(),
+    };
+    LinuxMounter
+        .mount(&mount, mountpoint)
+        .map_err(|err| Error::Pool(format!("cannot mount the new base filesystem: {err}")))?;
+    let lost = mountpoint.join("lost+found");
+    let removed = match fs::remove_dir(&lost) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io("remove", &lost)(err))
+        }
+        _ => Ok(()),
+    };
+    LinuxMounter
+        .unmount(mountpoint, false)
+        .map_err(|err| Error::Pool(format!("cannot unmount the new base filesystem: {err}")))?;
+    let _ = fs::remove_dir(mountpoint);
+    removed
+}
+
 fn figures(usage: &PoolUsage) -> String {
     format!(
         "data {} of {} used ({:.1}% free), metadata {} of {} used ({:.1}% free)",
@@ -568,5 +606,7 @@ fn write_durably(path: &Path, contents: &[u8]) -> Result<()> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

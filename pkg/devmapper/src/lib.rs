@@ -21,7 +21,10 @@ pub use size::ByteSize;
 /// /proc/devices-style listings is not enough: ask device-mapper itself).
 pub fn kernel_support() -> std::result::Result<(), String> {
     if !std::path::Path::new("/dev/mapper/control").exists() {
-        return Err("/dev/mapper/control is missing: the kernel has no device-mapper (modprobe dm_mod)".into());
+        return Err(
+            "/dev/mapper/control is missing: the kernel has no device-mapper (modprobe dm_mod)"
+                .into(),
+        );
     }
     Ok(())
 }

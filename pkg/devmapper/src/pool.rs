@@ -135,7 +135,11 @@ impl Pool {
         let metadata = sparse_file(&metadata_path, spec.metadata_bytes)?;
         let data_loop = attach(&data, &data_path)?;
         let metadata_loop = attach(&metadata, &metadata_path)?;
-        let data_sectors = data.metadata().map_err(Error::io("stat", &data_path))?.len() / SECTOR;
+        let data_sectors = data
+            .metadata()
+            .map_err(Error::io("stat", &data_path))?
+            .len()
+            / SECTOR;
         let data_sectors = data_sectors - data_sectors % DATA_BLOCK_SECTORS;
         let mut features = vec!["error_if_no_space"];
         if !spec.discard_passdown {

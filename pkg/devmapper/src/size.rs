@@ -52,7 +52,11 @@ impl FromStr for ByteSize {
             "M" | "MB" | "MiB" => 1 << 20,
             "G" | "GB" | "GiB" => 1 << 30,
             "T" | "TB" | "TiB" => 1 << 40,
-            _ => return Err(format!("{text:?}: unknown unit {unit:?} (use KiB, MiB, GiB or TiB)")),
+            _ => {
+                return Err(format!(
+                    "{text:?}: unknown unit {unit:?} (use KiB, MiB, GiB or TiB)"
+                ));
+            }
         };
         n.checked_mul(multiplier)
             .map(ByteSize)
@@ -63,7 +67,7 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (name, unit) in UNITS {
-            if self.0 >= unit && self.0 % unit == 0 {
+            if self.0 >= unit && self.0.is_multiple_of(unit) {
                 return write!(f, "{}{name}", self.0 / unit);
             }
         }

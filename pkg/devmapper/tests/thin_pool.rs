@@ -140,13 +140,24 @@ fn layers_stack_by_copy_on_write_and_views_are_read_only() {
     assert!(mounts[0].source.starts_with("/dev/dm-"), "{mounts:?}");
     {
         let _m = mount(&f, "a", &mnt);
+        let entries: Vec<_> = fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            entries.is_empty(),
+            "a first layer starts empty: {entries:?}"
+        );
         fs::write(mnt.join("hello"), "one").unwrap();
         fs::create_dir(mnt.join("dir")).unwrap();
         fs::write(mnt.join("dir/keep"), vec![1u8; 1 << 20]).unwrap();
     }
     f.s.commit("A", "a", &none()).unwrap();
     let layer = f.s.usage("A").unwrap();
-    assert!(layer.bytes >= 1 << 20, "a 1 MiB file is in the layer: {layer:?}");
+    assert!(
+        layer.bytes >= 1 << 20,
+        "a 1 MiB file is in the layer: {layer:?}"
+    );
 
     f.s.prepare("b", "A", &none()).unwrap();
     {
@@ -189,7 +200,10 @@ fn layers_stack_by_copy_on_write_and_views_are_read_only() {
     f.s.cleanup().unwrap();
     let stats = f.backend.pool_stats().unwrap().unwrap();
     assert_eq!(stats.thin_devices, 0, "{stats:?}");
-    assert_eq!(active_devices(&format!("{prefix}-")), vec![format!("{prefix}-pool")]);
+    assert_eq!(
+        active_devices(&format!("{prefix}-")),
+        vec![format!("{prefix}-pool")]
+    );
 }
 
 #[test]
@@ -354,7 +368,10 @@ fn xfs_snapshots_of_one_base_mount_side_by_side() {
     let (m1, m2) = (f.dir.path().join("m1"), f.dir.path().join("m2"));
     let mounts = f.s.mounts("one").unwrap();
     assert_eq!(mounts[0].fs_type, "xfs");
-    assert!(mounts[0].options.contains(&"nouuid".to_owned()), "{mounts:?}");
+    assert!(
+        mounts[0].options.contains(&"nouuid".to_owned()),
+        "{mounts:?}"
+    );
     let _one = mount(&f, "one", &m1);
     let _two = mount(&f, "two", &m2);
     fs::write(m1.join("f"), "1").unwrap();

@@ -21,8 +21,14 @@ impl Backend for WithPool {
     fn name(&self) -> &'static str {
         self.0.name()
     }
-    fn stage(&self, k: Kind, p: &[SnapshotId], l: &Labels) -> rustlayer_core::Result<Staged> {
-        self.0.stage(k, p, l)
+    fn stage(
+        &self,
+        id: SnapshotId,
+        k: Kind,
+        p: &[SnapshotId],
+        l: &Labels,
+    ) -> rustlayer_core::Result<Staged> {
+        self.0.stage(id, k, p, l)
     }
     fn publish(&self, s: &Staged, id: SnapshotId) -> rustlayer_core::Result<()> {
         self.0.publish(s, id)
@@ -42,8 +48,12 @@ impl Backend for WithPool {
     fn remove(&self, id: SnapshotId) -> rustlayer_core::Result<()> {
         self.0.remove(id)
     }
-    fn cleanup(&self, k: &dyn Fn(SnapshotId) -> bool) -> rustlayer_core::Result<usize> {
-        self.0.cleanup(k)
+    fn cleanup(
+        &self,
+        k: &dyn Fn(SnapshotId) -> bool,
+        suspects: &[SnapshotId],
+    ) -> rustlayer_core::Result<usize> {
+        self.0.cleanup(k, suspects)
     }
     fn pool_stats(&self) -> rustlayer_core::Result<Option<PoolStats>> {
         Ok(Some(PoolStats {

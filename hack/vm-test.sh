@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The devmapper tier. This machine's kernel may lack device-mapper, so the tests
+# run in a VM booting Debian's kernel (hack/vm-run.sh): the backend's Rust tests,
+# containerd's conformance suite against `--backend devmapper`, and a real
+# containerd on an existing thin pool made on virtio disks (hack/vm/devmapper-guest.sh).
+# Everything is built here first; the guest runs the host's binaries.
+#
+#   hack/vm-test.sh
+# Logs of the last run: .cache/vm-test/. Exits non-zero if anything failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+start=$(date +%s)
+
+cargo build --locked -p rustlayer
+thin_tests=$(cargo test --locked -p rustlayer-devmapper --test thin_pool --no-run --message-format=json |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "thin_pool":
+        print(m["executable"])')
+[[ -x $thin_tests ]] || { echo "vm-test: no thin_pool test binary" >&2; exit 1; }
+CONFORMANCE_BUILD_ONLY=1 hack/conformance.sh
+export RUSTLAYER_BIN=${RUSTLAYER_BIN:-$repo/target/debug/rustlayer}
+
+out=$repo/.cache/vm-test
+rm -rf "$out"
+mkdir -p "$out"
+rc=0
+hack/vm-run.sh --timeout "${VM_TEST_TIMEOUT:-2400}" --mem 6144 \
+  --disk pooldata:4G --disk poolmeta:128M --share "$out" \
+  -- hack/vm/devmapper-guest.sh "$out" "$thin_tests" || rc=$?
+echo "vm-test: $( ((rc == 0)) && echo passed || echo "FAILED (status $rc)") in $(($(date +%s) - start))s; logs in $out"
+exit "$rc"
