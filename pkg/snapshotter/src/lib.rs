@@ -381,7 +381,7 @@ impl Snapshotter {
     /// ids whose storage is confirmed gone. Holds the write lock so no storage is
     /// published meanwhile.
     pub fn cleanup(&self) -> Result<usize> {
-        self.store.write(|tx| {
+        let (removed, emptied) = self.store.write(|tx| {
             let mut known: HashSet<SnapshotId> = tx.ids()?;
             {
                 let pool = lock(&self.ids);
@@ -395,9 +395,16 @@ impl Snapshotter {
                 .filter(|id| !known.contains(id))
                 .collect();
             let removed = self.backend.cleanup(&|id| known.contains(&id), &suspects)?;
-            tx.release_ids(&suspects)?;
-            Ok(removed)
-        })
+            Ok::<_, Error>((removed, suspects))
+        })?;
+        if !emptied.is_empty() {
+            // Only bookkeeping is left: the ids stay reserved (never reused) until a
+            // later Cleanup records them, which a full disk may delay.
+            if let Err(err) = self.store.write(|tx| tx.release_ids(&emptied)) {
+                warn!(%err, ids = emptied.len(), "emptied ids stay reserved until the next Cleanup");
+            }
+        }
+        Ok(removed)
     }
 
     pub fn counts(&self) -> Result<KindCounts> {
