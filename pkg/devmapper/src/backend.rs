@@ -138,17 +138,23 @@ impl DevmapperBackend {
 
     /// Blocks until every Remove so far has deleted its device (tests, shutdown).
     pub fn drain_removals(&self) {
-        let reaper = lock(&self.reaper).take();
-        if let Some(reaper) = reaper {
-            drop(reaper.queue);
-            let _ = reaper.worker.join();
-            if self.inner.config.async_remove {
-                match Reaper::start(Arc::clone(&self.inner)) {
-                    Ok(fresh) => *lock(&self.reaper) = Some(fresh),
-                    Err(err) => warn!(%err, "removals now happen inline"),
-                }
+        if self.stop_reaper() {
+            match Reaper::start(Arc::clone(&self.inner)) {
+                Ok(fresh) => *lock(&self.reaper) = Some(fresh),
+                Err(err) => warn!(%err, "removals now happen inline"),
             }
         }
+    }
+
+    /// Lets the reaper finish its queue and stop; false if there was none.
+    fn stop_reaper(&self) -> bool {
+        let reaper = lock(&self.reaper).take();
+        let Some(reaper) = reaper else {
+            return false;
+        };
+        drop(reaper.queue);
+        let _ = reaper.worker.join();
+        true
     }
 }
 
@@ -486,11 +492,7 @@ impl Backend for DevmapperBackend {
     /// Deactivates every device nothing has open; a mounted one (a running
     /// container) stays, and with it the pool.
     fn shutdown(&self) {
-        let reaper = lock(&self.reaper).take();
-        if let Some(reaper) = reaper {
-            drop(reaper.queue);
-            let _ = reaper.worker.join();
-        }
+        self.stop_reaper();
         let inner = &self.inner;
         let mut busy = 0;
         let ids = inner.active_ids().unwrap_or_default();

@@ -16,9 +16,8 @@ pub use config::{DEFAULT_TOML, DevmapperConfig, FsType};
 pub use error::{Error, Result};
 pub use size::ByteSize;
 
-/// Whether this kernel can run the backend: device-mapper's control node and the
-/// thin-pool target (loaded as a module on demand, so only its presence in
-/// /proc/devices-style listings is not enough: ask device-mapper itself).
+/// Whether this kernel has device-mapper at all, for a clear start-up error. The
+/// thin-pool target itself is loaded on demand when the pool's table is loaded.
 pub fn kernel_support() -> std::result::Result<(), String> {
     if !std::path::Path::new("/dev/mapper/control").exists() {
         return Err(
