@@ -51,6 +51,8 @@ set -euo pipefail
 export LC_ALL=C # decimal points in $EPOCHREALTIME and awk
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+# shellcheck source=hack/lib/containerd.sh
+source hack/lib/containerd.sh
 me=bench
 
 mode=full
@@ -278,31 +280,8 @@ done
 [[ -S $rl_sock ]] || die "rustlayer did not create $rl_sock within 30 s"
 
 mkdir -p "$roots/containerd" "$tmp/containerd" "$tmp/mnt" "$tmp/runc"
-cat >"$tmp/containerd.toml" <<EOF
-version = 2
-root = "$roots/containerd/root"
-state = "$tmp/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "$sock"
-
-[ttrpc]
-  address = "$sock.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$tmp/containerd/opt"
-
-[proxy_plugins.rustlayer]
-  type = "snapshot"
-  address = "$rl_sock"
-EOF
+containerd_config "$roots/containerd/root" "$tmp/containerd/state" "$sock" "$rl_sock" \
+  >"$tmp/containerd.toml"
 containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
 cd_pid=$!
 for ((i = 0; i < 300; i++)); do

@@ -28,6 +28,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+# shellcheck source=hack/lib/containerd.sh
+source hack/lib/containerd.sh
 me="image-e2e"
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -186,41 +188,9 @@ echo "$me: image $image from $archive, working in $tmp"
 start_containerd() {
   mkdir -p "$tmp/containerd"
   # One containerd, as on a node: the DaemonSet's pod on overlayfs, workloads on
-  # rustlayer through the proxy plugin, which dials the socket only when used.
-  cat >"$tmp/containerd.toml" <<EOF
-version = 2
-root = "$tmp/containerd/root"
-state = "$tmp/containerd/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "$sock"
-
-[ttrpc]
-  address = "$sock.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$tmp/containerd/opt"
-
-[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1
-
-[proxy_plugins.rustlayer]
-  type = "snapshot"
-  address = "$rl_sock"
-EOF
+  # rustlayer through the proxy plugin.
+  containerd_config "$tmp/containerd/root" "$tmp/containerd/state" "$sock" "$rl_sock" \
+    "$CONTAINERD_GC_AT_ONCE" >"$tmp/containerd.toml"
   containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
   containerd_pid=$!
   if wait_until 60 "$containerd_pid" ctr -a "$sock" version; then

@@ -23,6 +23,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+# shellcheck source=hack/lib/containerd.sh
+source hack/lib/containerd.sh
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "metrics-e2e: must run as root (containerd and overlay mounts need it)" >&2
@@ -246,31 +248,8 @@ checks python3 "$check" wait-data --prom "$prom" --job "$job" --after "$prom_sta
 
 # ---------------------------------------------------------------- containerd
 mkdir -p "$tmp/containerd"
-cat >"$tmp/containerd.toml" <<EOF
-version = 2
-root = "$tmp/containerd/root"
-state = "$tmp/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "$ctr_sock"
-
-[ttrpc]
-  address = "$ctr_sock.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$tmp/containerd/opt"
-
-[proxy_plugins.rustlayer]
-  type = "snapshot"
-  address = "$tmp/rl.sock"
-EOF
+containerd_config "$tmp/containerd/root" "$tmp/containerd/state" "$ctr_sock" "$tmp/rl.sock" \
+  >"$tmp/containerd.toml"
 containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
 containerd_pid=$!
 ctr_() { timeout 120 ctr -a "$ctr_sock" -n "$ns" "$@"; }

@@ -1,0 +1,53 @@
+# shellcheck shell=bash
+# Sourced by the scripts that run a private containerd (own root, state and
+# socket, never the node's) with rustlayer as its proxy snapshotter.
+#
+#   containerd_config ROOT STATE SOCKET RUSTLAYER_SOCKET [EXTRA_TOML]
+#
+# prints a version 2 config: the CRI plugin off (the scripts drive containerd
+# directly), the snapshotters that cannot work here off, debug and metrics
+# listeners off, and the proxy plugin "rustlayer" on RUSTLAYER_SOCKET. EXTRA_TOML
+# is appended as it is.
+containerd_config() {
+  local root=$1 state=$2 sock=$3 rl_sock=$4 extra=${5:-}
+  cat <<EOF
+version = 2
+root = "$root"
+state = "$state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "$sock"
+
+[ttrpc]
+  address = "$sock.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$state/opt"
+
+[proxy_plugins.rustlayer]
+  type = "snapshot"
+  address = "$rl_sock"
+EOF
+  if [[ -n $extra ]]; then
+    printf '\n%s\n' "$extra"
+  fi
+}
+
+# Every deletion schedules a garbage collection at once, so a test waiting for
+# the daemon to see containerd's Remove calls does not wait for a timer.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+CONTAINERD_GC_AT_ONCE='[plugins."io.containerd.gc.v1.scheduler"]
+  deletion_threshold = 1'
