@@ -13,14 +13,22 @@ repo=$(pwd)
 start=$(date +%s)
 
 cargo build --locked -p rustlayer
-thin_tests=$(cargo test --locked -p rustlayer-devmapper --test thin_pool --no-run --message-format=json |
-  python3 -c '
+# test_binary PACKAGE TEST: builds one integration test and prints its executable.
+test_binary() {
+  cargo test --locked -p "$1" --test "$2" --no-run --message-format=json |
+    python3 -c '
 import json, sys
+name = sys.argv[1]
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "thin_pool":
-        print(m["executable"])')
-[[ -x $thin_tests ]] || { echo "vm-test: no thin_pool test binary" >&2; exit 1; }
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == name:
+        print(m["executable"])' "$2"
+}
+thin_tests=$(test_binary rustlayer-devmapper thin_pool)
+torture_tests=$(test_binary rustlayer-e2e crash_torture)
+for t in "$thin_tests" "$torture_tests"; do
+  [[ -x $t ]] || { echo "vm-test: a test binary is missing: '$t'" >&2; exit 1; }
+done
 CONFORMANCE_BUILD_ONLY=1 hack/conformance.sh
 export RUSTLAYER_BIN=${RUSTLAYER_BIN:-$repo/target/debug/rustlayer}
 
@@ -30,6 +38,6 @@ mkdir -p "$out"
 rc=0
 hack/vm-run.sh --timeout "${VM_TEST_TIMEOUT:-2400}" --mem 6144 \
   --disk pooldata:4G --disk poolmeta:128M --share "$out" \
-  -- hack/vm/devmapper-guest.sh "$out" "$thin_tests" || rc=$?
+  -- hack/vm/devmapper-guest.sh "$out" "$thin_tests" "$torture_tests" || rc=$?
 echo "vm-test: $( ((rc == 0)) && echo passed || echo "FAILED (status $rc)") in $(($(date +%s) - start))s; logs in $out"
 exit "$rc"

@@ -57,6 +57,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    /// Extra arguments, given again on every restart (a config file, a backend).
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -75,20 +77,21 @@ impl Daemon {
             root,
             socket,
             child: None,
+            args: extra.iter().map(|a| a.to_string()).collect(),
         };
-        daemon.spawn(extra);
+        daemon.spawn();
         daemon.wait_ready();
         daemon
     }
 
-    /// Starts the binary again on the same root and socket.
+    /// Starts the binary again on the same root, socket and arguments.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the daemon before restarting it");
-        self.spawn(&[]);
+        self.spawn();
         self.wait_ready();
     }
 
-    fn spawn(&mut self, extra: &[&str]) {
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -100,7 +103,7 @@ impl Daemon {
             .arg(&self.root)
             .arg("--address")
             .arg(&self.socket)
-            .args(extra)
+            .args(&self.args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

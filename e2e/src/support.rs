@@ -2,9 +2,10 @@
 //! knobs, and the storage-agrees-with-metadata check every crash and fault test ends
 //! with.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rustlayer_api::snapshots as pb;
@@ -133,4 +134,162 @@ pub async fn storage_matches_metadata(c: &Client, root: &Path, when: &str) {
         );
     }
     trash_drains(root).await;
+}
+
+/// After Cleanup, a self-managed thin pool holds exactly the base device (thin id 0)
+/// and one thin device per snapshot the metadata knows, under the snapshot's id;
+/// every active snapshot and view is activated, and no device of this root is
+/// active that the metadata does not know. The ids come from the metadata file
+/// itself (read-only), the pool's devices from its on-disk metadata (a metadata
+/// snapshot read with `thin_ls`), so neither side is taken from the daemon's word.
+pub async fn thin_pool_matches_metadata(c: &Client, root: &Path, when: &str) {
+    c.cleanup()
+        .await
+        .unwrap_or_else(|s| panic!("{when}: Cleanup: {s:?}"));
+    let rows = metadata_rows(root);
+    let listed: BTreeMap<String, i32> = c
+        .list(&[])
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|i| (i.name, i.kind))
+        .collect();
+    let stored: BTreeMap<String, i32> = rows.values().cloned().collect();
+    assert_eq!(
+        listed, stored,
+        "{when}: List disagrees with the metadata file"
+    );
+
+    let root = fs::canonicalize(root).expect("canonical root");
+    let prefix = rustlayer_devmapper::device_prefix(&root);
+    let pool = format!("{prefix}-pool");
+    let mut expected: Vec<u64> = rows.keys().copied().chain([0]).collect();
+    expected.sort_unstable();
+    let in_pool = thin_ids_in_pool(&pool);
+    assert_eq!(
+        in_pool, expected,
+        "{when}: the pool's thin devices (left) are not the base plus one per snapshot (right)"
+    );
+
+    let active: BTreeSet<u64> = dm_names()
+        .iter()
+        .filter_map(|name| name.strip_prefix(&format!("{prefix}-")))
+        .filter_map(|id| id.parse().ok())
+        .collect();
+    for id in &active {
+        assert!(
+            rows.contains_key(id),
+            "{when}: device {prefix}-{id} is active but the metadata has no snapshot {id}"
+        );
+    }
+    for (id, (key, kind)) in &rows {
+        if *kind != pb::Kind::Committed as i32 {
+            assert!(
+                active.contains(id),
+                "{when}: {key} (id {id}) is not activated"
+            );
+        }
+    }
+}
+
+/// Snapshot id → (key, kind) straight from the metadata file, read-only (the
+/// daemon keeps it open; SQLite's WAL lets a reader in beside it).
+fn metadata_rows(root: &Path) -> BTreeMap<u64, (String, i32)> {
+    let db = rusqlite::Connection::open_with_flags(
+        root.join("metadata.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the metadata read-only");
+    let mut query = db
+        .prepare("SELECT id, key, kind FROM snapshots")
+        .expect("query the metadata");
+    query
+        .query_map([], |row| {
+            let kind: String = row.get(2)?;
+            let kind = match kind.as_str() {
+                "active" => pb::Kind::Active,
+                "view" => pb::Kind::View,
+                _ => pb::Kind::Committed,
+            };
+            Ok((row.get::<_, i64>(0)? as u64, (row.get(1)?, kind as i32)))
+        })
+        .expect("read the metadata")
+        .map(|row| row.expect("a metadata row"))
+        .collect()
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .env("DM_DISABLE_UDEV", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn dm_names() -> Vec<String> {
+    let out = run("dmsetup", &["ls"]);
+    if out.trim() == "No devices found" {
+        return Vec::new();
+    }
+    out.lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The thin ids a pool holds, read from a metadata snapshot of the live pool.
+fn thin_ids_in_pool(pool: &str) -> Vec<u64> {
+    // "0 <len> thin-pool <metadata major:minor> <data major:minor> ..."
+    let table = run("dmsetup", &["table", pool]);
+    let metadata = table
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("thin-pool table of {pool}: {table}"));
+    let uevent = fs::read_to_string(format!("/sys/dev/block/{metadata}/uevent"))
+        .unwrap_or_else(|e| panic!("metadata device {metadata}: {e}"));
+    let devname = uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .unwrap_or_else(|| panic!("no DEVNAME for {metadata}: {uevent}"));
+    let device = format!("/dev/{devname}");
+    run("dmsetup", &["message", pool, "0", "reserve_metadata_snap"]);
+    let listed = Command::new("thin_ls")
+        .args(["--no-headers", "-o", "DEV", "-m", &device])
+        .output();
+    run("dmsetup", &["message", pool, "0", "release_metadata_snap"]);
+    let listed = listed.unwrap_or_else(|e| panic!("thin_ls: {e}"));
+    assert!(
+        listed.status.success(),
+        "thin_ls {device}: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let mut ids: Vec<u64> = String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .map(|id| id.parse().expect("a thin id"))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Whether device-mapper tests can run here; a required run (the VM tier) fails
+/// instead of skipping.
+pub fn device_mapper(test: &str) -> bool {
+    match rustlayer_devmapper::kernel_support() {
+        Ok(()) => true,
+        Err(why) if std::env::var("RUSTLAYER_REQUIRE_DM").as_deref() == Ok("1") => {
+            panic!("{test}: device-mapper is required here but missing: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "skipped {test}: {why}; hack/vm-test.sh runs it in a VM with Debian's kernel"
+            );
+            false
+        }
+    }
 }

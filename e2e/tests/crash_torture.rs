@@ -18,13 +18,21 @@ use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 use rustlayer_api::snapshots as pb;
-use rustlayer_e2e::support::{Rng, env_or, storage_matches_metadata};
+use rustlayer_e2e::support::{
+    Rng, device_mapper, env_or, storage_matches_metadata, thin_pool_matches_metadata,
+};
 use rustlayer_e2e::{Client, Daemon, Mounted, privileged};
 use tonic::Code;
 
 const WORKERS: usize = 4;
 /// Each worker's chain of committed layers grows up to this depth, then shrinks.
 const MAX_CHAIN: usize = 6;
+/// A kill comes after 2 to 15 acknowledged operations (so every round does work, on
+/// a fast machine or an emulated one), then at a random instant up to 30 ms later:
+/// inside a request, between two, or in the middle of a mount.
+const MIN_OPS_BEFORE_KILL: usize = 2;
+const MAX_OPS_BEFORE_KILL: usize = 15;
+const MAX_KILL_JITTER_US: usize = 30_000;
 
 // ---------------------------------------------------------------------------------
 // The model: what the daemon has acknowledged.
@@ -98,6 +106,8 @@ struct Model {
 struct Round {
     socket: PathBuf,
     model: Arc<Mutex<Model>>,
+    /// Operations acknowledged in this round.
+    acked: tokio::sync::watch::Sender<usize>,
     killed: Arc<AtomicBool>,
     mounted: Arc<AtomicU64>,
 }
@@ -121,6 +131,7 @@ async fn rpc<T>(
             let mut m = round.model.lock().unwrap();
             m.workers[w].pending = None;
             m.ops += 1;
+            round.acked.send_modify(|n| *n += 1);
             Some(value)
         }
         Err(status) => {
@@ -423,9 +434,15 @@ fn layer_files(present: &BTreeMap<String, Snap>, key: &str) -> Vec<String> {
     files
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Storage {
+    Overlay,
+    Devmapper,
+}
+
 /// Everything the daemon shows agrees with what it acknowledged. Returns how many
 /// acknowledged committed snapshots were checked.
-async fn check(c: &Client, root: &Path, model: &Mutex<Model>, when: &str) -> u64 {
+async fn check(c: &Client, root: &Path, storage: Storage, model: &Mutex<Model>, when: &str) -> u64 {
     resolve(c, model).await;
     let present = model.lock().unwrap().present.clone();
 
@@ -496,7 +513,10 @@ async fn check(c: &Client, root: &Path, model: &Mutex<Model>, when: &str) -> u64
         mount_check_write(mounts, files, None).await;
     }
 
-    storage_matches_metadata(c, root, when).await;
+    match storage {
+        Storage::Overlay => storage_matches_metadata(c, root, when).await,
+        Storage::Devmapper => thin_pool_matches_metadata(c, root, when).await,
+    }
     checked
 }
 
@@ -505,10 +525,33 @@ async fn sigkill_at_random_instants_loses_nothing_acknowledged() {
     if !privileged("sigkill_at_random_instants_loses_nothing_acknowledged") {
         return;
     }
+    torture(Daemon::start(), Storage::Overlay).await;
+}
+
+/// The same on dm-thin: a self-managed pool on loop devices that outlives every
+/// kill (the kernel keeps the pool and the devices; the restarted daemon finds them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_at_random_instants_loses_nothing_acknowledged_on_devmapper() {
+    let test = "sigkill_at_random_instants_loses_nothing_acknowledged_on_devmapper";
+    if !privileged(test) || !device_mapper(test) {
+        return;
+    }
+    let config = tempfile::NamedTempFile::new().expect("config file");
+    // A small base keeps mkfs quick; the pool's files are sparse.
+    fs::write(
+        config.path(),
+        "backend = \"devmapper\"\n[devmapper]\npool_data_size = \"2GiB\"\n\
+         pool_metadata_size = \"64MiB\"\nbase_image_size = \"64MiB\"\n",
+    )
+    .expect("write config");
+    let daemon = Daemon::start_with(&["--config", config.path().to_str().unwrap()]);
+    torture(daemon, Storage::Devmapper).await;
+}
+
+async fn torture(mut daemon: Daemon, storage: Storage) {
     let kills = env_or("RUSTLAYER_TORTURE_KILLS", 50);
     let seed = env_or("RUSTLAYER_TORTURE_SEED", 0x7017_u64);
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut daemon = Daemon::start();
     let root = daemon.root.clone();
     let model = Arc::new(Mutex::new(Model {
         workers: (0..WORKERS)
@@ -530,14 +573,21 @@ async fn sigkill_at_random_instants_loses_nothing_acknowledged() {
         let round = Arc::new(Round {
             socket: daemon.socket.clone(),
             model: Arc::clone(&model),
+            acked: tokio::sync::watch::Sender::new(0),
             killed: Arc::new(AtomicBool::new(false)),
             mounted: Arc::new(AtomicU64::new(0)),
         });
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| tokio::spawn(worker(Arc::clone(&round), w)))
             .collect();
-        let delay = Duration::from_millis(20 + rng.below(281) as u64);
-        tokio::time::sleep(delay).await;
+        let ops = MIN_OPS_BEFORE_KILL + rng.below(MAX_OPS_BEFORE_KILL - MIN_OPS_BEFORE_KILL + 1);
+        let mut acked = round.acked.subscribe();
+        tokio::time::timeout(Duration::from_secs(120), acked.wait_for(|n| *n >= ops))
+            .await
+            .unwrap_or_else(|_| panic!("kill {k}: {ops} operations not acknowledged in 120 s"))
+            .expect("round open");
+        let jitter = Duration::from_micros(rng.below(MAX_KILL_JITTER_US + 1) as u64);
+        tokio::time::sleep(jitter).await;
         let status = tokio::task::block_in_place(|| daemon.stop_with(Signal::KILL));
         assert_eq!(
             status.signal(),
@@ -556,21 +606,28 @@ async fn sigkill_at_random_instants_loses_nothing_acknowledged() {
 
         tokio::task::block_in_place(|| daemon.restart());
         let c = daemon.client().await;
-        commits_checked += check(&c, &root, &model, &format!("after kill {k} ({delay:?})")).await;
+        commits_checked += check(
+            &c,
+            &root,
+            storage,
+            &model,
+            &format!("after kill {k} ({ops} acknowledged + {jitter:?})"),
+        )
+        .await;
     }
 
     // A clean stop and start on what the crashes left.
     daemon.stop();
     tokio::task::block_in_place(|| daemon.restart());
     let c = daemon.client().await;
-    commits_checked += check(&c, &root, &model, "after a clean restart").await;
+    commits_checked += check(&c, &root, storage, &model, "after a clean restart").await;
     drop(c);
     daemon.stop();
     assert!(!daemon.log().contains("panicked"), "the daemon panicked");
 
     let m = model.lock().unwrap();
     println!(
-        "kills survived: {kills} in {:.1?} (seed {seed:#x}); operations acknowledged: {}; \
+        "{storage:?}: kills survived: {kills} in {:.1?} (seed {seed:#x}); operations acknowledged: {}; \
          commits acknowledged: {}, checked {commits_checked} times; removals acknowledged: {}; \
          snapshots left: {}; mounts written through: {mounted}; lost answers resolved: {:?}",
         started.elapsed(),

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Runs inside the VM started by hack/vm-test.sh, on Debian's kernel with dm-thin:
 #   1. the devmapper backend's Rust tests (real thin pools on loop devices, mounts);
-#   2. containerd's snapshotter conformance suite against `rustlayer serve
+#   2. crash torture: the daemon SIGKILLed 50 times at random instants under
+#      concurrent clients, on a self-managed pool, checked after every restart;
+#   3. containerd's snapshotter conformance suite against `rustlayer serve
 #      --backend devmapper`, a fresh daemon with its own loop-backed pool per case;
-#   3. a real containerd with the proxy plugin importing and running the e2e image
+#   4. a real containerd with the proxy plugin importing and running the e2e image
 #      on rustlayer, with the daemon on an existing thin pool made on virtio disks.
 #
-#   devmapper-guest.sh OUT_DIR THIN_POOL_TEST_BINARY
+#   devmapper-guest.sh OUT_DIR THIN_POOL_TEST_BINARY CRASH_TORTURE_TEST_BINARY
 # Logs go to OUT_DIR (shared with the host). Exits non-zero if any part failed.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 out=$1
 thin_tests=$2
+torture_tests=$3
 export DM_DISABLE_UDEV=1 RUSTLAYER_REQUIRE_DM=1 RUSTLAYER_REQUIRE_PRIVILEGED=1
 start=$(date +%s)
 failed=()
@@ -20,6 +23,11 @@ section() { printf '\n=== %s (%ss)\n' "$*" "$(($(date +%s) - start))"; }
 section "devmapper backend: Rust tests on real thin pools"
 "$thin_tests" --test-threads=2 2>&1 | tee "$out/thin-pool-tests.log"
 ((PIPESTATUS[0] == 0)) || failed+=("rust tests")
+
+section "crash torture on devmapper: SIGKILL at random instants"
+"$torture_tests" --exact sigkill_at_random_instants_loses_nothing_acknowledged_on_devmapper \
+  --nocapture 2>&1 | tee "$out/crash-torture.log"
+((PIPESTATUS[0] == 0)) || failed+=("crash torture")
 
 section "containerd conformance suite, --backend devmapper"
 # A small base keeps each case's mkfs quick; the pool files are sparse.
