@@ -7,9 +7,11 @@
 # prints a version 2 config: the CRI plugin off (the scripts drive containerd
 # directly), the snapshotters that cannot work here off, debug and metrics
 # listeners off, and the proxy plugin "rustlayer" on RUSTLAYER_SOCKET. EXTRA_TOML
-# is appended as it is.
+# is appended as it is; a devmapper snapshotter configured there stays enabled.
 containerd_config() {
-  local root=$1 state=$2 sock=$3 rl_sock=$4 extra=${5:-}
+  local root=$1 state=$2 sock=$3 rl_sock=$4 extra=${5:-} devmapper
+  devmapper='  "io.containerd.snapshotter.v1.devmapper",'
+  [[ $extra == *'plugins."io.containerd.snapshotter.v1.devmapper"'* ]] && devmapper=''
   cat <<EOF
 version = 2
 root = "$root"
@@ -18,7 +20,7 @@ disabled_plugins = [
   "io.containerd.grpc.v1.cri",
   "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
+$devmapper
   "io.containerd.snapshotter.v1.zfs",
 ]
 

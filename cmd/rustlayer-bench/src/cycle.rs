@@ -80,10 +80,16 @@ pub async fn run(target: &mut Target, iterations: usize, warmup: usize) -> Resul
     Ok(result)
 }
 
-pub fn record(sink: &Sink<'_>, label: &str, result: &CycleResult, round: u32) -> Result<()> {
+pub fn record(
+    sink: &Sink<'_>,
+    row: &str,
+    label: &str,
+    result: &CycleResult,
+    round: u32,
+) -> Result<()> {
     let main = label != crate::target::DIRECT;
     sink.value(
-        ROW,
+        row,
         "cycle p50",
         label,
         "ms",
@@ -92,7 +98,7 @@ pub fn record(sink: &Sink<'_>, label: &str, result: &CycleResult, round: u32) ->
         main,
     )?;
     sink.value(
-        ROW,
+        row,
         "cycle p99",
         label,
         "ms",
@@ -101,7 +107,7 @@ pub fn record(sink: &Sink<'_>, label: &str, result: &CycleResult, round: u32) ->
         main,
     )?;
     sink.value(
-        ROW,
+        row,
         "cycle mean",
         label,
         "ms",
@@ -110,7 +116,7 @@ pub fn record(sink: &Sink<'_>, label: &str, result: &CycleResult, round: u32) ->
         false,
     )?;
     sink.value(
-        ROW,
+        row,
         "round trip: Usage of a missing key p50",
         label,
         "ms",
@@ -120,7 +126,7 @@ pub fn record(sink: &Sink<'_>, label: &str, result: &CycleResult, round: u32) ->
     )?;
     for (name, samples) in OPS.iter().zip(&result.ops) {
         sink.value(
-            ROW,
+            row,
             &format!("{name} p50"),
             label,
             "ms",

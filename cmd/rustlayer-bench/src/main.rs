@@ -46,6 +46,9 @@ enum Command {
         /// Round number to file the figures under
         #[arg(long, default_value_t = 0)]
         round: u32,
+        /// Row to file the figures under (the devmapper row runs the same cycle)
+        #[arg(long, default_value = cycle::ROW)]
+        row: String,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -233,6 +236,7 @@ async fn run(command: Command) -> Result<()> {
             iterations,
             warmup,
             round,
+            row,
             out,
         } => {
             let sink = Sink::new(out.results.as_deref());
@@ -240,7 +244,7 @@ async fn run(command: Command) -> Result<()> {
             for i in order(targets.len(), round) {
                 let target = &mut targets[i];
                 let result = cycle::run(target, iterations, warmup).await?;
-                cycle::record(&sink, &target.label, &result, round)?;
+                cycle::record(&sink, &row, &target.label, &result, round)?;
             }
         }
         Command::Usage {

@@ -8,7 +8,7 @@ use crate::results::Record;
 use crate::stats::median;
 
 const RUSTLAYER: &str = "rustlayer";
-const BUILT_INS: [&str; 2] = ["overlayfs", "native"];
+const BUILT_INS: [&str; 3] = ["overlayfs", "native", "devmapper"];
 /// Column order of the details table; other targets follow in the order seen.
 const KNOWN_TARGETS: [&str; 5] = [
     "rustlayer",

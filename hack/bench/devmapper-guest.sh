@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Row 7 of hack/bench.sh, run inside the VM of hack/vm-run.sh (Debian's kernel, with
+# dm-thin): rustlayer's devmapper backend against containerd's own devmapper
+# snapshotter, through one containerd, measured the same way and interleaved. Each
+# gets its own thin pool, made identically on its own pair of virtio disks of the
+# same sizes, and the same base size and filesystem (ext4, 1 GiB, discard on).
+#
+#   devmapper-guest.sh RESULTS BIN BENCH ARCHIVE IMAGE LAYERS ROUNDS CYCLES IMPORT_ROUNDS RUNS
+#
+# RESULTS is the JSON-lines file (in a directory shared with the host) the figures
+# are appended to; BIN and BENCH the rustlayer and rustlayer-bench binaries;
+# ARCHIVE the OCI archive of IMAGE, LAYERS layers. The disks come from hack/vm-run.sh
+# as RUSTLAYER_VM_DISK_{RLDATA,RLMETA,CDDATA,CDMETA}.
+set -euo pipefail
+export LC_ALL=C
+# No udev in the guest: libdevmapper (ours, and containerd's dmsetup) makes the
+# device nodes itself.
+export DM_DISABLE_UDEV=1
+cd "$(dirname "$0")/../.."
+# shellcheck source=hack/lib/containerd.sh
+source hack/lib/containerd.sh
+results=$1 bin=$2 bench=$3 archive=$4 image=$5 layers=$6 rounds=$7 cycles=$8 import_rounds=$9 runs=${10}
+row="7 devmapper"
+me="bench-vm"
+die() {
+  echo "$me: $*" >&2
+  exit 1
+}
+started=$SECONDS
+say() { printf '\n=== %s (%ss)\n' "$*" "$((SECONDS - started))"; }
+
+tmp=/var/lib/rustlayer-bench
+mkdir -p "$tmp/containerd" "$tmp/runc"
+sock=$tmp/containerd.sock rl_sock=$tmp/rl.sock
+rl_pid='' cd_pid=''
+cleanup() {
+  local rc=$?
+  set +e
+  [[ -n $cd_pid ]] && kill -TERM "$cd_pid" && wait "$cd_pid"
+  [[ -n $rl_pid ]] && kill -TERM "$rl_pid" && wait "$rl_pid"
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# make_pool NAME DATA METADATA: a pool as an operator makes one (zeroed metadata
+# superblock, 64 KiB blocks, no zeroing of new blocks, errors instead of hangs).
+make_pool() {
+  dd if=/dev/zero of="$3" bs=4096 count=1 conv=notrunc status=none
+  dmsetup create "$1" --table \
+    "0 $(blockdev --getsz "$2") thin-pool $3 $2 128 32768 1 skip_block_zeroing error_if_no_space"
+}
+say "two thin pools"
+make_pool bench-rl-pool "$RUSTLAYER_VM_DISK_RLDATA" "$RUSTLAYER_VM_DISK_RLMETA"
+make_pool bench-cd-pool "$RUSTLAYER_VM_DISK_CDDATA" "$RUSTLAYER_VM_DISK_CDMETA"
+
+say "rustlayer (devmapper backend) and containerd (devmapper snapshotter)"
+cat >"$tmp/rustlayer.toml" <<EOF
+backend = "devmapper"
+
+[devmapper]
+pool_name = "bench-rl-pool"
+base_image_size = "1GiB"
+fs_type = "ext4"
+discard_blocks = true
+EOF
+env -u RUST_LOG "$bin" serve --config "$tmp/rustlayer.toml" --root "$tmp/rl" --address "$rl_sock" \
+  >"$tmp/rustlayer.log" 2>&1 &
+rl_pid=$!
+for ((i = 0; i < 600; i++)); do
+  [[ -S $rl_sock ]] && break
+  kill -0 "$rl_pid" 2>/dev/null || die "rustlayer exited during start: $(tail -n 20 "$tmp/rustlayer.log")"
+  sleep 0.1
+done
+[[ -S $rl_sock ]] || die "rustlayer did not create $rl_sock within 60 s"
+
+# containerd 1.6's devmapper snapshotter: ext4 is its only filesystem; deletes
+# synchronously (async_remove's default), as it ships.
+containerd_config "$tmp/containerd/root" "$tmp/containerd/state" "$sock" "$rl_sock" '[plugins."io.containerd.snapshotter.v1.devmapper"]
+  root_path = "'"$tmp"'/cd-devmapper"
+  pool_name = "bench-cd-pool"
+  base_image_size = "1024MB"
+  discard_blocks = true' >"$tmp/containerd.toml"
+containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
+cd_pid=$!
+for ((i = 0; i < 600; i++)); do
+  kill -0 "$cd_pid" 2>/dev/null || die "containerd exited during start: $(tail -n 20 "$tmp/containerd.log")"
+  ctr -a "$sock" version >/dev/null 2>&1 && break
+  sleep 0.1
+done
+plugins=$(ctr -a "$sock" plugins ls 2>&1)
+for s in rustlayer devmapper; do
+  grep -qE "^io\.containerd\.snapshotter\.v1 +$s .* ok" <<<"$plugins" ||
+    die "containerd lacks a working snapshotter $s:"$'\n'"$plugins"$'\n'"$(tail -n 30 "$tmp/containerd.log")"
+done
+
+ctrn() { # ctrn NAMESPACE ARGS...
+  local ns=$1
+  shift
+  timeout 1800 ctr -a "$sock" -n "$ns" "$@"
+}
+record() { # record METRIC TARGET UNIT VALUE ROUND
+  "$bench" record --results "$results" --row "$row" --metric "$1" --target "$2" --unit "$3" \
+    --value "$4" --round "$5" --main
+}
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
+count_snapshots() { ctrn "$1" snapshots --snapshotter "$2" ls | awk 'NR > 1 && NF' | wc -l; }
+settle() {
+  ctrn bench-gc leases create --id gc-now >/dev/null
+  ctrn bench-gc leases delete --sync gc-now >/dev/null
+  sync
+}
+ordered() { # ordered ROUND A B: A B, or B A every other round
+  if (($1 % 2)); then echo "$3 $2"; else echo "$2 $3"; fi
+}
+
+say "snapshot cycle: $rounds rounds x $cycles cycles"
+for ((r = 0; r < rounds; r++)); do
+  "$bench" cycle --containerd "$sock" --namespace bench --snapshotter rustlayer --snapshotter devmapper \
+    --iterations "$cycles" --warmup 3 --round "$r" --row "$row" --results "$results"
+done
+settle
+
+say "image import, cold: $import_rounds rounds"
+for ((r = 0; r < import_rounds; r++)); do
+  for s in $(ordered "$r" rustlayer devmapper); do
+    t0=$EPOCHREALTIME
+    ctrn bench-import images import --snapshotter "$s" "$archive" >/dev/null ||
+      die "ctr images import --snapshotter $s failed: $(tail -n 20 "$tmp/containerd.log")"
+    t1=$EPOCHREALTIME
+    n=$(count_snapshots bench-import "$s")
+    ((n == layers)) || die "import on $s: $n snapshots, expected $layers"
+    record "ctr images import, cold (content + unpack)" "$s" s "$(elapsed "$t0" "$t1")" "$r"
+    ctrn bench-import images rm --sync "$image" >/dev/null
+    n=$(count_snapshots bench-import "$s")
+    ((n == 0)) || die "after removing the image, $n snapshots of $s are left"
+    settle
+  done
+done
+
+say "container start: $rounds rounds x $runs runs"
+for s in devmapper rustlayer; do
+  ctrn bench-run images import --snapshotter "$s" "$archive" >/dev/null ||
+    die "ctr images import --snapshotter $s failed"
+  ctrn bench-run run --rm --snapshotter "$s" --runc-root "$tmp/runc" "$image" "warmup-$s" /bin/true </dev/null ||
+    die "ctr run on $s failed"
+done
+n=0
+for ((r = 0; r < rounds; r++)); do
+  for s in $(ordered "$r" rustlayer devmapper); do
+    for ((k = 0; k < runs; k++)); do
+      n=$((n + 1))
+      t0=$EPOCHREALTIME
+      ctrn bench-run run --rm --snapshotter "$s" --runc-root "$tmp/runc" "$image" "run-$s-$n" /bin/true </dev/null ||
+        die "ctr run --snapshotter $s failed"
+      t1=$EPOCHREALTIME
+      record "ctr run --rm IMAGE /bin/true" "$s" s "$(elapsed "$t0" "$t1")" "$n"
+    done
+  done
+done
+say "done"
