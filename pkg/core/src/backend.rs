@@ -44,8 +44,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Short name for logs, metrics and `rustlayer check`.
     fn name(&self) -> &'static str;
 
-    /// Creates a new snapshot's storage for the reserved id `id`, invisible until
-    /// published. `parents` are the committed ancestors, nearest first.
+    /// Creates a new snapshot's storage for the reserved id `id`, part of no snapshot
+    /// until published. `parents` are the committed ancestors, nearest first.
     fn stage(
         &self,
         id: SnapshotId,
@@ -54,8 +54,10 @@ pub trait Backend: Send + Sync + 'static {
         labels: &Labels,
     ) -> Result<Staged>;
 
-    /// Makes staged storage durable under `id`. Anything found under `id` beforehand
-    /// is debris of a transaction that never committed and may be replaced.
+    /// Puts staged storage in place under `id`, inside the transaction that records
+    /// it. After a power loss the storage must be there, or be made again by
+    /// [`resume`](Self::resume). Anything found under `id` beforehand is debris of a
+    /// transaction that never committed and may be replaced.
     fn publish(&self, staged: &Staged, id: SnapshotId) -> Result<()>;
 
     /// Throws away staged storage that will never be published.
@@ -85,10 +87,11 @@ pub trait Backend: Send + Sync + 'static {
         suspects: &[SnapshotId],
     ) -> Result<usize>;
 
-    /// Called once at start with the snapshots containerd may still mount (active
-    /// ones and views), so storage that must be attached to be mounted is.
-    fn resume(&self, live: &[(SnapshotId, Kind)]) -> Result<()> {
-        let _ = live;
+    /// Called once at start, after Cleanup, with every snapshot the metadata holds,
+    /// so that storage active snapshots and views need attached to be mounted is,
+    /// and what a power loss took back of derived or unsynced storage is made again.
+    fn resume(&self, snapshots: &[(SnapshotId, Kind)]) -> Result<()> {
+        let _ = snapshots;
         Ok(())
     }
 

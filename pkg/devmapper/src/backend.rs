@@ -482,8 +482,9 @@ impl Backend for DevmapperBackend {
         Ok(removed)
     }
 
-    fn resume(&self, live: &[(SnapshotId, Kind)]) -> rustlayer_core::Result<()> {
-        for (id, kind) in live {
+    /// Committed layers stay inactive until a snapshot of them is taken.
+    fn resume(&self, snapshots: &[(SnapshotId, Kind)]) -> rustlayer_core::Result<()> {
+        for (id, kind) in snapshots.iter().filter(|(_, k)| *k != Kind::Committed) {
             self.inner.activate(thin_id(*id)?, *kind == Kind::View)?;
         }
         Ok(())

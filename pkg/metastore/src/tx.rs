@@ -175,11 +175,11 @@ impl<'c> Tx<'c> {
         rows.map(|r| id_from_sql(r?)).collect()
     }
 
-    /// Active snapshots and views: what containerd may still mount.
-    pub fn live_ids(&self) -> Result<Vec<(SnapshotId, Kind)>> {
-        let mut stmt = self.txn.prepare_cached(
-            "SELECT id, kind FROM snapshots WHERE kind != 'committed' ORDER BY id",
-        )?;
+    /// Every snapshot's id and kind, by id.
+    pub fn id_kinds(&self) -> Result<Vec<(SnapshotId, Kind)>> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("SELECT id, kind FROM snapshots ORDER BY id")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         rows.map(|row| {
             let (id, kind) = row?;

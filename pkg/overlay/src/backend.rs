@@ -93,62 +93,89 @@ impl OverlayBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn stage_dir(&self, kind: Kind, parents: &[SnapshotId]) -> Result<Staged> {
-        let name = self.unique_name("new-");
-        let dir = self.layout.staging().join(&name);
-        self.live().insert(name.clone());
-        let made = (|| {
-            DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .map_err(io_err("create", &dir))?;
-            let upper = dir.join("fs");
-            DirBuilder::new()
-                .mode(0o755)
-                .create(&upper)
-                .map_err(io_err("create", &upper))?;
-            if kind == Kind::Active {
-                let work = dir.join("work");
-                DirBuilder::new()
-                    .mode(0o711)
-                    .create(&work)
-                    .map_err(io_err("create", &work))?;
-            }
-            if let Some(&parent) = parents.first() {
-                inherit_root_attributes(&self.layout.upper(parent), &upper)?;
-            }
-            sync_dir(&dir)
-        })();
-        match made {
-            Ok(()) => Ok(Staged::new(name)),
-            Err(err) => {
-                self.discard_dir(&name);
-                Err(err)
-            }
-        }
-    }
-
-    fn publish_dir(&self, staged: &Staged, id: SnapshotId) -> Result<()> {
-        let from = self.layout.staging().join(staged.name());
-        let to = self.layout.snapshot(id);
-        if fs::symlink_metadata(&to).is_ok() {
+    /// Makes the new snapshot's directories straight under its reserved id: nothing
+    /// reads `snapshots/<id>` without a metadata row, and Cleanup spares ids in
+    /// flight. No sync here: the Prepare is durable once its row is, and an empty
+    /// layer a power loss took back is made again at start ([`Self::repair`]).
+    fn stage_dir(&self, id: SnapshotId, kind: Kind, parents: &[SnapshotId]) -> Result<Staged> {
+        let dir = self.layout.snapshot(id);
+        if fs::symlink_metadata(&dir).is_ok() {
             // Debris of a transaction that never committed; the id is ours now.
-            warn!(path = %to.display(), "replacing storage left by an unfinished operation");
-            self.detach(&to)?;
+            warn!(path = %dir.display(), "replacing storage left by an unfinished operation");
+            self.detach(&dir)?;
         }
-        fs::rename(&from, &to).map_err(io_err("publish", &to))?;
-        self.live().remove(staged.name());
-        sync_dir(&self.layout.snapshots())
+        let made = self.make_dirs(id, kind, parents.first().copied(), false);
+        let staged = Staged::new(id.to_string());
+        if made.is_err() {
+            self.discard_dir(&staged);
+        }
+        made.map(|()| staged)
     }
 
-    fn discard_dir(&self, name: &str) {
-        let dir = self.layout.staging().join(name);
+    /// The snapshot's directory, its upper (`fs`) and, for an active one, overlay's
+    /// `work`; with `existing_ok`, only the missing ones.
+    fn make_dirs(
+        &self,
+        id: SnapshotId,
+        kind: Kind,
+        parent: Option<SnapshotId>,
+        existing_ok: bool,
+    ) -> Result<()> {
+        let mut dirs = vec![
+            (self.layout.snapshot(id), 0o700),
+            (self.layout.upper(id), 0o755),
+        ];
+        if kind == Kind::Active {
+            dirs.push((self.layout.work(id), 0o711));
+        }
+        for (dir, mode) in dirs {
+            match DirBuilder::new().mode(mode).create(&dir) {
+                Ok(()) => {}
+                Err(err) if existing_ok && err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(io_err("create", &dir)(err)),
+            }
+        }
+        if let Some(parent) = parent {
+            inherit_root_attributes(&self.layout.upper(parent), &self.layout.upper(id))?;
+        }
+        Ok(())
+    }
+
+    /// Staged directories are empty: deleted at once, not through the trash.
+    fn discard_dir(&self, staged: &Staged) {
+        let dir = self.layout.snapshots().join(staged.name());
         if let Err(err) = fs::remove_dir_all(&dir)
             && err.kind() != std::io::ErrorKind::NotFound
         {
             warn!(path = %dir.display(), %err, "cannot discard staged storage; Cleanup will retry");
         }
-        self.live().remove(name);
+    }
+
+    /// At start: an active snapshot or view whose directories a power loss took back
+    /// (they are not synced at Prepare) is made again, empty, as its Prepare made it.
+    /// Nothing the daemon acknowledged is lost: the layer was empty when Prepare
+    /// answered, and writes into it are never promised durable. A committed layer's
+    /// short link, derived from its id and not synced at Commit, is made again too.
+    fn repair(&self, snapshots: &[(SnapshotId, Kind)]) -> Result<usize> {
+        let mut repaired = 0;
+        for &(id, kind) in snapshots {
+            if kind == Kind::Committed {
+                if fs::symlink_metadata(self.layout.link(id)).is_err() {
+                    self.link_layer(id)?;
+                    repaired += 1;
+                }
+                continue;
+            }
+            let upper = self.layout.upper(id);
+            let work_missing = kind == Kind::Active && !self.layout.work(id).is_dir();
+            if upper.is_dir() && !work_missing {
+                continue;
+            }
+            warn!(%id, %kind, path = %upper.display(), "storage of a live snapshot is missing after a crash; making the missing directories again");
+            self.make_dirs(id, kind, None, true)?;
+            repaired += 1;
+        }
+        Ok(repaired)
     }
 
     fn overlay_mounts(&self, snapshot: SnapshotRef<'_>) -> Vec<Mount> {
@@ -183,7 +210,8 @@ impl OverlayBackend {
     }
 
     /// Creates or replaces the layer's short link in one rename, so concurrent
-    /// Commits of one snapshot never see a missing or half-made link.
+    /// Commits of one snapshot never see a missing or half-made link. Not synced: the
+    /// link is a function of the id, made again at start if a power loss took it.
     fn link_layer(&self, id: SnapshotId) -> Result<()> {
         let link = self.layout.link(id);
         let name = self.unique_name("link-");
@@ -196,8 +224,7 @@ impl OverlayBackend {
             let _ = fs::remove_file(&temp);
         }
         self.live().remove(&name);
-        made?;
-        sync_dir(&self.layout.links())
+        made
     }
 
     /// Moves storage out of the way in one rename; the reaper deletes it later.
@@ -268,32 +295,43 @@ impl Backend for OverlayBackend {
         "overlay"
     }
 
-    /// Directories are staged under a private name and renamed to the id at publish,
-    /// so the reserved id itself is not needed yet.
     fn stage(
         &self,
-        _id: SnapshotId,
+        id: SnapshotId,
         kind: Kind,
         parents: &[SnapshotId],
         _labels: &Labels,
     ) -> rustlayer_core::Result<Staged> {
-        Ok(self.stage_dir(kind, parents)?)
+        Ok(self.stage_dir(id, kind, parents)?)
     }
 
-    fn publish(&self, staged: &Staged, id: SnapshotId) -> rustlayer_core::Result<()> {
-        Ok(self.publish_dir(staged, id)?)
+    /// Staged directories already sit under the id.
+    fn publish(&self, _staged: &Staged, _id: SnapshotId) -> rustlayer_core::Result<()> {
+        Ok(())
     }
 
     fn discard(&self, staged: Staged) {
-        self.discard_dir(staged.name());
+        self.discard_dir(&staged);
+    }
+
+    fn resume(&self, snapshots: &[(SnapshotId, Kind)]) -> rustlayer_core::Result<()> {
+        let repaired = self.repair(snapshots)?;
+        if repaired > 0 {
+            info!(repaired, "made the storage of live snapshots again");
+        }
+        Ok(())
     }
 
     fn mounts(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Vec<Mount>> {
         Ok(self.overlay_mounts(snapshot))
     }
 
+    /// A committed layer is a parent others are built on: its directories (not
+    /// synced at Prepare) are made durable here, before the metadata says committed.
     fn seal(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
         let usage = disk_usage(&self.layout.upper(snapshot.id))?;
+        sync_dir(&self.layout.snapshot(snapshot.id))?;
+        sync_dir(&self.layout.snapshots())?;
         self.link_layer(snapshot.id)?;
         Ok(usage)
     }
@@ -420,56 +458,113 @@ mod tests {
         );
     }
 
-    #[test]
-    fn staged_storage_is_invisible_until_published() {
-        let (_dir, b) = backend();
-        let staged = b.stage_dir(Kind::Active, &[]).unwrap();
-        assert!(!b.layout.snapshot(id(1)).exists());
-        b.publish_dir(&staged, id(1)).unwrap();
-        assert!(b.layout.upper(id(1)).is_dir());
-        assert!(b.layout.work(id(1)).is_dir());
-        assert_eq!(fs::read_dir(b.layout.staging()).unwrap().count(), 0);
+    fn staged(b: &OverlayBackend, n: u64, kind: Kind, parents: &[SnapshotId]) -> Staged {
+        let staged = b.stage_dir(id(n), kind, parents).unwrap();
+        b.publish(&staged, id(n)).unwrap();
+        staged
     }
 
     #[test]
-    fn publish_replaces_debris_under_a_reused_id() {
+    fn staging_makes_the_directories_under_the_id_and_discard_takes_them_away() {
+        let (_dir, b) = backend();
+        let staged = b.stage_dir(id(1), Kind::Active, &[]).unwrap();
+        assert!(b.layout.upper(id(1)).is_dir());
+        assert!(b.layout.work(id(1)).is_dir());
+        b.discard_dir(&staged);
+        assert!(!b.layout.snapshot(id(1)).exists());
+
+        b.stage_dir(id(2), Kind::View, &[]).unwrap();
+        assert!(b.layout.upper(id(2)).is_dir());
+        assert!(
+            !b.layout.work(id(2)).exists(),
+            "a view has no work directory"
+        );
+        b.wait_reaped();
+        assert_eq!(fs::read_dir(b.layout.trash()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn staging_replaces_debris_under_a_reused_id() {
         let (_dir, b) = backend();
         fs::create_dir_all(b.layout.upper(id(5))).unwrap();
         fs::write(b.layout.upper(id(5)).join("stale"), b"x").unwrap();
-        let staged = b.stage_dir(Kind::Active, &[]).unwrap();
-        b.publish_dir(&staged, id(5)).unwrap();
+        staged(&b, 5, Kind::Active, &[]);
+        assert!(b.layout.upper(id(5)).is_dir());
         assert!(!b.layout.upper(id(5)).join("stale").exists());
+    }
+
+    #[test]
+    fn start_makes_again_what_a_power_loss_took_from_live_snapshots() {
+        let (_dir, b) = backend();
+        staged(&b, 1, Kind::Active, &[]);
+        staged(&b, 2, Kind::View, &[]);
+        staged(&b, 3, Kind::Active, &[]);
+        fs::write(b.layout.upper(id(3)).join("kept"), b"x").unwrap();
+        staged(&b, 4, Kind::Active, &[]);
+        b.link_layer(id(4)).unwrap();
+        // As if the unsynced directories and link never reached the disk.
+        fs::remove_dir_all(b.layout.snapshot(id(1))).unwrap();
+        fs::remove_dir_all(b.layout.snapshot(id(2))).unwrap();
+        fs::remove_dir(b.layout.work(id(3))).unwrap();
+        fs::remove_file(b.layout.link(id(4))).unwrap();
+
+        let all = [
+            (id(1), Kind::Active),
+            (id(2), Kind::View),
+            (id(3), Kind::Active),
+            (id(4), Kind::Committed),
+        ];
+        assert_eq!(b.repair(&all).unwrap(), 4);
+        assert!(b.layout.upper(id(1)).is_dir() && b.layout.work(id(1)).is_dir());
+        assert!(b.layout.upper(id(2)).is_dir());
+        assert!(b.layout.work(id(3)).is_dir());
+        assert!(
+            b.layout.upper(id(3)).join("kept").exists(),
+            "what was there stays"
+        );
+        assert_eq!(
+            fs::read_link(b.layout.link(id(4))).unwrap(),
+            Layout::link_target(id(4))
+        );
+        assert!(
+            b.layout.link(id(4)).join(".").is_dir(),
+            "the link leads to the layer"
+        );
+        assert_eq!(b.repair(&all).unwrap(), 0, "nothing left to repair");
     }
 
     #[test]
     fn cleanup_removes_only_unknown_storage_and_spares_live_staging() {
         let (_dir, b) = backend();
         for n in [1, 2] {
-            let staged = b.stage_dir(Kind::Active, &[]).unwrap();
-            b.publish_dir(&staged, id(n)).unwrap();
+            staged(&b, n, Kind::Active, &[]);
             b.link_layer(id(n)).unwrap();
         }
         fs::create_dir(b.layout.snapshots().join("007")).unwrap();
-        fs::create_dir(b.layout.staging().join("new-abandoned")).unwrap();
-        let in_flight = b.stage_dir(Kind::Active, &[]).unwrap();
+        fs::create_dir(b.layout.staging().join("link-abandoned")).unwrap();
+        // A Prepare in flight: its id is known to the snapshotter.
+        b.stage_dir(id(3), Kind::Active, &[]).unwrap();
+        let in_flight_link = b.unique_name("link-");
+        fs::create_dir(b.layout.staging().join(&in_flight_link)).unwrap();
+        b.live().insert(in_flight_link.clone());
 
-        let removed = b.cleanup_storage(&|i| i == id(1)).unwrap();
-        // snapshot 2, its link, "007", the abandoned staging dir
+        let removed = b.cleanup_storage(&|i| i == id(1) || i == id(3)).unwrap();
+        // snapshot 2, its link, "007", the abandoned staging entry
         assert_eq!(removed, 4);
         b.wait_reaped();
         assert!(b.layout.upper(id(1)).is_dir());
         assert!(b.layout.link(id(1)).exists());
+        assert!(b.layout.upper(id(3)).is_dir());
         assert!(!b.layout.snapshot(id(2)).exists());
         assert!(!b.layout.link(id(2)).exists());
-        assert!(b.layout.staging().join(in_flight.name()).is_dir());
+        assert!(b.layout.staging().join(in_flight_link).is_dir());
         assert_eq!(fs::read_dir(b.layout.trash()).unwrap().count(), 0);
     }
 
     #[test]
     fn remove_detaches_and_reaps() {
         let (_dir, b) = backend();
-        let staged = b.stage_dir(Kind::Active, &[]).unwrap();
-        b.publish_dir(&staged, id(9)).unwrap();
+        staged(&b, 9, Kind::Active, &[]);
         fs::write(b.layout.upper(id(9)).join("data"), vec![0u8; 1 << 20]).unwrap();
         b.link_layer(id(9)).unwrap();
         b.remove_storage(id(9)).unwrap();
@@ -483,13 +578,10 @@ mod tests {
     #[test]
     fn child_layer_root_inherits_parent_mode() {
         let (_dir, b) = backend();
-        let staged = b.stage_dir(Kind::Active, &[]).unwrap();
-        b.publish_dir(&staged, id(1)).unwrap();
+        staged(&b, 1, Kind::Active, &[]);
         fs::set_permissions(b.layout.upper(id(1)), fs::Permissions::from_mode(0o750)).unwrap();
-        let staged = b.stage_dir(Kind::Active, &[id(1)]).unwrap();
-        let mode = fs::metadata(b.layout.staging().join(staged.name()).join("fs"))
-            .unwrap()
-            .mode();
+        staged(&b, 2, Kind::Active, &[id(1)]);
+        let mode = fs::metadata(b.layout.upper(id(2))).unwrap().mode();
         assert_eq!(mode & 0o7777, 0o750);
     }
 }

@@ -82,8 +82,8 @@ impl Snapshotter {
             ids: Mutex::new(IdPool::default()),
         };
         let removed = snapshotter.cleanup()?;
-        let live = snapshotter.store.read(|tx| tx.live_ids())?;
-        snapshotter.backend.resume(&live)?;
+        let snapshots = snapshotter.store.read(|tx| tx.id_kinds())?;
+        snapshotter.backend.resume(&snapshots)?;
         let counts = snapshotter.counts()?;
         info!(
             removed,
