@@ -77,10 +77,15 @@ pub async fn check(config: &Config, output: Output) -> Result<bool> {
                 });
             }
         }
-        BackendKind::Devmapper => results.push(result(
-            "devmapper",
-            Err("the devmapper backend is not part of this build yet".into()),
-        )),
+        BackendKind::Devmapper => {
+            for c in rustlayer_devmapper::preflight(&config.root, &config.devmapper) {
+                results.push(CheckResult {
+                    check: c.name.to_owned(),
+                    ok: c.ok,
+                    detail: c.detail,
+                });
+            }
+        }
     }
     results.push(result("root filesystem", filesystem(&base)));
     results.push(result("daemon", daemon(&config.address).await));

@@ -21,7 +21,7 @@ use crate::config::{DevmapperConfig, FsType};
 use crate::dm::{Deactivated, Dm};
 use crate::error::{Error, Result};
 use crate::mkfs::make_filesystem;
-use crate::pool::{Deleted, ManagedPool, Pool, PoolMode, PoolUsage, ThinId};
+use crate::pool::{Deleted, ManagedPool, Pool, ThinId};
 
 /// Thin id 0 is the base device; the store never hands out snapshot id 0.
 const BASE: ThinId = ThinId::BASE;
@@ -238,34 +238,10 @@ impl Inner {
 
     fn check_space(&self) -> Result<()> {
         let usage = self.pool.usage(&self.dm)?;
-        let name = self.pool.name();
-        match usage.mode {
-            PoolMode::Writable => {}
-            PoolMode::OutOfDataSpace | PoolMode::ReadOnly => {
-                return Err(Error::PoolFull(format!(
-                    "thin pool {name} is {}: {}",
-                    if usage.mode == PoolMode::ReadOnly {
-                        "read-only (metadata space exhausted)"
-                    } else {
-                        "out of data space"
-                    },
-                    figures(&usage)
-                )));
-            }
-            PoolMode::NeedsCheck | PoolMode::Failed => {
-                return Err(Error::Pool(format!(
-                    "thin pool {name} has failed or needs thin_check; repair it before creating snapshots"
-                )));
-            }
+        match usage.refusal(self.pool.name(), self.config.min_free_percent) {
+            Some(err) => Err(err),
+            None => Ok(()),
         }
-        let min = f64::from(self.config.min_free_percent);
-        if usage.data_free_percent() < min || usage.metadata_free_percent() < min {
-            return Err(Error::PoolFull(format!(
-                "thin pool {name} is nearly full: {}; new snapshots need {min}% free: remove unused images or grow the pool",
-                figures(&usage)
-            )));
-        }
-        Ok(())
     }
 
     /// Creates `id` as a snapshot of `origin`. The origin is normally an inactive
@@ -577,22 +553,6 @@ fn empty_root(fs: FsType, device: &Path, mountpoint: &Path) -> Result<()> {
         .map_err(|err| Error::Pool(format!("cannot unmount the new base filesystem: {err}")))?;
     let _ = fs::remove_dir(mountpoint);
     removed
-}
-
-fn figures(usage: &PoolUsage) -> String {
-    format!(
-        "data {} of {} used ({:.1}% free), metadata {} of {} used ({:.1}% free)",
-        mib(usage.data_used_bytes),
-        mib(usage.data_size_bytes),
-        usage.data_free_percent(),
-        mib(usage.metadata_used_bytes),
-        mib(usage.metadata_size_bytes),
-        usage.metadata_free_percent()
-    )
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 fn write_durably(path: &Path, contents: &[u8]) -> Result<()> {

@@ -9,11 +9,13 @@ mod error;
 mod loopdev;
 mod mkfs;
 mod pool;
+mod preflight;
 mod size;
 
 pub use backend::{DevmapperBackend, DevmapperOptions, device_prefix};
 pub use config::{DEFAULT_TOML, DevmapperConfig, FsType};
 pub use error::{Error, Result};
+pub use preflight::{Check, preflight};
 pub use size::ByteSize;
 
 /// Whether this kernel has device-mapper at all, for a clear start-up error. The

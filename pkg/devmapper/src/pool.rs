@@ -77,6 +77,54 @@ impl PoolUsage {
     pub fn metadata_free_percent(&self) -> f64 {
         free_percent(self.metadata_used_bytes, self.metadata_size_bytes)
     }
+
+    /// Why pool `name` must refuse new snapshots, if it must: out of space,
+    /// read-only, failed, or less than `min_free_percent` of data or metadata free.
+    pub fn refusal(&self, name: &str, min_free_percent: u8) -> Option<Error> {
+        match self.mode {
+            PoolMode::Writable => {}
+            PoolMode::OutOfDataSpace | PoolMode::ReadOnly => {
+                return Some(Error::PoolFull(format!(
+                    "thin pool {name} is {}: {}",
+                    if self.mode == PoolMode::ReadOnly {
+                        "read-only (metadata space exhausted)"
+                    } else {
+                        "out of data space"
+                    },
+                    self.figures()
+                )));
+            }
+            PoolMode::NeedsCheck | PoolMode::Failed => {
+                return Some(Error::Pool(format!(
+                    "thin pool {name} has failed or needs thin_check; repair it before creating snapshots"
+                )));
+            }
+        }
+        let min = f64::from(min_free_percent);
+        if self.data_free_percent() < min || self.metadata_free_percent() < min {
+            return Some(Error::PoolFull(format!(
+                "thin pool {name} is nearly full: {}; new snapshots need {min}% free: remove unused images or grow the pool",
+                self.figures()
+            )));
+        }
+        None
+    }
+
+    pub fn figures(&self) -> String {
+        format!(
+            "data {} of {} used ({:.1}% free), metadata {} of {} used ({:.1}% free)",
+            mib(self.data_used_bytes),
+            mib(self.data_size_bytes),
+            self.data_free_percent(),
+            mib(self.metadata_used_bytes),
+            mib(self.metadata_size_bytes),
+            self.metadata_free_percent()
+        )
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 fn free_percent(used: u64, size: u64) -> f64 {

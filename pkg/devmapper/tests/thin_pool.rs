@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use rustlayer_core::{Backend, Code, Kind, Labels, SnapshotId};
 use rustlayer_devmapper::{
-    ByteSize, DevmapperBackend, DevmapperConfig, DevmapperOptions, FsType, device_prefix,
+    ByteSize, Check, DevmapperBackend, DevmapperConfig, DevmapperOptions, FsType, device_prefix,
+    preflight,
 };
 use rustlayer_metastore::{Store, StoreOptions};
 use rustlayer_mount::{LinuxMounter, Mounter, mount_all};
@@ -206,6 +207,57 @@ fn layers_stack_by_copy_on_write_and_views_are_read_only() {
     );
 }
 
+fn preflight_check(root: &Path, config: &DevmapperConfig, name: &str) -> Check {
+    preflight(root, config)
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no {name} check"))
+}
+
+#[test]
+fn check_reports_what_start_will_make_then_the_pool_and_its_figures() {
+    if !dm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let config = small_pool();
+    let before = preflight(&root, &config);
+    assert!(before.iter().all(|c| c.ok), "{before:?}");
+    let pool = preflight_check(&root, &config, "thin pool");
+    assert!(pool.detail.contains("will be made at start"), "{pool:?}");
+    assert!(
+        preflight_check(&root, &config, "mkfs")
+            .detail
+            .contains("found")
+    );
+
+    let (backend, s) = open(&root, &config);
+    let pool = preflight_check(&root, &config, "thin pool");
+    assert!(pool.ok, "{pool:?}");
+    assert!(
+        pool.detail.starts_with(backend.pool_name()) && pool.detail.contains("% free"),
+        "the pool's name and figures: {pool:?}"
+    );
+    assert!(
+        preflight_check(&root, &config, "mkfs")
+            .detail
+            .contains("is made")
+    );
+    s.close().unwrap();
+
+    let missing = DevmapperConfig {
+        pool_name: Some("rustlayer-test-no-such-pool".into()),
+        ..small_pool()
+    };
+    let pool = preflight_check(&root, &missing, "thin pool");
+    assert!(
+        !pool.ok && pool.detail.contains("does not exist"),
+        "{pool:?}"
+    );
+}
+
 #[test]
 fn a_nearly_full_pool_refuses_new_snapshots_until_space_is_freed() {
     if !dm_available() {
@@ -246,6 +298,17 @@ fn a_nearly_full_pool_refuses_new_snapshots_until_space_is_freed() {
     );
     assert!(f.s.stat("refused").is_err(), "nothing half-created");
     assert_eq!(active_devices(&prefix), before);
+    let config = DevmapperConfig {
+        pool_data_size: ByteSize::bytes(32 << 20),
+        base_image_size: ByteSize::bytes(128 << 20),
+        min_free_percent: 10,
+        ..small_pool()
+    };
+    let pool_check = preflight_check(&f.root, &config, "thin pool");
+    assert!(
+        !pool_check.ok && pool_check.detail.contains("nearly full"),
+        "rustlayer check reports the full pool: {pool_check:?}"
+    );
 
     f.s.remove("big").unwrap();
     f.backend.drain_removals();
