@@ -55,6 +55,8 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 # shellcheck source=hack/lib/containerd.sh
 source hack/lib/containerd.sh
+# shellcheck source=hack/bench/lib.sh
+source hack/bench/lib.sh
 me=bench
 
 mode=full
@@ -301,25 +303,6 @@ done
 echo "$me: containerd pid $cd_pid, rustlayer pid $rl_pid"
 
 # ---------------------------------------------------------------- helpers
-ctrn() { # ctrn NAMESPACE ARGS...
-  local ns=$1
-  shift
-  timeout 900 ctr -a "$sock" -n "$ns" "$@"
-}
-record() { # record ROW METRIC TARGET UNIT VALUE ROUND [--main]
-  "$bench" record --results "$results" --row "$1" --metric "$2" --target "$3" --unit "$4" \
-    --value "$5" --round "$6" "${@:7}"
-}
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
-count_snapshots() { # count_snapshots NAMESPACE SNAPSHOTTER
-  ctrn "$1" snapshots --snapshotter "$2" ls | awk 'NR > 1 && NF' | wc -l
-}
-count_content() { ctrn "$1" content ls -q | awk 'NF' | wc -l; }
-# A full garbage collection now, waited for: delete a throwaway lease synchronously.
-gc_now() {
-  ctrn bench-gc leases create --id gc-now >/dev/null
-  ctrn bench-gc leases delete --sync gc-now >/dev/null
-}
 # Let deferred work finish before the next timed step: containerd's GC, rustlayer's
 # trash reaper, the page cache's dirty data.
 settle() {
@@ -332,19 +315,6 @@ settle() {
   sync
   sleep 1
 }
-# Snapshotters in the order of a round: reversed every other round.
-ordered() { # ordered ROUND NAME...
-  local round=$1
-  shift
-  if ((round % 2)); then
-    local -a r=()
-    for ((i = $#; i > 0; i--)); do r+=("${!i}"); done
-    echo "${r[@]}"
-  else
-    echo "$@"
-  fi
-}
-
 # ---------------------------------------------------------------- row 0
 say "row 0: the disk under the roots ($fs_desc)"
 "$bench" fsync-probe --dir "$roots" --count 200 --results "$results"
@@ -361,22 +331,6 @@ settle
 
 # ---------------------------------------------------------------- row 2
 say "row 2: image import, $import_rounds rounds cold and $import_rounds with the content present"
-import_cold() { # import_cold SNAPSHOTTER ROUND
-  local s=$1 r=$2 t0 t1 n
-  t0=$EPOCHREALTIME
-  ctrn bench-import images import --snapshotter "$s" "$archive" >/dev/null ||
-    die "ctr images import --snapshotter $s failed"
-  t1=$EPOCHREALTIME
-  n=$(count_snapshots bench-import "$s")
-  ((n == layers)) || die "import on $s: $n snapshots, expected $layers"
-  record "2 image import" "ctr images import, cold (content + unpack)" "$s" s "$(elapsed "$t0" "$t1")" "$r" --main
-  ctrn bench-import images rm --sync "$image" >/dev/null
-  n=$(count_snapshots bench-import "$s")
-  ((n == 0)) || die "after removing the image, $n snapshots of $s are left"
-  n=$(count_content bench-import)
-  ((n == 0)) || die "after removing the image, $n content blobs are left"
-  settle
-}
 import_warm() { # import_warm SNAPSHOTTER ROUND
   local s=$1 r=$2 t0 t1 n
   t0=$EPOCHREALTIME
@@ -394,7 +348,7 @@ import_warm() { # import_warm SNAPSHOTTER ROUND
 # Cold first: no other namespace may hold the image's content yet, or containerd
 # would take the blobs as already there.
 for ((r = 0; r < import_rounds; r++)); do
-  for s in $(ordered "$r" rustlayer overlayfs); do import_cold "$s" "$r"; done
+  for s in $(ordered "$r" rustlayer overlayfs); do import_cold "2 image import" "$s" "$r"; done
 done
 ctrn bench-unpack images import --no-unpack "$archive" >/dev/null
 for ((r = 0; r < import_rounds; r++)); do
@@ -403,26 +357,7 @@ done
 
 # ---------------------------------------------------------------- row 3
 say "row 3: container start, $rounds rounds x $runs_per_round runs"
-for s in overlayfs rustlayer; do
-  ctrn bench-run images import --snapshotter "$s" "$archive" >/dev/null ||
-    die "ctr images import --snapshotter $s failed"
-done
-run_once() { # run_once SNAPSHOTTER ID
-  ctrn bench-run run --rm --snapshotter "$1" --runc-root "$tmp/runc" "$image" "$2" /bin/true </dev/null
-}
-for s in overlayfs rustlayer; do run_once "$s" "warmup-$s" || die "ctr run on $s failed"; done
-n=0
-for ((r = 0; r < rounds; r++)); do
-  for s in $(ordered "$r" rustlayer overlayfs); do
-    for ((k = 0; k < runs_per_round; k++)); do
-      n=$((n + 1))
-      t0=$EPOCHREALTIME
-      run_once "$s" "run-$s-$n" || die "ctr run --snapshotter $s failed"
-      t1=$EPOCHREALTIME
-      record "3 container start" "ctr run --rm IMAGE /bin/true" "$s" s "$(elapsed "$t0" "$t1")" "$n" --main
-    done
-  done
-done
+container_starts "3 container start" overlayfs "$rounds" "$runs_per_round"
 settle
 
 # ---------------------------------------------------------------- row 4

@@ -19,6 +19,8 @@ export DM_DISABLE_UDEV=1
 cd "$(dirname "$0")/../.."
 # shellcheck source=hack/lib/containerd.sh
 source hack/lib/containerd.sh
+# shellcheck source=hack/bench/lib.sh
+source hack/bench/lib.sh
 results=$1 bin=$2 bench=$3 archive=$4 image=$5 layers=$6 rounds=$7 cycles=$8 import_rounds=$9 runs=${10}
 row="7 devmapper"
 me="bench-vm"
@@ -93,24 +95,9 @@ for s in rustlayer devmapper; do
     die "containerd lacks a working snapshotter $s:"$'\n'"$plugins"$'\n'"$(tail -n 30 "$tmp/containerd.log")"
 done
 
-ctrn() { # ctrn NAMESPACE ARGS...
-  local ns=$1
-  shift
-  timeout 1800 ctr -a "$sock" -n "$ns" "$@"
-}
-record() { # record METRIC TARGET UNIT VALUE ROUND
-  "$bench" record --results "$results" --row "$row" --metric "$1" --target "$2" --unit "$3" \
-    --value "$4" --round "$5" --main
-}
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
-count_snapshots() { ctrn "$1" snapshots --snapshotter "$2" ls | awk 'NR > 1 && NF' | wc -l; }
 settle() {
-  ctrn bench-gc leases create --id gc-now >/dev/null
-  ctrn bench-gc leases delete --sync gc-now >/dev/null
+  gc_now
   sync
-}
-ordered() { # ordered ROUND A B: A B, or B A every other round
-  if (($1 % 2)); then echo "$3 $2"; else echo "$2 $3"; fi
 }
 
 say "snapshot cycle: $rounds rounds x $cycles cycles"
@@ -122,39 +109,9 @@ settle
 
 say "image import, cold: $import_rounds rounds"
 for ((r = 0; r < import_rounds; r++)); do
-  for s in $(ordered "$r" rustlayer devmapper); do
-    t0=$EPOCHREALTIME
-    ctrn bench-import images import --snapshotter "$s" "$archive" >/dev/null ||
-      die "ctr images import --snapshotter $s failed: $(tail -n 20 "$tmp/containerd.log")"
-    t1=$EPOCHREALTIME
-    n=$(count_snapshots bench-import "$s")
-    ((n == layers)) || die "import on $s: $n snapshots, expected $layers"
-    record "ctr images import, cold (content + unpack)" "$s" s "$(elapsed "$t0" "$t1")" "$r"
-    ctrn bench-import images rm --sync "$image" >/dev/null
-    n=$(count_snapshots bench-import "$s")
-    ((n == 0)) || die "after removing the image, $n snapshots of $s are left"
-    settle
-  done
+  for s in $(ordered "$r" rustlayer devmapper); do import_cold "$row" "$s" "$r"; done
 done
 
 say "container start: $rounds rounds x $runs runs"
-for s in devmapper rustlayer; do
-  ctrn bench-run images import --snapshotter "$s" "$archive" >/dev/null ||
-    die "ctr images import --snapshotter $s failed"
-  ctrn bench-run run --rm --snapshotter "$s" --runc-root "$tmp/runc" "$image" "warmup-$s" /bin/true </dev/null ||
-    die "ctr run on $s failed"
-done
-n=0
-for ((r = 0; r < rounds; r++)); do
-  for s in $(ordered "$r" rustlayer devmapper); do
-    for ((k = 0; k < runs; k++)); do
-      n=$((n + 1))
-      t0=$EPOCHREALTIME
-      ctrn bench-run run --rm --snapshotter "$s" --runc-root "$tmp/runc" "$image" "run-$s-$n" /bin/true </dev/null ||
-        die "ctr run --snapshotter $s failed"
-      t1=$EPOCHREALTIME
-      record "ctr run --rm IMAGE /bin/true" "$s" s "$(elapsed "$t0" "$t1")" "$n"
-    done
-  done
-done
+container_starts "$row" devmapper "$rounds" "$runs"
 say "done"

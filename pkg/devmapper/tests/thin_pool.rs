@@ -264,12 +264,13 @@ fn a_nearly_full_pool_refuses_new_snapshots_until_space_is_freed() {
         return;
     }
     // Overprovisioned, as thin pools are: each filesystem could outgrow the pool.
-    let f = fixture(DevmapperConfig {
+    let config = DevmapperConfig {
         pool_data_size: ByteSize::bytes(32 << 20),
         base_image_size: ByteSize::bytes(128 << 20),
         min_free_percent: 10,
         ..small_pool()
-    });
+    };
+    let f = fixture(config.clone());
     let mnt = f.dir.path().join("mnt");
     f.s.prepare("big", "", &none()).unwrap();
     {
@@ -298,12 +299,6 @@ fn a_nearly_full_pool_refuses_new_snapshots_until_space_is_freed() {
     );
     assert!(f.s.stat("refused").is_err(), "nothing half-created");
     assert_eq!(active_devices(&prefix), before);
-    let config = DevmapperConfig {
-        pool_data_size: ByteSize::bytes(32 << 20),
-        base_image_size: ByteSize::bytes(128 << 20),
-        min_free_percent: 10,
-        ..small_pool()
-    };
     let pool_check = preflight_check(&f.root, &config, "thin pool");
     assert!(
         !pool_check.ok && pool_check.detail.contains("nearly full"),
