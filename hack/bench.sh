@@ -23,8 +23,8 @@
 #   +  where rustlayer's time goes: strace -T -y of the daemon and of containerd
 #      during snapshot cycles: every sync, by the file it syncs
 #
-#   sudo hack/bench.sh            full run (~7 min on 2 vCPUs, once built and cached)
-#   sudo hack/bench.sh --quick    2 rounds, small sizes (~2 min)
+#   sudo hack/bench.sh            full run (~16 min on 2 vCPUs, 9 of them row 7, once cached)
+#   sudo hack/bench.sh --quick    2 rounds, small sizes (~8 min)
 #
 # It prints figures and never judges them: the exit status is non-zero only when
 # something breaks (a daemon does not start, an import fails), never for a time.
