@@ -49,7 +49,7 @@ impl SnapshotService {
     {
         let started = Instant::now();
         let snapshotter = Arc::clone(&self.snapshotter);
-        let span = info_span!("rpc", method, key = %truncate(key));
+        let span = info_span!("rpc", method, key = %truncate(key, MAX_LOGGED_KEY_BYTES));
         let result = async {
             let outcome = tokio::task::spawn_blocking(move || f(&snapshotter)).await;
             match outcome {
@@ -83,7 +83,14 @@ pub fn status_from(err: &Error) -> Status {
         Code::Unavailable => tonic::Code::Unavailable,
         Code::Internal => tonic::Code::Internal,
     };
-    Status::new(code, err.to_string())
+    let message = err.to_string();
+    let message = match truncate(&message, MAX_STATUS_MESSAGE_BYTES) {
+        kept if kept.len() < message.len() => {
+            format!("{kept}… ({} more bytes)", message.len() - kept.len())
+        }
+        _ => message,
+    };
+    Status::new(code, message)
 }
 
 fn log_and_convert(err: &Error) -> Status {
@@ -98,12 +105,18 @@ fn log_and_convert(err: &Error) -> Status {
     status_from(err)
 }
 
-fn truncate(key: &str) -> &str {
-    let mut end = key.len().min(256);
-    while !key.is_char_boundary(end) {
+/// A status message travels percent-encoded in an HTTP/2 header: one echoing a huge
+/// input (a 50 KB filter) would overflow the client's header limit and turn a
+/// precise refusal into a protocol error.
+const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+const MAX_LOGGED_KEY_BYTES: usize = 256;
+
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &key[..end]
+    &text[..end]
 }
 
 type ListStream = Pin<Box<dyn Stream<Item = Result<pb::ListSnapshotsResponse, Status>> + Send>>;
@@ -254,5 +267,33 @@ impl Snapshots for SnapshotService {
         self.call("Cleanup", "", |s| s.cleanup().map(|_| ()))
             .await?;
         Ok(Response::new(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_echoing_a_huge_input_keeps_its_code_and_fits_a_header() {
+        let input = "é".repeat(50_000);
+        let status = status_from(&Error::InvalidArgument(format!(
+            "filters: parse error: [{input}]"
+        )));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().len() < MAX_STATUS_MESSAGE_BYTES + 40,
+            "{}",
+            status.message().len()
+        );
+        assert!(
+            status
+                .message()
+                .starts_with("invalid argument: filters: parse error: [é")
+        );
+        assert!(status.message().ends_with("more bytes)"));
+
+        let short = status_from(&Error::NotFound("k".into()));
+        assert_eq!(short.message(), "snapshot \"k\" does not exist");
     }
 }
