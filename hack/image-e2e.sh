@@ -299,12 +299,8 @@ check_workload() {
   fi
   mapfile -t chain < <(python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin)["chain_ids"]))' <"$tmp/workload.json")
   # containerd dialled the proxy socket at its own start, before the daemon
-  # existed, and retries with backoff (as on a node where the DaemonSet starts
-  # after containerd): wait until a call through containerd reaches the daemon.
-  # (Listing would not: containerd answers it from its own metadata.)
-  # shellcheck disable=SC2016 # expanded by eval, on each try
-  if wait_until 60 - eval 'ctr_ snapshots --snapshotter rustlayer prepare e2e-ready "" &&
-    ctr_ snapshots --snapshotter rustlayer rm e2e-ready'; then
+  # existed (as on a node where the DaemonSet starts after containerd).
+  if wait_until 60 - proxy_answers ctr_; then
     ok "containerd reaches the daemon through its proxy plugin"
   else
     not_ok "containerd cannot reach the daemon through its proxy plugin within 60 s"

@@ -53,3 +53,14 @@ EOF
 # shellcheck disable=SC2034 # used by the scripts that source this file
 CONTAINERD_GC_AT_ONCE='[plugins."io.containerd.gc.v1.scheduler"]
   deletion_threshold = 1'
+
+# proxy_answers CTR...: one Prepare and Remove on rustlayer through containerd,
+# with CTR the script's ctr command for its containerd and namespace. containerd
+# dials the proxy socket once and, after the daemon was away (started after
+# containerd, or restarted), retries with a growing backoff, failing calls fast
+# meanwhile: scripts wait on this before going through containerd again. (Listing
+# would not do: containerd answers it from its own metadata.)
+proxy_answers() {
+  "$@" snapshots --snapshotter rustlayer prepare rustlayer-proxy-ready "" >/dev/null 2>&1 &&
+    "$@" snapshots --snapshotter rustlayer rm rustlayer-proxy-ready >/dev/null 2>&1
+}
