@@ -332,14 +332,8 @@ settle
 # ---------------------------------------------------------------- row 2
 say "row 2: image import, $import_rounds rounds cold and $import_rounds with the content present"
 import_warm() { # import_warm SNAPSHOTTER ROUND
-  local s=$1 r=$2 t0 t1 n
-  t0=$EPOCHREALTIME
-  ctrn bench-unpack images import --snapshotter "$s" "$archive" >/dev/null ||
-    die "ctr images import --snapshotter $s failed"
-  t1=$EPOCHREALTIME
-  n=$(count_snapshots bench-unpack "$s")
-  ((n == layers)) || die "import on $s: $n snapshots, expected $layers"
-  record "2 image import" "ctr images import, content present (unpack only)" "$s" s "$(elapsed "$t0" "$t1")" "$r" --main
+  local s=$1 r=$2 n
+  timed_import "2 image import" bench-unpack "ctr images import, content present (unpack only)" "$s" "$r"
   "$bench" wipe --containerd "$sock" --namespace bench-unpack --snapshotter "$s" >/dev/null
   n=$(count_snapshots bench-unpack "$s")
   ((n == 0)) || die "after wiping, $n snapshots of $s are left"

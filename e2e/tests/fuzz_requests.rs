@@ -15,17 +15,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut};
-use hyper_util::rt::TokioIo;
 use prost::Message;
 use rustlayer_api::snapshots as pb;
 use rustlayer_e2e::support::{Rng, env_or, storage_matches_metadata};
 use rustlayer_e2e::{Client, Daemon, privileged};
-use tokio::net::UnixStream;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 const SERVICE: &str = "/containerd.services.snapshots.v1.Snapshots/";
 /// What the daemon may answer on purpose. Anything else (Internal, Unknown,
@@ -356,17 +354,6 @@ fn mutate(rng: &mut Rng, body: &[u8], other: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn channel(socket: &std::path::Path) -> Channel {
-    let path = socket.to_owned();
-    Endpoint::from_static("http://rustlayer.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .expect("connect to the daemon")
-}
-
 /// Sends `body` to `method` and returns the status code of the answer.
 async fn send(channel: &Channel, method: Method, body: Vec<u8>) -> Code {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
@@ -466,7 +453,9 @@ async fn mutated_protobuf_requests_get_precise_answers_and_change_nothing_outsid
     let mut daemon = Daemon::start();
     let c = daemon.client().await;
     populate(&c).await;
-    let channel = channel(&daemon.socket).await;
+    let channel = rustlayer_server::channel(&daemon.socket)
+        .await
+        .expect("connect to the daemon");
     let seeds = seeds();
 
     let mut per_method: BTreeMap<Method, u64> = BTreeMap::new();

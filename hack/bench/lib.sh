@@ -38,17 +38,24 @@ ordered() { # ordered ROUND NAME...
   fi
 }
 
-# import_cold ROW SNAPSHOTTER ROUND: `ctr images import` with nothing present, then
-# the image, its content and its snapshots deleted again (checked).
-import_cold() {
-  local row=$1 s=$2 r=$3 t0 t1 n
+# timed_import ROW NAMESPACE METRIC SNAPSHOTTER ROUND: times one `ctr images
+# import` and checks it made one snapshot per layer.
+timed_import() {
+  local row=$1 ns=$2 metric=$3 s=$4 r=$5 t0 t1 n
   t0=$EPOCHREALTIME
-  ctrn bench-import images import --snapshotter "$s" "$archive" >/dev/null ||
+  ctrn "$ns" images import --snapshotter "$s" "$archive" >/dev/null ||
     die "ctr images import --snapshotter $s failed"
   t1=$EPOCHREALTIME
-  n=$(count_snapshots bench-import "$s")
+  n=$(count_snapshots "$ns" "$s")
   ((n == layers)) || die "import on $s: $n snapshots, expected $layers"
-  record "$row" "ctr images import, cold (content + unpack)" "$s" s "$(elapsed "$t0" "$t1")" "$r" --main
+  record "$row" "$metric" "$s" s "$(elapsed "$t0" "$t1")" "$r" --main
+}
+
+# import_cold ROW SNAPSHOTTER ROUND: an import with nothing present, then the
+# image, its content and its snapshots deleted again (checked).
+import_cold() {
+  local row=$1 s=$2 r=$3 n
+  timed_import "$row" bench-import "ctr images import, cold (content + unpack)" "$s" "$r"
   ctrn bench-import images rm --sync "$image" >/dev/null
   n=$(count_snapshots bench-import "$s")
   ((n == 0)) || die "after removing the image, $n snapshots of $s are left"

@@ -66,10 +66,16 @@ fn open(root: &Path, config: &DevmapperConfig) -> (Arc<DevmapperBackend>, Snapsh
     (backend, s)
 }
 
-fn fixture(config: DevmapperConfig) -> Fixture {
+/// A scratch directory with an empty root in it.
+fn new_root() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     fs::create_dir(&root).unwrap();
+    (dir, root)
+}
+
+fn fixture(config: DevmapperConfig) -> Fixture {
+    let (dir, root) = new_root();
     let (backend, s) = open(&root, &config);
     Fixture {
         dir,
@@ -219,9 +225,7 @@ fn check_reports_what_start_will_make_then_the_pool_and_its_figures() {
     if !dm_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    fs::create_dir(&root).unwrap();
+    let (_dir, root) = new_root();
     let config = small_pool();
     let before = preflight(&root, &config);
     assert!(before.iter().all(|c| c.ok), "{before:?}");
@@ -321,9 +325,7 @@ fn restart_deactivates_then_reactivates_what_containerd_still_needs() {
     if !dm_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    fs::create_dir(&root).unwrap();
+    let (dir, root) = new_root();
     let mnt = dir.path().join("mnt");
     let prefix = canonical_prefix(&root);
     {
@@ -363,9 +365,7 @@ fn a_device_left_by_a_crash_before_its_metadata_is_deleted_at_start() {
     if !dm_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    fs::create_dir(&root).unwrap();
+    let (_dir, root) = new_root();
     let prefix = canonical_prefix(&root);
     let config = small_pool();
     let orphan = {

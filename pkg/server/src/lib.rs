@@ -7,7 +7,7 @@ mod error;
 mod service;
 mod socket;
 
-pub use client::connect;
+pub use client::{channel, connect};
 pub use error::{Error, Result};
 pub use service::{NoopObserver, RequestObserver, SnapshotService, status_from};
 pub use socket::{SocketOptions, bind_socket};
