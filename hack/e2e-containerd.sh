@@ -590,8 +590,10 @@ check_restart_under_live_container() {
     else
       not_ok "after SIG$sig the daemon lost live's snapshot" "$(backend ls 2>&1)"
     fi
-    if out=$(backend mounts "$tmp/unused" "$key" 2>&1) && grep -q 'upperdir=' <<<"$out"; then
-      ok "after SIG$sig live's snapshot answers Mounts with an overlay"
+    # An overlay (overlay backend) or the snapshot's own block device (devmapper).
+    if out=$(backend mounts "$tmp/unused" "$key" 2>&1) &&
+      grep -qE 'upperdir=|^mount -t (ext4|xfs) /dev/' <<<"$out"; then
+      ok "after SIG$sig live's snapshot answers Mounts ($(awk '{ print $3 }' <<<"$out"))"
     else
       not_ok "after SIG$sig live's snapshot does not answer Mounts" "$out"
     fi

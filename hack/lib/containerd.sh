@@ -49,10 +49,13 @@ EOF
 }
 
 # Every deletion schedules a garbage collection at once, so a test waiting for
-# the daemon to see containerd's Remove calls does not wait for a timer.
+# the daemon to see containerd's Remove calls does not wait for a timer; and a
+# slow collection (under emulation) delays the next by twice its length, not
+# fifty times (pause_threshold, at most 0.5).
 # shellcheck disable=SC2034 # used by the scripts that source this file
 CONTAINERD_GC_AT_ONCE='[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1'
+  deletion_threshold = 1
+  pause_threshold = 0.5'
 
 # proxy_answers CTR...: one Prepare and Remove on rustlayer through containerd,
 # with CTR the script's ctr command for its containerd and namespace. containerd
