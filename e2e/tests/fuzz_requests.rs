@@ -6,18 +6,21 @@
 //!
 //! Every answer must be OK or a precise refusal; tonic's own refusal of a body
 //! prost itself cannot decode (Internal "failed to decode", or a reset stream) is
-//! accepted for such bodies only: the handler never ran. The daemon never dies or panics, writes nothing outside its root,
-//! and after the run its storage still matches its metadata.
+//! accepted for such bodies only: the handler never ran. A refusal, and any answer
+//! of a method that only reads, leaves the snapshots exactly as they were. The
+//! daemon never dies or panics, writes nothing outside its root, and after the run
+//! its storage still matches its metadata.
 //!
 //! `RUSTLAYER_FUZZ_SECONDS` (default 20) bounds it, `RUSTLAYER_FUZZ_SEED` replays.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut};
 use prost::Message;
 use rustlayer_api::snapshots as pb;
-use rustlayer_e2e::support::{Rng, env_or, storage_matches_metadata};
+use rustlayer_e2e::support::{Rng, env_or, labels, sorted_infos, storage_matches_metadata};
 use rustlayer_e2e::{Client, Daemon, privileged};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -28,13 +31,14 @@ use tonic::transport::Channel;
 const SERVICE: &str = "/containerd.services.snapshots.v1.Snapshots/";
 /// What the daemon may answer on purpose. Anything else (Internal, Unknown,
 /// Unavailable...) for a decodable body is a bug.
-const PRECISE: [Code; 6] = [
+const PRECISE: [Code; 7] = [
     Code::Ok,
     Code::InvalidArgument,
     Code::NotFound,
     Code::AlreadyExists,
     Code::FailedPrecondition,
     Code::ResourceExhausted,
+    Code::OutOfRange,
 ];
 const MAX_BODY: usize = 1 << 20;
 
@@ -127,6 +131,14 @@ impl Method {
         }
     }
 
+    /// Whether an OK answer of this method may change what List shows.
+    fn writes(self) -> bool {
+        matches!(
+            self,
+            Method::Prepare | Method::View | Method::Commit | Method::Remove | Method::Update
+        )
+    }
+
     /// The decoded request, to print with a failure.
     fn describe(self, body: &[u8]) -> String {
         match self {
@@ -142,13 +154,6 @@ impl Method {
             Method::Cleanup => format!("{:?}", pb::CleanupRequest::decode(body)),
         }
     }
-}
-
-fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// Valid requests of every method, about the populated snapshots and others.
@@ -440,6 +445,61 @@ async fn prune(c: &Client) {
     panic!("fuzzed snapshots could not be pruned");
 }
 
+/// Fails unless the daemon process still runs: a dead child stays a zombie until
+/// the harness reaps it, so its mere existence proves nothing.
+fn assert_alive(daemon: &Daemon) {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", daemon.pid())).unwrap_or_default();
+    // "pid (comm) S ...": the state follows the command name, which may hold spaces.
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    assert!(
+        matches!(state, Some(s) if s != 'Z' && s != 'X'),
+        "the daemon is gone (state {state:?}):\n{}",
+        daemon.log()
+    );
+}
+
+/// `path` with `.` and `..` resolved by name only, so a dangling link resolves too.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Every symbolic link under `dir` whose target lies outside `root`: a key or a
+/// label reaching a path would show up here as a link out of the root.
+fn links_leaving(root: &Path, dir: &Path, found: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a directory entry").path();
+        let meta = std::fs::symlink_metadata(&path).expect("lstat");
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).expect("readlink");
+            let resolved = lexically_normal(&dir.join(&target));
+            if !resolved.starts_with(root) {
+                found.push(format!("{} -> {}", path.display(), target.display()));
+            }
+        } else if meta.is_dir() {
+            links_leaving(root, &path, found);
+        }
+    }
+}
+
+/// The snapshots one side has and the other lacks, for a readable failure.
+fn difference(before: &[pb::Info], after: &[pb::Info]) -> String {
+    let gone: Vec<&pb::Info> = before.iter().filter(|i| !after.contains(i)).collect();
+    let new: Vec<&pb::Info> = after.iter().filter(|i| !before.contains(i)).collect();
+    format!("before only: {gone:?}; after only: {new:?}")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_protobuf_requests_get_precise_answers_and_change_nothing_outside_the_root() {
     if !privileged(
@@ -462,6 +522,9 @@ async fn mutated_protobuf_requests_get_precise_answers_and_change_nothing_outsid
     let mut codes: BTreeMap<String, u64> = BTreeMap::new();
     let (mut tried, mut undecodable) = (0u64, 0u64);
     let mut previous = String::from("none");
+    // What List showed before the next request; None after an accepted write,
+    // until it is needed again.
+    let mut known: Option<Vec<pb::Info>> = None;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(seconds) {
         let (method, body) = &seeds[rng.below(seeds.len())];
@@ -474,6 +537,9 @@ async fn mutated_protobuf_requests_get_precise_answers_and_change_nothing_outsid
         let other = &seeds[rng.below(seeds.len())].1;
         let body = mutate(&mut rng, body, other);
         let decodes = method.decodes(&body);
+        if decodes && known.is_none() {
+            known = Some(sorted_infos(&c).await);
+        }
         let code = send(&channel, method, body.clone()).await;
         tried += 1;
         *per_method.entry(method).or_default() += 1;
@@ -481,43 +547,66 @@ async fn mutated_protobuf_requests_get_precise_answers_and_change_nothing_outsid
         if !decodes {
             undecodable += 1;
         }
+        let request = || {
+            format!(
+                "{method:?} answered {code:?} (seed {seed:#x}, request {tried}); body {}: {}; the request before: {previous}; daemon log tail:\n{}",
+                hex(&body, 256),
+                method.describe(&body).chars().take(600).collect::<String>(),
+                daemon
+                    .log()
+                    .lines()
+                    .filter(|l| !l.contains("DEBUG"))
+                    .rev()
+                    .take(10)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        };
         // tonic refuses a body prost cannot decode before any handler runs: with
         // Internal, or, while the connection's flow-control window is still taken by
         // a large body just before, by resetting the stream (Cancelled).
         let precise = PRECISE.contains(&code)
             || (!decodes && matches!(code, Code::Internal | Code::Cancelled));
-        assert!(
-            precise,
-            "{method:?} answered {code:?} (seed {seed:#x}, request {tried}); body {}: {}; the request before: {previous}; daemon log tail:\n{}",
-            hex(&body, 256),
-            method.describe(&body).chars().take(600).collect::<String>(),
-            daemon
-                .log()
-                .lines()
-                .filter(|l| !l.contains("DEBUG"))
-                .rev()
-                .take(10)
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        assert!(precise, "{}", request());
+        // An undecodable body never reached a handler; were it to change anything,
+        // the next decodable request's check would still see it.
+        if decodes {
+            if code == Code::Ok && method.writes() {
+                known = None;
+            } else {
+                let after = sorted_infos(&c).await;
+                let before = known.as_ref().expect("listed before the request");
+                assert!(
+                    after == *before,
+                    "the snapshots changed: {}; {}",
+                    difference(before, &after),
+                    request()
+                );
+            }
+        }
         previous = format!(
             "{method:?} {code:?} {} bytes: {}",
             body.len(),
             hex(&body, 64)
         );
         if tried % 400 == 0 {
+            assert_alive(&daemon);
             assert!(
                 !daemon.log().contains("panicked"),
                 "the daemon panicked:\n{}",
                 daemon.log()
             );
+            c.cleanup().await.expect("Cleanup between batches");
             prune(&c).await;
             populate(&c).await;
+            known = None;
         }
     }
+    let elapsed = started.elapsed();
 
     // The daemon lived through it, wrote nowhere but its root, and its storage
     // still matches its metadata.
+    assert_alive(&daemon);
     assert!(!daemon.log().contains("panicked"), "the daemon panicked");
     let mut beside_root: Vec<String> = std::fs::read_dir(daemon.dir.path())
         .unwrap()
@@ -525,6 +614,9 @@ async fn mutated_protobuf_requests_get_precise_answers_and_change_nothing_outsid
         .collect();
     beside_root.sort();
     assert_eq!(beside_root, ["daemon.log", "root", "rustlayer.sock"]);
+    let mut leaving = Vec::new();
+    links_leaving(&daemon.root, &daemon.root, &mut leaving);
+    assert!(leaving.is_empty(), "links out of the root: {leaving:?}");
     prune(&c).await;
     storage_matches_metadata(&c, &daemon.root, "after fuzzing").await;
     populate(&c).await;
@@ -534,8 +626,7 @@ async fn mutated_protobuf_requests_get_precise_answers_and_change_nothing_outsid
     drop(c);
     daemon.stop();
     println!(
-        "fuzzed requests: {tried} in {:.1?} ({:.0}/s, seed {seed:#x}); undecodable bodies: {undecodable}; per method: {per_method:?}; codes: {codes:?}",
-        started.elapsed(),
-        tried as f64 / started.elapsed().as_secs_f64(),
+        "fuzzed requests: {tried} in {elapsed:.1?} ({:.0}/s, seed {seed:#x}); undecodable bodies: {undecodable}; per method: {per_method:?}; codes: {codes:?}",
+        tried as f64 / elapsed.as_secs_f64(),
     );
 }

@@ -5,13 +5,15 @@
 //!
 //! `RUSTLAYER_FUZZ_SECONDS` (default 10) bounds it, `RUSTLAYER_FUZZ_SEED` replays a
 //! run. Inputs come from a corpus of valid and near-valid filters, mutated by
-//! characters and bytes, and from a small grammar.
+//! characters and by bytes (a cut through a multi-byte character arrives as the
+//! U+FFFD a gRPC string decoder would make of it), and from a small grammar.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant, SystemTime};
 
-use rustlayer_core::{Filters, Info, Kind};
+use rustlayer_core::filter::Fields;
+use rustlayer_core::{Error, Filters, Info, Kind};
 
 const CORPUS: &[&str] = &[
     "",
@@ -38,6 +40,24 @@ const CORPUS: &[&str] = &[
     "name~=(",
     "labels.\"unterminated==x",
     "name ==  spaced ",
+    "name==\"\\x41\\101\\u00e9\\U0001F600\\a\\v\"",
+    "labels.\"\\xff\\377\"==x",
+    "name==\"\\q\"",
+    "name==\"\\x4\"",
+    "name==\"\\u12\"",
+    "name==\"\\400\"",
+    "name~=/^a\\/b$/",
+    "name~=|a|b|",
+    "name~=\"\\d+\\w*\\s\\b\\<\\u00e9\"",
+    "name~=(a{1000}){1000}",
+    "name~=((((((((((((((((((((a))))))))))))))))))))",
+    "name~=[[:alpha:]]+,name~=(?i)FOO,name~=(?x) a b",
+    "name~=a,name~=b,name~=c,name~=d,name~=e,name~=f,name~=g,name~=h,name~=i",
+    "labels.\"a\nb\"==c",
+    "name==\u{0}",
+    "name==\u{fffd}",
+    "  kind==view  ",
+    "kind==committed\n",
 ];
 
 const ALPHABET: &[&str] = &[
@@ -80,6 +100,20 @@ const ALPHABET: &[&str] = &[
     "view",
     "0",
     "9",
+    "\\x",
+    "\\xff",
+    "\\377",
+    "\\u00e9",
+    "\\U0010FFFF",
+    "\\U00110000",
+    "\n",
+    "\u{fffd}",
+    "\u{10ffff}",
+    "日本",
+    "~=/",
+    "~=|",
+    "(?i)",
+    "{1000}",
 ];
 
 /// xorshift64*: deterministic, so a failing seed replays.
@@ -144,6 +178,45 @@ fn mutate(rng: &mut Rng, input: &str) -> String {
     chars.into_iter().collect()
 }
 
+/// Byte-level mutations, including cuts through multi-byte characters; the result
+/// is decoded lossily, as a protobuf string with broken UTF-8 could never reach the
+/// parser any other way.
+fn mutate_bytes(rng: &mut Rng, input: &str) -> String {
+    let mut bytes = input.as_bytes().to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(bytes.len() + 1);
+        match rng.below(6) {
+            0 if !bytes.is_empty() => {
+                let i = rng.below(bytes.len());
+                bytes[i] ^= 1 << rng.below(8);
+            }
+            1 if !bytes.is_empty() => {
+                let i = rng.below(bytes.len());
+                bytes[i] = [0x00, 0xff, 0x80, 0x7f, 0xc3, 0xe2, 0xf0][rng.below(7)];
+            }
+            2 => {
+                let n = 1 + rng.below(4);
+                let noise: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                bytes.splice(at..at, noise);
+            }
+            3 if !bytes.is_empty() => {
+                let end = (at + 1 + rng.below(4)).min(bytes.len());
+                bytes.drain(at.min(end)..end);
+            }
+            4 => bytes.truncate(at),
+            _ => {
+                // The leading bytes of a character with its continuation missing.
+                let c = ['é', '€', '😀', '\u{10ffff}'][rng.below(4)];
+                let mut buf = [0; 4];
+                let encoded = c.encode_utf8(&mut buf).as_bytes();
+                let keep = 1 + rng.below(encoded.len() - 1);
+                bytes.splice(at..at, encoded[..keep].iter().copied());
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// From the grammar: selectors joined by commas, each a field path, maybe an
 /// operator and a value, plain or quoted.
 fn generate(rng: &mut Rng) -> String {
@@ -168,15 +241,47 @@ fn generate(rng: &mut Rng) -> String {
         }
         if rng.below(5) > 0 {
             out.push_str(["==", "!=", "~="][rng.below(3)]);
-            let value = ["committed", "x", "", "^a+$", "[", "a b"][rng.below(6)];
-            match rng.below(3) {
+            let value = [
+                "committed",
+                "x",
+                "",
+                "^a+$",
+                "[",
+                "a b",
+                "\\x41",
+                "é",
+                "a,b",
+                "\\",
+            ][rng.below(10)];
+            match rng.below(5) {
                 0 => out.push_str(value),
                 1 => out.push_str(&format!("{value:?}")),
+                2 => out.push_str(&format!("\"{value}\"")),
+                3 => out.push_str(&format!("/{value}/")),
                 _ => out.push_str(&format!("`{value}`")),
             }
         }
     }
     out
+}
+
+/// A subject where every field path, however deep or odd, is present with the
+/// same value, so every selector gets something to compare.
+struct EveryField(&'static str);
+
+impl Fields for EveryField {
+    fn field(&self, _: &[String]) -> Option<&str> {
+        Some(self.0)
+    }
+}
+
+/// A subject with no fields at all.
+struct NoField;
+
+impl Fields for NoField {
+    fn field(&self, _: &[String]) -> Option<&str> {
+        None
+    }
 }
 
 fn subjects() -> Vec<Info> {
@@ -209,72 +314,106 @@ fn random_filters_parse_or_fail_cleanly_and_evaluate_without_panics() {
     let seconds = env_u64("RUSTLAYER_FUZZ_SECONDS", 10);
     let seed = env_u64("RUSTLAYER_FUZZ_SEED", 0x0f11_7e25);
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let subjects = subjects();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let infos = subjects();
+    let others = [EveryField(""), EveryField("committed"), EveryField("x")];
+    let subjects: Vec<(String, &dyn Fields)> = infos
+        .iter()
+        .map(|i| (i.name.clone(), i as &dyn Fields))
+        .chain(
+            others
+                .iter()
+                .map(|e| (format!("every field {:?}", e.0), e as &dyn Fields)),
+        )
+        .chain([("no field".to_owned(), &NoField as &dyn Fields)])
+        .collect();
+    let started = Instant::now();
     let (mut tried, mut accepted) = (0u64, 0u64);
     let mut errors: HashMap<String, u64> = HashMap::new();
+    let mut slowest = (Duration::ZERO, Vec::new());
 
-    while Instant::now() < deadline {
+    while started.elapsed() < Duration::from_secs(seconds) {
         let count = 1 + rng.below(3);
         let filters: Vec<String> = (0..count)
             .map(|_| {
-                if rng.below(3) == 0 {
-                    generate(&mut rng)
-                } else {
-                    let seed_input = CORPUS[rng.below(CORPUS.len())];
-                    mutate(&mut rng, seed_input)
+                let start = CORPUS[rng.below(CORPUS.len())];
+                match rng.below(6) {
+                    0 | 1 => generate(&mut rng),
+                    2 => mutate_bytes(&mut rng, start),
+                    _ => mutate(&mut rng, start),
                 }
             })
             .collect();
         tried += 1;
+        let parse_started = Instant::now();
         let parsed = catch_unwind(AssertUnwindSafe(|| Filters::parse(&filters)))
             .unwrap_or_else(|_| panic!("parse panicked on {filters:?} (seed {seed:#x})"));
+        let took = parse_started.elapsed();
+        if took > slowest.0 {
+            slowest = (took, filters.clone());
+        }
         let again = Filters::parse(&filters);
+        // Debug shows the parsed selectors (and each pattern's source): the same
+        // input must give the same filter, or the same refusal word for word.
         assert_eq!(
-            parsed.is_ok(),
-            again.is_ok(),
-            "parse is not deterministic on {filters:?}"
+            format!("{parsed:?}"),
+            format!("{again:?}"),
+            "parse is not deterministic on {filters:?} (seed {seed:#x})"
         );
-        match parsed {
-            Ok(parsed) => {
+        match (parsed, again) {
+            (Ok(parsed), Ok(again)) => {
                 accepted += 1;
-                for subject in &subjects {
-                    let matched = catch_unwind(AssertUnwindSafe(|| parsed.matches(subject)))
+                for (name, subject) in &subjects {
+                    let matched = catch_unwind(AssertUnwindSafe(|| parsed.matches(*subject)))
                         .unwrap_or_else(|_| {
-                            panic!(
-                                "matches panicked: {filters:?} on {} (seed {seed:#x})",
-                                subject.name
-                            )
+                            panic!("matches panicked: {filters:?} on {name} (seed {seed:#x})")
                         });
-                    let reparsed = again.as_ref().expect("parsed twice");
                     assert_eq!(
                         matched,
-                        reparsed.matches(subject),
-                        "{filters:?} matches {} one way, then the other",
-                        subject.name
+                        again.matches(*subject),
+                        "{filters:?} matches {name} one way, then the other (seed {seed:#x})"
                     );
                 }
             }
-            Err(err) => {
+            (Err(err), Err(_)) => {
+                // A syntax error is the client's: InvalidArgument, nothing graver.
+                assert!(
+                    matches!(err, Error::InvalidArgument(_)),
+                    "{filters:?} refused as {err:?} (seed {seed:#x})"
+                );
                 let message = err.to_string();
-                assert!(!message.is_empty(), "an empty error for {filters:?}");
-                // The kind of refusal: its last clause, without the input.
-                let kind: String = message
-                    .rsplit(": ")
+                assert!(
+                    !message.is_empty(),
+                    "an empty error for {filters:?} (seed {seed:#x})"
+                );
+                // The kind of refusal: the reason after the located input, without
+                // the character or operator it quotes.
+                let reason = message
+                    .rsplit_once("]: ")
+                    .map_or(message.as_str(), |(_, r)| r);
+                let kind = reason
+                    .split([':', '"'])
                     .next()
                     .unwrap_or("")
-                    .chars()
-                    .take(40)
-                    .collect();
+                    .trim_end_matches([' ', '('])
+                    .to_owned();
                 *errors.entry(kind).or_default() += 1;
             }
+            _ => unreachable!("the Debug forms above agree"),
         }
     }
+    let elapsed = started.elapsed();
     let mut kinds: Vec<_> = errors.into_iter().collect();
     kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     println!(
-        "filter inputs tried: {tried} in {seconds} s (seed {seed:#x}); accepted {accepted}, rejected {}; refusals: {kinds:?}",
-        tried - accepted
+        "filter inputs tried: {tried} in {elapsed:.1?} ({:.0}/s, seed {seed:#x}); accepted {accepted}, rejected {}; slowest parse {:.1?} on {:?}; refusals: {kinds:?}",
+        tried as f64 / elapsed.as_secs_f64(),
+        tried - accepted,
+        slowest.0,
+        slowest
+            .1
+            .iter()
+            .map(|f| f.chars().take(80).collect::<String>())
+            .collect::<Vec<_>>(),
     );
     assert!(
         accepted > 0 && accepted < tried,
