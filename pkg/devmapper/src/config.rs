@@ -21,6 +21,14 @@ impl FsType {
             FsType::Xfs => "xfs",
         }
     }
+
+    /// The Debian package that carries this filesystem's mkfs.
+    pub fn tools_package(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "e2fsprogs",
+            FsType::Xfs => "xfsprogs",
+        }
+    }
 }
 
 impl fmt::Display for FsType {

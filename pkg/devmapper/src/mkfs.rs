@@ -35,13 +35,7 @@ pub fn make_filesystem(fs: FsType, device: &Path, extra: &[String]) -> Result<()
             .output()
             .map_err(|err| Error::Mkfs {
                 command: program.clone(),
-                detail: format!(
-                    "cannot run it ({err}); install {}",
-                    match fs {
-                        FsType::Ext4 => "e2fsprogs",
-                        FsType::Xfs => "xfsprogs",
-                    }
-                ),
+                detail: format!("cannot run it ({err}); install {}", fs.tools_package()),
             })?;
         if output.status.success() {
             info!(fs = %fs, device = %device.display(), "base filesystem made");

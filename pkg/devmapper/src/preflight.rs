@@ -99,10 +99,7 @@ fn mkfs(root: &Path, fs: FsType) -> Result<String> {
     } else {
         Err(Error::Config(format!(
             "{program} is not in PATH; the first start needs it to make the base filesystem (install {})",
-            match fs {
-                FsType::Ext4 => "e2fsprogs",
-                FsType::Xfs => "xfsprogs",
-            }
+            fs.tools_package()
         )))
     }
 }
