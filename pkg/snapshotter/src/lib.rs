@@ -151,7 +151,7 @@ impl Snapshotter {
         let staged = self
             .backend
             .stage(id, kind, chain, labels)
-            .map_err(|err| self.unless_vanished(err, parent))?;
+            .map_err(|err| self.unless_vanished(err, parent, chain.first().copied()))?;
         let mut published = false;
         let created = self.store.write(|tx| {
             if tx.get(key)?.is_some() {
@@ -250,7 +250,7 @@ impl Snapshotter {
                 kind: record.kind,
                 parents: &chain,
             })
-            .map_err(|err| self.unless_vanished(err, key))?;
+            .map_err(|err| self.unless_vanished(err, key, Some(record.id)))?;
         self.store.write(|tx| {
             let current = committable(tx, key)?;
             if current.id != record.id {
@@ -348,20 +348,22 @@ impl Snapshotter {
                     kind: record.kind,
                     parents: &[],
                 })
-                .map_err(|err| self.unless_vanished(err, key)),
+                .map_err(|err| self.unless_vanished(err, key, Some(record.id))),
         }
     }
 
     /// Storage work happens outside the write lock, so a concurrent Remove can take a
     /// snapshot away underneath it. The caller then deserves containerd's NotFound,
-    /// not the I/O error the vanished storage caused.
-    fn unless_vanished(&self, err: Error, key: &str) -> Error {
-        if key.is_empty() {
+    /// not the I/O error the vanished storage caused. The key may already name a new
+    /// snapshot (removed and made again meanwhile), so the id decides, not the name.
+    fn unless_vanished(&self, err: Error, key: &str, worked_on: Option<SnapshotId>) -> Error {
+        let Some(worked_on) = worked_on else {
             return err;
-        }
+        };
         match self.store.read(|tx| tx.get(key)) {
-            Ok(None) => Error::NotFound(key.to_owned()),
-            _ => err,
+            Ok(Some(record)) if record.id == worked_on => err,
+            Ok(_) => Error::NotFound(key.to_owned()),
+            Err(_) => err,
         }
     }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
 use rustlayer_core::{
@@ -27,6 +28,32 @@ struct Faults {
     fail_seal: AtomicBool,
     /// Every id Cleanup was asked to make sure is empty.
     suspects: Mutex<Vec<SnapshotId>>,
+    /// Holds the next stage or seal at its start, where a concurrent request may
+    /// change the world under it: says "arrived", then waits for "go on".
+    gate: Mutex<Option<Gate>>,
+}
+
+struct Gate {
+    arrived: Sender<()>,
+    go_on: Receiver<()>,
+}
+
+impl Faults {
+    fn pass_gate(&self) {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            gate.arrived.send(()).unwrap();
+            gate.go_on.recv().unwrap();
+        }
+    }
+
+    /// Arms the gate; the returned ends learn of the arrival and release it.
+    fn arm_gate(&self) -> (Receiver<()>, Sender<()>) {
+        let (arrived, arrival) = channel();
+        let (release, go_on) = channel();
+        *self.gate.lock().unwrap() = Some(Gate { arrived, go_on });
+        (arrival, release)
+    }
 }
 
 struct FaultyBackend {
@@ -51,6 +78,7 @@ impl Backend for FaultyBackend {
         parents: &[SnapshotId],
         labels: &Labels,
     ) -> rustlayer_core::Result<Staged> {
+        self.faults.pass_gate();
         self.inner.stage(id, kind, parents, labels)
     }
     fn publish(&self, staged: &Staged, id: SnapshotId) -> rustlayer_core::Result<()> {
@@ -69,6 +97,7 @@ impl Backend for FaultyBackend {
         if self.faults.fail_seal.load(Ordering::SeqCst) {
             return Err(injected());
         }
+        self.faults.pass_gate();
         self.inner.seal(s)
     }
     fn usage(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
@@ -549,4 +578,41 @@ fn a_removed_snapshots_id_is_reused_only_after_cleanup_confirms_it_empty() {
     f.s.prepare("c", "", &none()).unwrap();
     assert_eq!(id_of(&f, "c"), a, "confirmed empty, the id is free again");
     assert_eq!(f.s.stat("keep").unwrap().name, "keep");
+}
+
+/// Storage work runs outside the write lock, so a Remove can take the snapshot it
+/// works on away, and another request can make a new snapshot under the same name
+/// before the failure is noticed. The answer must still be containerd's NotFound.
+#[test]
+fn a_name_removed_and_made_again_mid_request_is_not_found_not_an_io_error() {
+    let f = fixture();
+    let remake = |name: &str| {
+        f.s.prepare("remake", "", &none()).unwrap();
+        f.s.commit(name, "remake", &none()).unwrap();
+    };
+    remake("base");
+
+    let (arrival, release) = f.faults.arm_gate();
+    std::thread::scope(|scope| {
+        let child = scope.spawn(|| f.s.prepare("child", "base", &none()));
+        arrival.recv().unwrap();
+        f.s.remove("base").unwrap();
+        remake("base");
+        release.send(()).unwrap();
+        assert_eq!(code(child.join().unwrap()), Code::NotFound);
+    });
+    assert_eq!(code(f.s.stat("child")), Code::NotFound, "nothing half-made");
+
+    f.s.prepare("active", "", &none()).unwrap();
+    let (arrival, release) = f.faults.arm_gate();
+    std::thread::scope(|scope| {
+        let commit = scope.spawn(|| f.s.commit("layer", "active", &none()));
+        arrival.recv().unwrap();
+        f.s.remove("active").unwrap();
+        f.s.prepare("active", "", &none()).unwrap();
+        release.send(()).unwrap();
+        assert_eq!(code(commit.join().unwrap()), Code::NotFound);
+    });
+    assert_eq!(code(f.s.stat("layer")), Code::NotFound, "nothing committed");
+    assert_eq!(f.s.stat("active").unwrap().kind, Kind::Active);
 }
