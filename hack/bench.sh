@@ -214,10 +214,8 @@ stop_pid() { # stop_pid PID NAME: TERM, up to 20 s, then KILL
   wait "$pid" 2>/dev/null || true
 }
 
-mounted_under_tmp() { awk -v p="$tmp/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo; }
-
 cleanup() {
-  local rc=$? pid cmd m ns
+  local rc=$? pid f
   trap - EXIT INT TERM
   set +e
   for pid in "${strace_pids[@]}"; do kill -INT "$pid" 2>/dev/null; done
@@ -229,25 +227,12 @@ cleanup() {
     done
   fi
   stop_pid "$cd_pid" containerd
-  # Shims outlive containerd; ours name our directory on their command line.
-  # shellcheck disable=SC2013 # pids, one word each
-  for pid in $(grep -lsF -- "$tmp/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
-    [[ $pid == "$$" ]] && continue
-    cmd=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || continue
-    [[ $cmd == *containerd-shim* ]] && kill -KILL "$pid" 2>/dev/null
-  done
   stop_pid "$rl_pid" rustlayer
-  for ns in "${namespaces[@]}"; do
-    for m in /sys/fs/cgroup/"$ns" /sys/fs/cgroup/*/"$ns"; do
-      [[ -d $m ]] && find "$m" -depth -type d -exec rmdir {} + 2>/dev/null
-    done
-  done
-  for m in $(mounted_under_tmp | sort -r); do
-    umount "$m" 2>/dev/null || umount -l "$m"
-  done
+  local released=yes
+  release_leftovers "${namespaces[@]}" || released=''
   if [[ -n ${BENCH_KEEP-} ]]; then
     echo "$me: kept $tmp"
-  elif [[ -n $(mounted_under_tmp) ]]; then
+  elif [[ -z $released ]]; then
     echo "$me: mounts left under $tmp; not removing it" >&2
     rc=1
   else

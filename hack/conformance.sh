@@ -47,7 +47,7 @@ pkg=github.com/rustlayer/rustlayer/e2e/conformance
 testbin=$cache/conformance.test
 # GOPATH mode against Debian's /usr/share/gocode: offline, no go.mod, and the
 # exact containerd version the distribution ships.
-export GOPATH=$cache/gopath:/usr/share/gocode GO111MODULE=off GOFLAGS= \
+export GOPATH=$cache/gopath:/usr/share/gocode GO111MODULE=off GOFLAGS='' \
   CGO_ENABLED=0 GOCACHE=$cache/go-build
 
 # Rebuild when the harness, the Go toolchain or any Debian Go package changes.
@@ -117,6 +117,7 @@ if ((passed + failed + skipped == 0)); then
 fi
 if [[ -n $bad_skips ]]; then
   echo "conformance: only Rename may skip; these skipped too:" >&2
+  # shellcheck disable=SC2001 # per line: the anchor is at each line start
   sed 's/^ *--- SKIP: /  /' <<<"$bad_skips" >&2
   status=1
 fi

@@ -182,10 +182,8 @@ tail_logs() {
   echo "----"
 }
 
-mounted_under_tmp() { awk -v p="$tmp/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo; }
-
 cleanup() {
-  local rc=$? pid cmd m id
+  local rc=$? id
   trap - EXIT INT TERM ERR
   set +e
   if ((rc != 0)) && [[ -z $aborting ]]; then
@@ -202,22 +200,8 @@ cleanup() {
     timeout 20 ctr -a "$sock" -n "$ns" images rm --sync "$image" >/dev/null 2>&1
   fi
   stop_pid "$containerd_pid" containerd
-  # Shims outlive containerd; ours name our socket on their command line.
-  # shellcheck disable=SC2013 # pids, one word each
-  for pid in $(grep -lsF -- "$tmp/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
-    cmd=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || continue
-    [[ $cmd == *containerd-shim* ]] && kill -KILL "$pid" 2>/dev/null
-  done
   [[ -n $daemon_stopped ]] || stop_pid "$daemon_pid" rustlayer
-  # The namespace's cgroups (v1: one per hierarchy), once its containers are gone.
-  for m in /sys/fs/cgroup/"$ns" /sys/fs/cgroup/*/"$ns"; do
-    [[ -d $m ]] && find "$m" -depth -type d -exec rmdir {} + 2>/dev/null
-  done
-  # Container rootfs and test mounts, deepest first.
-  for m in $(mounted_under_tmp | sort -r); do
-    umount "$m" 2>/dev/null || umount -l "$m"
-  done
-  if [[ -n $(mounted_under_tmp) ]]; then
+  if ! release_leftovers "$ns"; then
     not_ok "cleanup: mounts left under $tmp; not removing it" "$(mounted_under_tmp)"
   else
     rm -rf "$tmp"

@@ -67,3 +67,31 @@ proxy_answers() {
   "$@" snapshots --snapshotter rustlayer prepare rustlayer-proxy-ready "" >/dev/null 2>&1 &&
     "$@" snapshots --snapshotter rustlayer rm rustlayer-proxy-ready >/dev/null 2>&1
 }
+
+# mounted_under_tmp: the mount points under $tmp (the script's scratch directory),
+# one a line.
+# shellcheck disable=SC2154 # $tmp is set by the script that sources this file
+mounted_under_tmp() { awk -v p="$tmp/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo; }
+
+# release_leftovers NS...: once the private containerd has stopped, what its
+# containers leave: shims (they outlive containerd; ours name $tmp on their command
+# line), the namespaces' cgroups (v1: one per hierarchy) and the mounts under $tmp,
+# deepest first. Fails while a mount stays, so $tmp is not removed under it.
+release_leftovers() {
+  local pid cmd m ns
+  # shellcheck disable=SC2013 # pids, one word each
+  for pid in $(grep -lsF -- "$tmp/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
+    [[ $pid == "$$" ]] && continue
+    cmd=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || continue
+    [[ $cmd == *containerd-shim* ]] && kill -KILL "$pid" 2>/dev/null
+  done
+  for ns in "$@"; do
+    for m in /sys/fs/cgroup/"$ns" /sys/fs/cgroup/*/"$ns"; do
+      [[ -d $m ]] && find "$m" -depth -type d -exec rmdir {} + 2>/dev/null
+    done
+  done
+  for m in $(mounted_under_tmp | sort -r); do
+    umount "$m" 2>/dev/null || umount -l "$m"
+  done
+  [[ -z $(mounted_under_tmp) ]]
+}

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use rustlayer_core::Check;
 use rustlayer_mount::{LinuxMounter, fs_stats};
 use serde::Serialize;
 
@@ -21,16 +22,18 @@ pub struct CheckResult {
     pub detail: String,
 }
 
-fn result(check: &str, outcome: Result<String, String>) -> CheckResult {
-    let (ok, detail) = match outcome {
-        Ok(detail) => (true, detail),
-        Err(detail) => (false, detail),
-    };
-    CheckResult {
-        check: check.to_owned(),
-        ok,
-        detail,
+impl From<Check> for CheckResult {
+    fn from(c: Check) -> Self {
+        CheckResult {
+            check: c.name.to_owned(),
+            ok: c.ok,
+            detail: c.detail,
+        }
     }
+}
+
+fn result(check: &'static str, outcome: Result<String, String>) -> CheckResult {
+    Check::new(check, outcome).into()
 }
 
 /// The root if it exists, else its nearest existing ancestor: the filesystem the
@@ -69,22 +72,12 @@ pub async fn check(config: &Config, output: Output) -> Result<bool> {
     let base = existing_base(&config.root);
     match config.backend {
         BackendKind::Overlay => {
-            for c in rustlayer_overlay::preflight(&base, &LinuxMounter).checks {
-                results.push(CheckResult {
-                    check: c.name.to_owned(),
-                    ok: c.ok,
-                    detail: c.detail,
-                });
-            }
+            let report = rustlayer_overlay::preflight(&base, &LinuxMounter);
+            results.extend(report.checks.into_iter().map(CheckResult::from));
         }
         BackendKind::Devmapper => {
-            for c in rustlayer_devmapper::preflight(&config.root, &config.devmapper) {
-                results.push(CheckResult {
-                    check: c.name.to_owned(),
-                    ok: c.ok,
-                    detail: c.detail,
-                });
-            }
+            let checks = rustlayer_devmapper::preflight(&config.root, &config.devmapper);
+            results.extend(checks.into_iter().map(CheckResult::from));
         }
     }
     results.push(result("root filesystem", filesystem(&base)));

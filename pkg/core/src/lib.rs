@@ -7,12 +7,14 @@
 //! Kubernetes, so that every layer above it can be tested without them.
 
 mod backend;
+mod check;
 mod error;
 pub mod filter;
 mod model;
 pub mod validate;
 
 pub use backend::{Backend, PoolStats, SnapshotRef, Staged};
+pub use check::Check;
 pub use error::{Code, Error, IoContext, Result};
 pub use filter::Filters;
 pub use model::{Info, Kind, Labels, Mount, SnapshotId, Usage};

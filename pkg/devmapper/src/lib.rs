@@ -15,7 +15,7 @@ mod size;
 pub use backend::{DevmapperBackend, DevmapperOptions, device_prefix};
 pub use config::{DEFAULT_TOML, DevmapperConfig, FsType};
 pub use error::{Error, Result};
-pub use preflight::{Check, preflight};
+pub use preflight::preflight;
 pub use size::ByteSize;
 
 /// Whether this kernel has device-mapper at all, for a clear start-up error. The

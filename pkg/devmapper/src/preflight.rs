@@ -3,25 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
+use rustlayer_core::Check;
+
 use crate::backend::device_prefix;
 use crate::config::{DevmapperConfig, FsType};
 use crate::dm::Dm;
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    pub name: &'static str,
-    pub ok: bool,
-    pub detail: String,
-}
-
 fn check(name: &'static str, outcome: Result<String>) -> Check {
-    let (ok, detail) = match outcome {
-        Ok(detail) => (true, detail),
-        Err(err) => (false, err.to_string()),
-    };
-    Check { name, ok, detail }
+    Check::new(name, outcome)
 }
 
 /// Device-mapper, the thin pool (its figures against `min_free_percent`, or, for the

@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use rustlayer_core::{Backend, Code, Kind, Labels, SnapshotId};
+use rustlayer_core::{Backend, Check, Code, Kind, Labels, SnapshotId};
 use rustlayer_devmapper::{
-    ByteSize, Check, DevmapperBackend, DevmapperConfig, DevmapperOptions, FsType, device_prefix,
-    preflight,
+    ByteSize, DevmapperBackend, DevmapperConfig, DevmapperOptions, FsType, device_prefix, preflight,
 };
 use rustlayer_metastore::{Store, StoreOptions};
 use rustlayer_mount::{LinuxMounter, Mounter, mount_all};

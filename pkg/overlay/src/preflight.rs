@@ -4,17 +4,10 @@
 use std::fs;
 use std::path::Path;
 
-use rustlayer_core::Mount;
+use rustlayer_core::{Check, Mount};
 use rustlayer_mount::{Mounter, supports_d_type};
 
 use crate::error::{Error, Result, io_err};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    pub name: &'static str,
-    pub ok: bool,
-    pub detail: String,
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct PreflightReport {
@@ -35,11 +28,7 @@ impl PreflightReport {
     }
 
     fn record(&mut self, name: &'static str, outcome: Result<String>) {
-        let (ok, detail) = match outcome {
-            Ok(detail) => (true, detail),
-            Err(err) => (false, err.to_string()),
-        };
-        self.checks.push(Check { name, ok, detail });
+        self.checks.push(Check::new(name, outcome));
     }
 }
 
