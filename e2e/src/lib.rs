@@ -7,7 +7,7 @@
 
 pub mod support;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -194,7 +194,7 @@ pub struct Client {
     pub raw: SnapshotsClient<Channel>,
 }
 
-pub type Labels = HashMap<String, String>;
+pub type Labels = BTreeMap<String, String>;
 
 impl Client {
     pub async fn connect(socket: &Path) -> Client {

@@ -2,7 +2,7 @@
 //! knobs, and the storage-agrees-with-metadata check every crash and fault test ends
 //! with.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -50,7 +50,7 @@ pub fn code_of<T>(r: &Result<T, tonic::Status>) -> Code {
     r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok)
 }
 
-pub fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

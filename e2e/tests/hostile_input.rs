@@ -2,7 +2,7 @@
 //! changes nothing (metadata or storage), writes nothing outside the root, and the
 //! daemon keeps serving. A property-style loop throws random strings at random RPCs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -796,7 +796,7 @@ fn random_string(rng: &mut Rng) -> String {
 }
 
 fn random_labels(rng: &mut Rng) -> Labels {
-    let mut labels = HashMap::new();
+    let mut labels = BTreeMap::new();
     match rng.below(8) {
         0 => {
             labels.insert(random_string(rng), "v".repeat(4090 + rng.below(10)));

@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Labels are ordered maps throughout rustlayer: the same type on the wire
+        // and inside, so a List of thousands moves them instead of rehashing each.
+        .btree_map(".")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! One snapshotter to measure: a name in containerd's snapshots service (reached
 //! through containerd's socket, in a namespace), or rustlayer's own socket.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -193,8 +193,8 @@ impl Target {
     }
 }
 
-fn root_label() -> HashMap<String, String> {
-    HashMap::from([(GC_ROOT.to_owned(), "rustlayer-bench".to_owned())])
+fn root_label() -> BTreeMap<String, String> {
+    BTreeMap::from([(GC_ROOT.to_owned(), "rustlayer-bench".to_owned())])
 }
 
 fn mounts(list: Vec<rustlayer_api::types::Mount>) -> Vec<Mount> {

@@ -1,4 +1,4 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{OptionalExtension, Row, Transaction, params};
@@ -136,19 +136,19 @@ impl<'c> Tx<'c> {
     /// Every snapshot's info, in id order, handed to `visit` one by one so a large
     /// listing is never held twice in memory.
     pub fn for_each_info(&self, mut visit: impl FnMut(Info)) -> Result<()> {
-        let mut labels: HashMap<i64, Labels> = HashMap::new();
-        {
-            let mut stmt = self
-                .txn
-                .prepare_cached("SELECT snapshot_id, name, value FROM labels")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                labels
-                    .entry(row.get(0)?)
-                    .or_default()
-                    .insert(row.get(1)?, row.get(2)?);
+        // Both in id order (the labels' primary key starts with the id), merged as
+        // they stream: no map of every label, whatever the number of snapshots.
+        let mut label_stmt = self.txn.prepare_cached(
+            "SELECT snapshot_id, name, value FROM labels ORDER BY snapshot_id, name",
+        )?;
+        let mut label_rows = label_stmt.query([])?;
+        let mut next_label = || -> Result<Option<(i64, String, String)>> {
+            match label_rows.next()? {
+                Some(row) => Ok(Some((row.get(0)?, row.get(1)?, row.get(2)?))),
+                None => Ok(None),
             }
-        }
+        };
+        let mut pending = next_label()?;
         let mut stmt = self.txn.prepare_cached(
             "SELECT s.id, s.key, p.key, s.kind, s.created_ns, s.updated_ns
                FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id
@@ -157,13 +157,26 @@ impl<'c> Tx<'c> {
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let id: i64 = row.get(0)?;
+            let mut labels = Labels::new();
+            while let Some((owner, name, value)) = pending.take() {
+                if owner > id {
+                    pending = Some((owner, name, value));
+                    break;
+                }
+                // A label row always has its snapshot (a foreign key); one of a
+                // smaller id cannot be left over, but is skipped rather than misfiled.
+                if owner == id {
+                    labels.insert(name, value);
+                }
+                pending = next_label()?;
+            }
             visit(Info {
                 name: row.get(1)?,
                 parent: row.get(2)?,
                 kind: kind_from_sql(&row.get::<_, String>(3)?)?,
                 created: time_from_sql(row.get(4)?),
                 updated: time_from_sql(row.get(5)?),
-                labels: labels.remove(&id).unwrap_or_default(),
+                labels,
             });
         }
         Ok(())

@@ -1,15 +1,10 @@
 //! Between the wire types and the model. Kept apart so the service reads as policy.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustlayer_api::snapshots as pb;
 use rustlayer_api::types as pbtypes;
-use rustlayer_core::{Info, Kind, Labels, Mount, Usage};
-
-pub fn labels(map: HashMap<String, String>) -> Labels {
-    map.into_iter().collect()
-}
+use rustlayer_core::{Info, Kind, Mount, Usage};
 
 pub fn mounts(mounts: Vec<Mount>) -> Vec<pbtypes::Mount> {
     mounts
@@ -38,7 +33,7 @@ pub fn info(info: Info) -> pb::Info {
         kind: kind(info.kind) as i32,
         created_at: Some(timestamp(info.created)),
         updated_at: Some(timestamp(info.updated)),
-        labels: info.labels.into_iter().collect(),
+        labels: info.labels,
     }
 }
 

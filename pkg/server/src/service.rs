@@ -129,7 +129,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = request.into_inner();
         let key = r.key.clone();
-        let labels = convert::labels(r.labels);
+        let labels = r.labels;
         let mounts = self
             .call("Prepare", &key, move |s| {
                 s.prepare(&r.key, &r.parent, &labels)
@@ -146,7 +146,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
         let r = request.into_inner();
         let key = r.key.clone();
-        let labels = convert::labels(r.labels);
+        let labels = r.labels;
         let mounts = self
             .call("View", &key, move |s| s.view(&r.key, &r.parent, &labels))
             .await?;
@@ -173,7 +173,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
         let key = r.key.clone();
-        let labels = convert::labels(r.labels);
+        let labels = r.labels;
         self.call("Commit", &key, move |s| s.commit(&r.name, &r.key, &labels))
             .await?;
         Ok(Response::new(()))
@@ -214,7 +214,7 @@ impl Snapshots for SnapshotService {
         };
         let update = InfoUpdate {
             name: info.name,
-            labels: convert::labels(info.labels),
+            labels: info.labels,
             paths: r.update_mask.map(|m| m.paths).unwrap_or_default(),
         };
         let key = update.name.clone();
