@@ -11,10 +11,6 @@ use crate::dm::Dm;
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 
-fn check(name: &'static str, outcome: Result<String>) -> Check {
-    Check::new(name, outcome)
-}
-
 /// Device-mapper, the thin pool (its figures against `min_free_percent`, or, for the
 /// self-managed pool, what start will make), and mkfs while the base device is not
 /// made yet.
@@ -25,15 +21,16 @@ pub fn preflight(root: &Path, config: &DevmapperConfig) -> Vec<Check> {
         .and_then(|()| Dm::open());
     match dm {
         Ok(dm) => {
-            checks.push(check(
-                "device-mapper",
-                Ok("the kernel's device-mapper answers".into()),
-            ));
-            checks.push(check("thin pool", thin_pool(&dm, root, config)));
+            checks.push(Check {
+                name: "device-mapper",
+                ok: true,
+                detail: "the kernel's device-mapper answers".into(),
+            });
+            checks.push(Check::new("thin pool", thin_pool(&dm, root, config)));
         }
         Err(err) => {
-            checks.push(check("device-mapper", Err(err)));
-            checks.push(check(
+            checks.push(Check::new("device-mapper", Err(err)));
+            checks.push(Check::new(
                 "thin pool",
                 Err(Error::Config(
                     "cannot be inspected without device-mapper".into(),
@@ -41,7 +38,7 @@ pub fn preflight(root: &Path, config: &DevmapperConfig) -> Vec<Check> {
             ));
         }
     }
-    checks.push(check("mkfs", mkfs(root, config.fs_type)));
+    checks.push(Check::new("mkfs", mkfs(root, config.fs_type)));
     checks
 }
 

@@ -158,14 +158,14 @@ impl<'c> Tx<'c> {
         while let Some(row) = rows.next()? {
             let id: i64 = row.get(0)?;
             let mut labels = Labels::new();
-            while let Some((owner, name, value)) = pending.take() {
-                if owner > id {
-                    pending = Some((owner, name, value));
-                    break;
-                }
+            while let Some((owner, _, _)) = &pending
+                && *owner <= id
+            {
                 // A label row always has its snapshot (a foreign key); one of a
                 // smaller id cannot be left over, but is skipped rather than misfiled.
-                if owner == id {
+                if let Some((owner, name, value)) = pending.take()
+                    && owner == id
+                {
                     labels.insert(name, value);
                 }
                 pending = next_label()?;
