@@ -25,6 +25,7 @@ import (
 	"github.com/containerd/containerd/snapshots/proxy"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 )
 
 const (
@@ -112,6 +113,19 @@ func startDaemon(cfg daemonConfig, root string) (*daemon, error) {
 		return d, fmt.Errorf("%w\n%s", err, d.logText())
 	}
 	return d, nil
+}
+
+// waitConnected waits up to readyTimeout for the channel's HTTP/2 handshake with
+// the daemon to complete.
+func waitConnected(ctx context.Context, conn *grpc.ClientConn) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	for state := conn.GetState(); state != connectivity.Ready; state = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, state) {
+			return fmt.Errorf("not connected after %v (last state %v)", readyTimeout, state)
+		}
+	}
+	return nil
 }
 
 // waitReady polls until the socket accepts a connection, the daemon exits,
@@ -237,6 +251,16 @@ func newSnapshotter(ctx context.Context, cfg daemonConfig, root string) (snapsho
 		d.kill()
 		_ = d.keepLog(cfg.logDir, logName)
 		return nil, nil, fmt.Errorf("dial %s: %w\n%s", d.socket, err, d.logText())
+	}
+	// containerd's dial gives a handshake attempt as little as a second, and calls
+	// fail fast while the channel is down; under emulation a busy daemon can miss
+	// the first attempts. Wait, as containerd's own retries would, until the channel
+	// is up before the suite's first call.
+	if err := waitConnected(ctx, conn); err != nil {
+		conn.Close()
+		d.kill()
+		_ = d.keepLog(cfg.logDir, logName)
+		return nil, nil, fmt.Errorf("gRPC to %s: %w\n%s", d.socket, err, d.logText())
 	}
 	sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "rustlayer")
 
