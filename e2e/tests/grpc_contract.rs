@@ -43,6 +43,21 @@ async fn lifecycle_over_grpc() {
 
     let usage = c.usage("ns/2/sha256:aa").await.unwrap();
     assert_eq!(usage.inodes, 1);
+    // Committed layers and views answer from the metadata; an active layer is
+    // measured, so what a container wrote shows.
+    let upper = mounts[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .expect("an overlay on a parent has an upper directory");
+    std::fs::write(format!("{upper}/written"), vec![7u8; 64 * 1024]).unwrap();
+    let usage = c.usage("ns/3/ctr").await.unwrap();
+    assert_eq!(usage.inodes, 2);
+    assert!(usage.size >= 64 * 1024, "{usage:?}");
+    assert_eq!(
+        c.usage("ns/4/view").await.unwrap(),
+        pb::UsageResponse::default()
+    );
     assert_eq!(
         c.names(&[]).await,
         ["ns/2/sha256:aa", "ns/3/ctr", "ns/4/view"]
@@ -82,6 +97,9 @@ async fn refusals_carry_containerds_codes() {
     assert_eq!(code(c.remove("nope").await), Code::NotFound);
     assert_eq!(code(c.stat("nope").await), Code::NotFound);
     assert_eq!(code(c.usage("nope").await), Code::NotFound);
+    assert_eq!(code(c.usage("").await), Code::InvalidArgument);
+    assert_eq!(code(c.stat("").await), Code::InvalidArgument);
+    assert_eq!(code(c.mounts("").await), Code::InvalidArgument);
     assert_eq!(code(c.prepare("", "").await), Code::InvalidArgument);
     assert_eq!(code(c.prepare("nul\0key", "").await), Code::InvalidArgument);
     let huge = labels(&[("k", &"v".repeat(4096))]);

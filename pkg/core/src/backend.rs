@@ -39,7 +39,8 @@ pub struct SnapshotRef<'a> {
 ///    id stays reserved until Cleanup confirms the storage is gone);
 /// 4. [`cleanup`](Backend::cleanup) deletes anything the metadata does not know.
 ///
-/// Methods block (filesystem and ioctl work); callers run them off the async runtime.
+/// Methods block (filesystem and ioctl work); callers run them off the async runtime,
+/// except what a backend declares cheap ([`mounts_are_derived`](Backend::mounts_are_derived)).
 pub trait Backend: Send + Sync + 'static {
     /// Short name for logs, metrics and `rustlayer check`.
     fn name(&self) -> &'static str;
@@ -65,6 +66,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The mounts that materialise the snapshot's filesystem.
     fn mounts(&self, snapshot: SnapshotRef<'_>) -> Result<Vec<Mount>>;
+
+    /// True when [`mounts`](Self::mounts) only derives paths from ids and touches no
+    /// storage, so it may run on the async runtime instead of a blocking thread.
+    fn mounts_are_derived(&self) -> bool {
+        false
+    }
 
     /// Called just before an active snapshot becomes committed; returns the layer's
     /// usage, which the snapshotter caches with the committed record.

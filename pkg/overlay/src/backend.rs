@@ -326,6 +326,11 @@ impl Backend for OverlayBackend {
         Ok(self.overlay_mounts(snapshot))
     }
 
+    /// Paths under the root named by ids and `l/` links; nothing is looked at.
+    fn mounts_are_derived(&self) -> bool {
+        true
+    }
+
     /// A committed layer is a parent others are built on: its directories (not
     /// synced at Prepare) are made durable here, before the metadata says committed.
     fn seal(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {

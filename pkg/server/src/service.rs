@@ -1,3 +1,5 @@
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,35 +42,83 @@ impl SnapshotService {
         }
     }
 
-    /// Runs one blocking snapshotter call off the async runtime, inside a span
-    /// naming the method and key, and reports its outcome to the observer.
-    async fn call<T, F>(&self, method: &'static str, key: &str, f: F) -> Result<T, Status>
+    /// Runs one snapshotter call where `runs` says, inside a span naming the method
+    /// and key, and reports its outcome to the observer.
+    async fn call<T, F>(
+        &self,
+        method: &'static str,
+        key: &str,
+        runs: Runs,
+        f: F,
+    ) -> Result<T, Status>
     where
         T: Send + 'static,
         F: FnOnce(&Snapshotter) -> rustlayer_core::Result<T> + Send + 'static,
     {
+        self.observed(method, key, self.run(runs, f)).await
+    }
+
+    /// One request's work, however many calls it takes, as one span and one outcome.
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        key: &str,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
         let started = Instant::now();
-        let snapshotter = Arc::clone(&self.snapshotter);
         let span = info_span!("rpc", method, key = %truncate(key, MAX_LOGGED_KEY_BYTES));
-        let result = async {
-            let outcome = tokio::task::spawn_blocking(move || f(&snapshotter)).await;
-            match outcome {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(err)) => Err(log_and_convert(&err)),
-                Err(join) => {
-                    error!(%join, "request handler panicked");
-                    Err(Status::internal("request handler panicked"))
-                }
-            }
-        }
-        .instrument(span)
-        .await;
+        let result = work.instrument(span).await;
         let code = result
             .as_ref()
             .map_or_else(Status::code, |_| tonic::Code::Ok);
         self.observer.observe(method, code, started.elapsed());
         result
     }
+
+    async fn run<T, F>(&self, runs: Runs, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Snapshotter) -> rustlayer_core::Result<T> + Send + 'static,
+    {
+        let snapshotter = Arc::clone(&self.snapshotter);
+        let outcome = match runs {
+            Runs::OnBlockingPool => tokio::task::spawn_blocking(move || f(&snapshotter))
+                .await
+                .map_err(|join| join.to_string()),
+            Runs::Inline => std::panic::catch_unwind(AssertUnwindSafe(|| f(&snapshotter)))
+                .map_err(|_| "panic".to_owned()),
+        };
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(log_and_convert(&err)),
+            Err(panic) => {
+                error!(%panic, "request handler panicked");
+                Err(Status::internal("request handler panicked"))
+            }
+        }
+    }
+
+    fn mounts_run(&self) -> Runs {
+        if self.snapshotter.mounts_are_derived() {
+            Runs::Inline
+        } else {
+            Runs::OnBlockingPool
+        }
+    }
+}
+
+/// Where a request's snapshotter work runs.
+#[derive(Clone, Copy)]
+enum Runs {
+    /// Off the async runtime: anything that writes, syncs, walks a layer or asks the
+    /// backend, any of which can take milliseconds.
+    OnBlockingPool,
+    /// On the runtime's own thread: a point read of the metadata (an idle reader
+    /// connection, never a lock held across I/O) takes microseconds, less than
+    /// handing it to another thread and waking this one again. containerd calls
+    /// Stat once per snapshot to answer its List, and Mounts and Usage at every
+    /// container start, so that hand-off adds up on a busy node.
+    Inline,
 }
 
 /// The gRPC status for a snapshotter error; containerd's client turns these back
@@ -131,7 +181,7 @@ impl Snapshots for SnapshotService {
         let key = r.key.clone();
         let labels = r.labels;
         let mounts = self
-            .call("Prepare", &key, move |s| {
+            .call("Prepare", &key, Runs::OnBlockingPool, move |s| {
                 s.prepare(&r.key, &r.parent, &labels)
             })
             .await?;
@@ -148,7 +198,9 @@ impl Snapshots for SnapshotService {
         let key = r.key.clone();
         let labels = r.labels;
         let mounts = self
-            .call("View", &key, move |s| s.view(&r.key, &r.parent, &labels))
+            .call("View", &key, Runs::OnBlockingPool, move |s| {
+                s.view(&r.key, &r.parent, &labels)
+            })
             .await?;
         Ok(Response::new(pb::ViewSnapshotResponse {
             mounts: convert::mounts(mounts),
@@ -161,7 +213,9 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let r = request.into_inner();
         let key = r.key.clone();
-        let mounts = self.call("Mounts", &key, move |s| s.mounts(&r.key)).await?;
+        let mounts = self
+            .call("Mounts", &key, self.mounts_run(), move |s| s.mounts(&r.key))
+            .await?;
         Ok(Response::new(pb::MountsResponse {
             mounts: convert::mounts(mounts),
         }))
@@ -174,8 +228,10 @@ impl Snapshots for SnapshotService {
         let r = request.into_inner();
         let key = r.key.clone();
         let labels = r.labels;
-        self.call("Commit", &key, move |s| s.commit(&r.name, &r.key, &labels))
-            .await?;
+        self.call("Commit", &key, Runs::OnBlockingPool, move |s| {
+            s.commit(&r.name, &r.key, &labels)
+        })
+        .await?;
         Ok(Response::new(()))
     }
 
@@ -185,7 +241,10 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
         let key = r.key.clone();
-        self.call("Remove", &key, move |s| s.remove(&r.key)).await?;
+        self.call("Remove", &key, Runs::OnBlockingPool, move |s| {
+            s.remove(&r.key)
+        })
+        .await?;
         Ok(Response::new(()))
     }
 
@@ -195,7 +254,9 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let r = request.into_inner();
         let key = r.key.clone();
-        let info = self.call("Stat", &key, move |s| s.stat(&r.key)).await?;
+        let info = self
+            .call("Stat", &key, Runs::Inline, move |s| s.stat(&r.key))
+            .await?;
         Ok(Response::new(pb::StatSnapshotResponse {
             info: Some(convert::info(info)),
         }))
@@ -219,7 +280,9 @@ impl Snapshots for SnapshotService {
         };
         let key = update.name.clone();
         let info = self
-            .call("Update", &key, move |s| s.update(&update))
+            .call("Update", &key, Runs::OnBlockingPool, move |s| {
+                s.update(&update)
+            })
             .await?;
         Ok(Response::new(pb::UpdateSnapshotResponse {
             info: Some(convert::info(info)),
@@ -234,7 +297,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<Self::ListStream>, Status> {
         let r = request.into_inner();
         let infos = self
-            .call("List", "", move |s| {
+            .call("List", "", Runs::OnBlockingPool, move |s| {
                 let filters = Filters::parse(&r.filters)?;
                 let mut infos = Vec::new();
                 s.list(&filters, |info| infos.push(convert::info(info)))?;
@@ -259,13 +322,31 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::UsageResponse>, Status> {
         let r = request.into_inner();
         let key = r.key.clone();
-        let usage = self.call("Usage", &key, move |s| s.usage(&r.key)).await?;
+        let usage = self
+            .observed("Usage", &key, async {
+                let recorded = self
+                    .run(Runs::Inline, {
+                        let key = r.key.clone();
+                        move |s| s.recorded_usage(&key)
+                    })
+                    .await?;
+                match recorded {
+                    Some(usage) => Ok(usage),
+                    None => {
+                        self.run(Runs::OnBlockingPool, move |s| s.usage(&r.key))
+                            .await
+                    }
+                }
+            })
+            .await?;
         Ok(Response::new(convert::usage(usage)))
     }
 
     async fn cleanup(&self, _request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
-        self.call("Cleanup", "", |s| s.cleanup().map(|_| ()))
-            .await?;
+        self.call("Cleanup", "", Runs::OnBlockingPool, |s| {
+            s.cleanup().map(|_| ())
+        })
+        .await?;
         Ok(Response::new(()))
     }
 }

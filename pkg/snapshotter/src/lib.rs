@@ -99,6 +99,11 @@ impl Snapshotter {
         self.store.path().to_owned()
     }
 
+    /// Whether Mounts touches storage; see [`Backend::mounts_are_derived`].
+    pub fn mounts_are_derived(&self) -> bool {
+        self.backend.mounts_are_derived()
+    }
+
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
@@ -335,13 +340,20 @@ impl Snapshotter {
 
     /// Committed layers answer from the usage cached at Commit, in constant time;
     /// active ones are measured now, since they are still being written.
+    /// Usage when the metadata alone answers it; `None` for an active snapshot, whose
+    /// layer must be measured with [`usage`](Self::usage).
+    pub fn recorded_usage(&self, key: &str) -> Result<Option<Usage>> {
+        validate::key("key", key)?;
+        let record = self.store.read(|tx| get(tx, key))?;
+        Ok(recorded_usage(&record))
+    }
+
     pub fn usage(&self, key: &str) -> Result<Usage> {
         validate::key("key", key)?;
         let record = self.store.read(|tx| get(tx, key))?;
-        match record.kind {
-            Kind::Committed => Ok(record.usage.unwrap_or_default()),
-            Kind::View => Ok(Usage::default()),
-            Kind::Active => self
+        match recorded_usage(&record) {
+            Some(usage) => Ok(usage),
+            None => self
                 .backend
                 .usage(SnapshotRef {
                     id: record.id,
@@ -434,6 +446,16 @@ fn take_free(pool: &mut IdPool) -> Option<SnapshotId> {
 
 fn lock(pool: &Mutex<IdPool>) -> MutexGuard<'_, IdPool> {
     pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A committed layer's usage is cached when it is sealed; a view owns nothing. Only
+/// an active snapshot's layer must be measured.
+fn recorded_usage(record: &Record) -> Option<Usage> {
+    match record.kind {
+        Kind::Committed => Some(record.usage.unwrap_or_default()),
+        Kind::View => Some(Usage::default()),
+        Kind::Active => None,
+    }
 }
 
 fn get(tx: &Tx<'_>, key: &str) -> Result<Record> {
