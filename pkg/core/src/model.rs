@@ -16,6 +16,9 @@ impl SnapshotId {
     /// bits wide; id 0 is left to a backend's own use (the devmapper base device).
     pub const MAX: SnapshotId = SnapshotId((1 << 24) - 1);
 
+    /// The smallest id the store hands out.
+    pub const MIN: SnapshotId = SnapshotId(1);
+
     pub const fn new(raw: u64) -> Self {
         SnapshotId(raw)
     }

@@ -381,7 +381,7 @@ fn a_device_left_by_a_crash_before_its_metadata_is_deleted_at_start() {
         )
         .unwrap();
         let id = store
-            .write(|tx| tx.reserve_ids(1, SnapshotId::MAX))
+            .write(|tx| tx.reserve_ids(1, SnapshotId::MIN, SnapshotId::MAX))
             .unwrap()[0];
         backend.stage(id, Kind::Active, &[], &none()).unwrap();
         assert!(active_devices(&prefix).contains(&format!("{prefix}-{}", id.get())));

@@ -259,16 +259,50 @@ impl<'c> Tx<'c> {
         Ok(id)
     }
 
-    /// Sets aside the `count` lowest ids that neither name a snapshot nor are
-    /// reserved already, for Prepares to create storage under before their row
-    /// exists. Fails with `IdsExhausted` when fewer than `count` remain below `max`.
-    pub fn reserve_ids(&self, count: usize, max: SnapshotId) -> Result<Vec<SnapshotId>> {
+    /// Sets aside the `count` lowest ids from `from` on that neither name a snapshot
+    /// nor are reserved already, for Prepares to create storage under before their
+    /// row exists. `from` spares scanning every id in use when the caller knows the
+    /// ids below it are taken; it is only a hint, so when too few remain above it the
+    /// search starts again at [`SnapshotId::MIN`]. Fails with `IdsExhausted` when
+    /// fewer than `count` remain below `max`.
+    pub fn reserve_ids(
+        &self,
+        count: usize,
+        from: SnapshotId,
+        max: SnapshotId,
+    ) -> Result<Vec<SnapshotId>> {
+        let mut free = self.unused_ids(count, from.max(SnapshotId::MIN), max)?;
+        if free.len() < count && from > SnapshotId::MIN {
+            free = self.unused_ids(count, SnapshotId::MIN, max)?;
+        }
+        if free.len() < count {
+            return Err(Error::IdsExhausted { max: max.get() });
+        }
+        let mut insert = self
+            .txn
+            .prepare_cached("INSERT INTO reserved_ids (id, reason) VALUES (?1, 'staging')")?;
+        for id in &free {
+            insert.execute([sql_id(*id)])?;
+        }
+        Ok(free)
+    }
+
+    /// Up to `count` ids in `from..=max`, lowest first, that neither name a snapshot
+    /// nor are reserved. Both tables are keyed by id, so this reads only the ids in
+    /// use from `from` on.
+    fn unused_ids(
+        &self,
+        count: usize,
+        from: SnapshotId,
+        max: SnapshotId,
+    ) -> Result<Vec<SnapshotId>> {
         let mut taken = self.txn.prepare_cached(
-            "SELECT id FROM snapshots UNION SELECT id FROM reserved_ids ORDER BY 1",
+            "SELECT id FROM snapshots WHERE id >= ?1 \
+             UNION SELECT id FROM reserved_ids WHERE id >= ?1 ORDER BY 1",
         )?;
-        let mut rows = taken.query([])?;
+        let mut rows = taken.query([sql_id(from)])?;
         let mut free = Vec::with_capacity(count);
-        let mut candidate: u64 = 1;
+        let mut candidate = from.get();
         'scan: while free.len() < count {
             let next_taken = match rows.next()? {
                 Some(row) => id_from_sql(row.get(0)?)?.get(),
@@ -288,15 +322,6 @@ impl<'c> Tx<'c> {
             if next_taken == u64::MAX {
                 break;
             }
-        }
-        if free.len() < count {
-            return Err(Error::IdsExhausted { max: max.get() });
-        }
-        let mut insert = self
-            .txn
-            .prepare_cached("INSERT INTO reserved_ids (id, reason) VALUES (?1, 'staging')")?;
-        for id in &free {
-            insert.execute([sql_id(*id)])?;
         }
         Ok(free)
     }

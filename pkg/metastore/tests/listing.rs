@@ -19,7 +19,7 @@ fn every_snapshot_lists_with_exactly_its_own_labels() {
     )
     .unwrap();
     let ids = store
-        .write(|tx| tx.reserve_ids(60, SnapshotId::MAX))
+        .write(|tx| tx.reserve_ids(60, SnapshotId::MIN, SnapshotId::MAX))
         .unwrap();
     // Labels on some ids only, in runs and alone, with several labels each; the
     // names sort differently from the order they are given in.

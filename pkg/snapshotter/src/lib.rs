@@ -40,11 +40,25 @@ pub struct Snapshotter {
 /// Ids this process has reserved in the store: not yet handed out, or handed to a
 /// Prepare that has not finished. Cleanup must leave both alone. Locked only inside
 /// the store's write lock or on its own, never the other way round.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct IdPool {
     /// Highest first, so `pop` hands out the lowest.
     free: Vec<SnapshotId>,
     in_flight: HashSet<SnapshotId>,
+    /// Where the next reservation starts looking: every id below it was in use or
+    /// reserved when last seen, and only Cleanup frees ids (it lowers this). Without
+    /// it each batch would read every id in use, under the write lock.
+    search_from: SnapshotId,
+}
+
+impl Default for IdPool {
+    fn default() -> Self {
+        IdPool {
+            free: Vec::new(),
+            in_flight: HashSet::new(),
+            search_from: SnapshotId::MIN,
+        }
+    }
 }
 
 impl std::fmt::Debug for Snapshotter {
@@ -203,16 +217,30 @@ impl Snapshotter {
         if let Some(id) = take_free(&mut lock(&self.ids)) {
             return Ok(id);
         }
-        self.store.write(|tx| {
-            let mut pool = lock(&self.ids);
-            // Another Prepare may have refilled the pool while we waited for the lock.
-            if pool.free.is_empty() {
-                let mut fresh = tx.reserve_ids(ID_BATCH, SnapshotId::MAX)?;
-                fresh.reverse();
-                pool.free = fresh;
+        loop {
+            let taken = self.store.write(|tx| {
+                let mut pool = lock(&self.ids);
+                // Another Prepare may have refilled the pool while we waited for the lock.
+                if pool.free.is_empty() {
+                    let fresh = tx.reserve_ids(ID_BATCH, pool.search_from, SnapshotId::MAX)?;
+                    if let Some(last) = fresh.last() {
+                        pool.search_from = SnapshotId::new(last.get() + 1);
+                    }
+                    // An id in flight is missing from the store only if the commit of
+                    // its own reservation failed; it must never be handed out twice.
+                    let fresh: Vec<SnapshotId> = fresh
+                        .into_iter()
+                        .rev()
+                        .filter(|id| !pool.in_flight.contains(id))
+                        .collect();
+                    pool.free = fresh;
+                }
+                Ok::<_, Error>(take_free(&mut pool))
+            })?;
+            if let Some(id) = taken {
+                return Ok(id);
             }
-            Ok(take_free(&mut pool).expect("pool just refilled"))
-        })
+        }
     }
 
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
@@ -414,8 +442,15 @@ impl Snapshotter {
         if !emptied.is_empty() {
             // Only bookkeeping is left: the ids stay reserved (never reused) until a
             // later Cleanup records them, which a full disk may delay.
-            if let Err(err) = self.store.write(|tx| tx.release_ids(&emptied)) {
-                warn!(%err, ids = emptied.len(), "emptied ids stay reserved until the next Cleanup");
+            match self.store.write(|tx| tx.release_ids(&emptied)) {
+                Ok(()) => {
+                    let lowest = emptied.iter().min().copied();
+                    let mut pool = lock(&self.ids);
+                    pool.search_from = pool.search_from.min(lowest.unwrap_or(SnapshotId::MAX));
+                }
+                Err(err) => {
+                    warn!(%err, ids = emptied.len(), "emptied ids stay reserved until the next Cleanup")
+                }
             }
         }
         Ok(removed)

@@ -580,6 +580,35 @@ fn a_removed_snapshots_id_is_reused_only_after_cleanup_confirms_it_empty() {
     assert_eq!(f.s.stat("keep").unwrap().name, "keep");
 }
 
+/// Reservations search on from the last id handed out instead of reading every id in
+/// use; an id Cleanup frees must still be found by the next search.
+#[test]
+fn an_id_cleanup_frees_is_handed_out_again_without_a_restart() {
+    let f = fixture();
+    // More than one reservation batch, so the next Prepare reserves afresh.
+    let names: Vec<String> = (0..40).map(|n| format!("s{n}")).collect();
+    for name in &names {
+        f.s.prepare(name, "", &none()).unwrap();
+    }
+    let ids: Vec<u64> = names.iter().map(|name| id_of(&f, name)).collect();
+    assert_eq!(ids, (1..=40).collect::<Vec<_>>(), "lowest free ids first");
+    f.s.remove("s3").unwrap();
+    f.s.cleanup().unwrap();
+    let mut reused = None;
+    for n in 0..20 {
+        let name = format!("new{n}");
+        f.s.prepare(&name, "", &none()).unwrap();
+        if id_of(&f, &name) == 4 {
+            reused = Some(name);
+            break;
+        }
+    }
+    assert!(
+        reused.is_some(),
+        "id 4, freed by Cleanup, was never handed out again"
+    );
+}
+
 /// Storage work runs outside the write lock, so a Remove can take the snapshot it
 /// works on away, and another request can make a new snapshot under the same name
 /// before the failure is noticed. The answer must still be containerd's NotFound.
