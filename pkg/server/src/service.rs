@@ -320,21 +320,19 @@ impl Snapshots for SnapshotService {
         &self,
         request: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
-        let r = request.into_inner();
-        let key = r.key.clone();
+        let key = request.into_inner().key;
         let usage = self
             .observed("Usage", &key, async {
-                let recorded = self
-                    .run(Runs::Inline, {
-                        let key = r.key.clone();
-                        move |s| s.recorded_usage(&key)
-                    })
-                    .await?;
-                match recorded {
+                let probe = key.clone();
+                match self
+                    .run(Runs::Inline, move |s| s.recorded_usage(&probe))
+                    .await?
+                {
                     Some(usage) => Ok(usage),
+                    // An active layer is measured: a walk, kept off the runtime.
                     None => {
-                        self.run(Runs::OnBlockingPool, move |s| s.usage(&r.key))
-                            .await
+                        let key = key.clone();
+                        self.run(Runs::OnBlockingPool, move |s| s.usage(&key)).await
                     }
                 }
             })
