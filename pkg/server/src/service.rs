@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rustlayer_api::snapshots::{self as pb, snapshots_server::Snapshots};
 use rustlayer_core::{Code, Error, Filters};
-use rustlayer_snapshotter::{InfoUpdate, Snapshotter};
+use rustlayer_snapshotter::{InfoUpdate, Snapshotter, UsageSource};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, error, info_span};
@@ -99,7 +99,7 @@ impl SnapshotService {
     }
 
     fn mounts_run(&self) -> Runs {
-        if self.snapshotter.mounts_are_derived() {
+        if self.snapshotter.backend().mounts_are_derived() {
             Runs::Inline
         } else {
             Runs::OnBlockingPool
@@ -325,14 +325,15 @@ impl Snapshots for SnapshotService {
             .observed("Usage", &key, async {
                 let probe = key.clone();
                 match self
-                    .run(Runs::Inline, move |s| s.recorded_usage(&probe))
+                    .run(Runs::Inline, move |s| s.usage_source(&probe))
                     .await?
                 {
-                    Some(usage) => Ok(usage),
+                    UsageSource::Recorded(usage) => Ok(usage),
                     // An active layer is measured: a walk, kept off the runtime.
-                    None => {
+                    UsageSource::Active(id) => {
                         let key = key.clone();
-                        self.run(Runs::OnBlockingPool, move |s| s.usage(&key)).await
+                        self.run(Runs::OnBlockingPool, move |s| s.measure_usage(&key, id))
+                            .await
                     }
                 }
             })

@@ -61,6 +61,17 @@ impl Default for IdPool {
     }
 }
 
+/// Where a snapshot's usage comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// Held by the metadata: a committed layer's, cached when it was sealed, or a
+    /// view's, which owns nothing.
+    Recorded(Usage),
+    /// An active snapshot's layer, still being written: measure it with
+    /// [`Snapshotter::measure_usage`].
+    Active(SnapshotId),
+}
+
 impl std::fmt::Debug for Snapshotter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshotter")
@@ -111,11 +122,6 @@ impl Snapshotter {
 
     pub fn metadata_path(&self) -> PathBuf {
         self.store.path().to_owned()
-    }
-
-    /// Whether Mounts touches storage; see [`Backend::mounts_are_derived`].
-    pub fn mounts_are_derived(&self) -> bool {
-        self.backend.mounts_are_derived()
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -368,28 +374,34 @@ impl Snapshotter {
 
     /// Committed layers answer from the usage cached at Commit, in constant time;
     /// active ones are measured now, since they are still being written.
-    /// Usage when the metadata alone answers it; `None` for an active snapshot, whose
-    /// layer must be measured with [`usage`](Self::usage).
-    pub fn recorded_usage(&self, key: &str) -> Result<Option<Usage>> {
-        validate::key("key", key)?;
-        let record = self.store.read(|tx| get(tx, key))?;
-        Ok(recorded_usage(&record))
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        match self.usage_source(key)? {
+            UsageSource::Recorded(usage) => Ok(usage),
+            UsageSource::Active(id) => self.measure_usage(key, id),
+        }
     }
 
-    pub fn usage(&self, key: &str) -> Result<Usage> {
+    /// Where the usage of `key` comes from, found with one read of the metadata.
+    pub fn usage_source(&self, key: &str) -> Result<UsageSource> {
         validate::key("key", key)?;
         let record = self.store.read(|tx| get(tx, key))?;
-        match recorded_usage(&record) {
-            Some(usage) => Ok(usage),
-            None => self
-                .backend
-                .usage(SnapshotRef {
-                    id: record.id,
-                    kind: record.kind,
-                    parents: &[],
-                })
-                .map_err(|err| self.unless_vanished(err, key, Some(record.id))),
-        }
+        Ok(match record.kind {
+            Kind::Committed => UsageSource::Recorded(record.usage.unwrap_or_default()),
+            Kind::View => UsageSource::Recorded(Usage::default()),
+            Kind::Active => UsageSource::Active(record.id),
+        })
+    }
+
+    /// Measures the layer of the active snapshot `id`, found under `key` by
+    /// [`usage_source`](Self::usage_source): a walk of its files.
+    pub fn measure_usage(&self, key: &str, id: SnapshotId) -> Result<Usage> {
+        self.backend
+            .usage(SnapshotRef {
+                id,
+                kind: Kind::Active,
+                parents: &[],
+            })
+            .map_err(|err| self.unless_vanished(err, key, Some(id)))
     }
 
     /// Storage work happens outside the write lock, so a concurrent Remove can take a
@@ -444,9 +456,10 @@ impl Snapshotter {
             // later Cleanup records them, which a full disk may delay.
             match self.store.write(|tx| tx.release_ids(&emptied)) {
                 Ok(()) => {
-                    let lowest = emptied.iter().min().copied();
-                    let mut pool = lock(&self.ids);
-                    pool.search_from = pool.search_from.min(lowest.unwrap_or(SnapshotId::MAX));
+                    if let Some(&lowest) = emptied.iter().min() {
+                        let mut pool = lock(&self.ids);
+                        pool.search_from = pool.search_from.min(lowest);
+                    }
                 }
                 Err(err) => {
                     warn!(%err, ids = emptied.len(), "emptied ids stay reserved until the next Cleanup")
@@ -481,16 +494,6 @@ fn take_free(pool: &mut IdPool) -> Option<SnapshotId> {
 
 fn lock(pool: &Mutex<IdPool>) -> MutexGuard<'_, IdPool> {
     pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A committed layer's usage is cached when it is sealed; a view owns nothing. Only
-/// an active snapshot's layer must be measured.
-fn recorded_usage(record: &Record) -> Option<Usage> {
-    match record.kind {
-        Kind::Committed => Some(record.usage.unwrap_or_default()),
-        Kind::View => Some(Usage::default()),
-        Kind::Active => None,
-    }
 }
 
 fn get(tx: &Tx<'_>, key: &str) -> Result<Record> {
