@@ -9,7 +9,9 @@
 #   0  the disk: what an fdatasync and a directory fsync cost here
 #   1  snapshot cycle through containerd's snapshots API: Prepare, Commit, Prepare
 #      child, Mounts, Remove, Remove; p50/p99 vs overlayfs and native (and rustlayer
-#      straight on its socket, to show what containerd's hop costs)
+#      straight on its socket, to show what containerd's hop costs; and the proxy
+#      floor, a second proxy plugin "floor" that keeps snapshots in memory and does
+#      no I/O, to show what the proxy path alone costs through containerd)
 #   2  image unpack: `ctr images import` of a debootstrap'd Debian split into five
 #      layers (128 MB), cold (content and snapshots deleted between rounds) and
 #      with the content already present (snapshots deleted), vs overlayfs
@@ -187,6 +189,7 @@ mkdir -p "$tmp"
 tmp=$(realpath "$tmp")
 sock=$tmp/containerd.sock
 rl_sock=$tmp/rl.sock
+floor_sock=$tmp/floor.sock
 # Both snapshotters' roots share one filesystem: the scratch directory's own, or
 # with BENCH_FS=fresh a new ext4 in a loop-mounted image file, so that neither
 # inherits an aged filesystem's layout (on a long-used filesystem, file creation
@@ -196,7 +199,7 @@ roots=$tmp/fs
 rl_root=$roots/rl
 results=$tmp/results.jsonl
 : >"$results"
-rl_pid='' cd_pid='' strace_pids=()
+rl_pid='' cd_pid='' floor_pid='' strace_pids=()
 namespaces=(bench bench-import bench-unpack bench-run bench-gc)
 
 stop_pid() { # stop_pid PID NAME: TERM, up to 20 s, then KILL
@@ -228,6 +231,7 @@ cleanup() {
   fi
   stop_pid "$cd_pid" containerd
   stop_pid "$rl_pid" rustlayer
+  stop_pid "$floor_pid" "proxy floor"
   local released=yes
   release_leftovers "${namespaces[@]}" || released=''
   if [[ -n ${BENCH_KEEP-} ]]; then
@@ -270,9 +274,21 @@ for ((i = 0; i < 300; i++)); do
 done
 [[ -S $rl_sock ]] || die "rustlayer did not create $rl_sock within 30 s"
 
+# The proxy floor: containerd's snapshots API from memory, no I/O.
+"$bench" proxy-floor --socket "$floor_sock" >"$tmp/floor.log" 2>&1 &
+floor_pid=$!
+for ((i = 0; i < 300; i++)); do
+  [[ -S $floor_sock ]] && break
+  kill -0 "$floor_pid" 2>/dev/null || die "the proxy floor exited during start"
+  sleep 0.1
+done
+[[ -S $floor_sock ]] || die "the proxy floor did not create $floor_sock within 30 s"
+
 mkdir -p "$roots/containerd" "$tmp/containerd" "$tmp/mnt" "$tmp/runc"
 containerd_config "$roots/containerd/root" "$tmp/containerd/state" "$sock" "$rl_sock" \
-  >"$tmp/containerd.toml"
+  "[proxy_plugins.floor]
+  type = \"snapshot\"
+  address = \"$floor_sock\"" >"$tmp/containerd.toml"
 containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
 cd_pid=$!
 for ((i = 0; i < 300; i++)); do
@@ -281,7 +297,7 @@ for ((i = 0; i < 300; i++)); do
   sleep 0.1
 done
 plugins=$(ctr -a "$sock" plugins ls 2>&1)
-for s in rustlayer overlayfs native; do
+for s in rustlayer overlayfs native floor; do
   grep -qE "^io\.containerd\.snapshotter\.v1 +$s .* ok" <<<"$plugins" ||
     die "containerd lacks a working snapshotter $s:"$'\n'"$plugins"
 done
@@ -309,8 +325,8 @@ settle
 say "row 1: snapshot cycle, $rounds rounds x $cycle_iterations cycles"
 for ((r = 0; r < rounds; r++)); do
   "$bench" cycle --containerd "$sock" --namespace bench \
-    --snapshotter rustlayer --snapshotter overlayfs --snapshotter native --rustlayer "$rl_sock" \
-    --iterations "$cycle_iterations" --warmup 10 --round "$r" --results "$results"
+    --snapshotter rustlayer --snapshotter overlayfs --snapshotter native --snapshotter floor \
+    --rustlayer "$rl_sock" --iterations "$cycle_iterations" --warmup 10 --round "$r" --results "$results"
 done
 settle
 

@@ -6,6 +6,7 @@
 
 mod chain;
 mod cycle;
+mod floor;
 mod many;
 mod mount;
 mod probe;
@@ -115,6 +116,12 @@ enum Command {
         count: usize,
         #[command(flatten)]
         out: OutArgs,
+    },
+    /// Serve the proxy floor on SOCKET: containerd's snapshots API from memory, no
+    /// I/O, for containerd to reach as a proxy plugin (what the proxy path alone costs).
+    ProxyFloor {
+        #[arg(long)]
+        socket: PathBuf,
     },
     /// Remove every snapshot of the snapshotters given, children first.
     Wipe {
@@ -320,6 +327,7 @@ async fn run(command: Command) -> Result<()> {
         Command::FsyncProbe { dir, count, out } => {
             probe::run(&dir, count, &Sink::new(out.results.as_deref()))?;
         }
+        Command::ProxyFloor { socket } => floor::serve(&socket).await?,
         Command::Wipe { targets } => {
             for mut target in targets.connect().await? {
                 let removed = wipe::run(&mut target).await?;
@@ -361,6 +369,9 @@ async fn run(command: Command) -> Result<()> {
             let report = report::Report::new(&records);
             let summary = report.summary();
             println!("{summary}");
+            if let Some(floor) = report.proxy_floor() {
+                println!("{floor}");
+            }
             if let Some(path) = output {
                 let mut md = String::from("# rustlayer benchmark results\n\n");
                 for line in &context {
@@ -371,6 +382,12 @@ async fn run(command: Command) -> Result<()> {
                 );
                 md.push_str("## Summary\n\n");
                 md.push_str(&summary);
+                if let Some(floor) = report.proxy_floor() {
+                    md.push_str(
+                        "\n## The proxy path\n\nThe same measure through containerd on a proxy that keeps its snapshots in memory and does no I/O (`rustlayer-bench proxy-floor`): what containerd's proxy path costs by itself.\n\n",
+                    );
+                    md.push_str(&floor);
+                }
                 md.push_str(
                     "\n## Details\n\nMedian over rounds, then (min–max, n=rounds) where there were several.\n\n",
                 );

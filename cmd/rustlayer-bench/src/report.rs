@@ -9,12 +9,15 @@ use crate::stats::median;
 
 const RUSTLAYER: &str = "rustlayer";
 const BUILT_INS: [&str; 3] = ["overlayfs", "native", "devmapper"];
+/// The proxy that does no I/O (see `floor.rs`), measured through containerd.
+pub const FLOOR: &str = "floor";
 /// Column order of the details table; other targets follow in the order seen.
-const KNOWN_TARGETS: [&str; 5] = [
+const KNOWN_TARGETS: [&str; 6] = [
     "rustlayer",
     "rustlayer-direct",
     "overlayfs",
     "native",
+    FLOOR,
     "host",
 ];
 
@@ -171,6 +174,39 @@ impl Report {
         out
     }
 
+    /// Where a metric was also taken on the proxy floor: how much of it the proxy
+    /// path alone costs, what rustlayer adds on top of it, and how much a proxy may
+    /// add before it is slower than the built-in overlayfs. None without the floor.
+    pub fn proxy_floor(&self) -> Option<String> {
+        let mut out = String::from(
+            "| row | metric | proxy floor | floor / overlayfs | rustlayer's own work (rustlayer − floor) | left for a proxy's work (overlayfs − floor) |\n|---|---|---|---|---|---|\n",
+        );
+        let mut any = false;
+        for (row, metrics) in &self.rows {
+            for (name, metric) in metrics.iter().filter(|(_, m)| m.main) {
+                let median_of = |t: &str| metric.cells.get(t).and_then(Cell::median);
+                let Some(floor) = median_of(FLOOR) else {
+                    continue;
+                };
+                let unit = metric.cells[FLOOR].unit.as_str();
+                let ratio = median_of("overlayfs")
+                    .filter(|o| *o > 0.0)
+                    .map_or("—".into(), |o| format!("{:.2}", floor / o));
+                let over =
+                    |t: &str| median_of(t).map_or("—".into(), |v| format_value(v - floor, unit));
+                let _ = writeln!(
+                    out,
+                    "| {row} | {name} | {} | {ratio} | {} | {} |",
+                    format_value(floor, unit),
+                    over(RUSTLAYER),
+                    over("overlayfs"),
+                );
+                any = true;
+            }
+        }
+        any.then_some(out)
+    }
+
     /// Every figure: the median over rounds, with the range when there were several.
     pub fn details(&self) -> String {
         let mut out = String::from("| row | metric |");
@@ -260,5 +296,28 @@ mod tests {
         );
         let details = Report::new(&records).details();
         assert!(details.contains("3.00 ms (2.00–4.00, n=3)"), "{details}");
+        assert!(Report::new(&records).proxy_floor().is_none());
+    }
+
+    #[test]
+    fn the_floor_splits_the_hop_from_the_work() {
+        let records = vec![
+            rec("cycle", "rustlayer", Some(9.5), None),
+            rec("cycle", "overlayfs", Some(8.0), None),
+            rec("cycle", FLOOR, Some(6.0), None),
+            rec("cycle", FLOOR, Some(7.0), None),
+            rec("cycle", FLOOR, Some(6.5), None),
+        ];
+        let report = Report::new(&records);
+        let floor = report.proxy_floor().expect("a floor table");
+        assert!(
+            floor.contains("| 1 r | cycle | 6.50 ms | 0.81 | 3.00 ms | 1.50 ms |"),
+            "{floor}"
+        );
+        assert!(
+            !report.summary().contains("floor"),
+            "the floor is no built-in: {}",
+            report.summary()
+        );
     }
 }
