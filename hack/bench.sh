@@ -262,27 +262,28 @@ fi
 fs_desc=$(findmnt -n -T "$roots" -o FSTYPE,SOURCE | tr -s ' ')
 if [[ ${BENCH_FS:-host} == fresh ]]; then fs_desc="a fresh $fs_desc"; fi
 
+# wait_for_socket SOCKET PID NAME: until the server started as PID listens (30 s)
+wait_for_socket() {
+  local socket=$1 pid=$2 name=$3 i
+  for ((i = 0; i < 300; i++)); do
+    [[ -S $socket ]] && return 0
+    kill -0 "$pid" 2>/dev/null || die "$name exited during start"
+    sleep 0.1
+  done
+  die "$name did not create $socket within 30 s"
+}
+
 say "starting rustlayer and containerd in $tmp"
 : >"$tmp/rustlayer.toml" # defaults, whatever /etc/rustlayer holds
 env -u RUST_LOG "$bin" serve --config "$tmp/rustlayer.toml" --root "$rl_root" --address "$rl_sock" \
   >"$tmp/rustlayer.log" 2>&1 &
 rl_pid=$!
-for ((i = 0; i < 300; i++)); do
-  [[ -S $rl_sock ]] && break
-  kill -0 "$rl_pid" 2>/dev/null || die "rustlayer exited during start"
-  sleep 0.1
-done
-[[ -S $rl_sock ]] || die "rustlayer did not create $rl_sock within 30 s"
+wait_for_socket "$rl_sock" "$rl_pid" rustlayer
 
 # The proxy floor: containerd's snapshots API from memory, no I/O.
 "$bench" proxy-floor --socket "$floor_sock" >"$tmp/floor.log" 2>&1 &
 floor_pid=$!
-for ((i = 0; i < 300; i++)); do
-  [[ -S $floor_sock ]] && break
-  kill -0 "$floor_pid" 2>/dev/null || die "the proxy floor exited during start"
-  sleep 0.1
-done
-[[ -S $floor_sock ]] || die "the proxy floor did not create $floor_sock within 30 s"
+wait_for_socket "$floor_sock" "$floor_pid" "the proxy floor"
 
 mkdir -p "$roots/containerd" "$tmp/containerd" "$tmp/mnt" "$tmp/runc"
 containerd_config "$roots/containerd/root" "$tmp/containerd/state" "$sock" "$rl_sock" \
