@@ -12,19 +12,15 @@ use std::sync::{Mutex, MutexGuard};
 use anyhow::{Context, Result};
 use rustlayer_api::snapshots::snapshots_server::{Snapshots, SnapshotsServer};
 use rustlayer_api::snapshots::{self as pb, Kind};
+use rustlayer_server::{SocketOptions, bind_socket};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
-/// Serves until the process is stopped.
+/// Serves until the process is stopped, on a socket bound as the daemon binds its own.
 pub async fn serve(socket: &Path) -> Result<()> {
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err).with_context(|| format!("remove {}", socket.display())),
-    }
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
+    let listener = bind_socket(socket, &SocketOptions::default())
+        .with_context(|| format!("bind {}", socket.display()))?;
     serve_on(listener).await
 }
 
@@ -122,7 +118,7 @@ impl Snapshots for Floor {
     ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
         let mut snapshots = self.snapshots();
-        match snapshots.get(&r.key) {
+        let parent = match snapshots.get(&r.key) {
             None => return Err(missing(&r.key)),
             Some(s) if s.kind != Kind::Active as i32 => {
                 return Err(Status::failed_precondition(format!(
@@ -130,16 +126,16 @@ impl Snapshots for Floor {
                     r.key
                 )));
             }
-            Some(_) => {}
-        }
+            Some(s) => s.parent.clone(),
+        };
         if snapshots.contains_key(&r.name) {
             return Err(Status::already_exists(format!(
                 "snapshot {:?} exists",
                 r.name
             )));
         }
-        let active = snapshots.remove(&r.key).ok_or_else(|| missing(&r.key))?;
-        snapshots.insert(r.name.clone(), info(r.name, active.parent, Kind::Committed));
+        snapshots.remove(&r.key);
+        snapshots.insert(r.name.clone(), info(r.name, parent, Kind::Committed));
         Ok(Response::new(()))
     }
 

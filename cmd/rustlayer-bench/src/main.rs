@@ -369,7 +369,8 @@ async fn run(command: Command) -> Result<()> {
             let report = report::Report::new(&records);
             let summary = report.summary();
             println!("{summary}");
-            if let Some(floor) = report.proxy_floor() {
+            let floor = report.proxy_floor();
+            if let Some(floor) = &floor {
                 println!("{floor}");
             }
             if let Some(path) = output {
@@ -382,11 +383,11 @@ async fn run(command: Command) -> Result<()> {
                 );
                 md.push_str("## Summary\n\n");
                 md.push_str(&summary);
-                if let Some(floor) = report.proxy_floor() {
+                if let Some(floor) = &floor {
                     md.push_str(
                         "\n## The proxy path\n\nThe same measure through containerd on a proxy that keeps its snapshots in memory and does no I/O (`rustlayer-bench proxy-floor`): what containerd's proxy path costs by itself.\n\n",
                     );
-                    md.push_str(&floor);
+                    md.push_str(floor);
                 }
                 md.push_str(
                     "\n## Details\n\nMedian over rounds, then (min–max, n=rounds) where there were several.\n\n",
