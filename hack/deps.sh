@@ -1,19 +1,38 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a Debian 12 machine, skipping what is there.
-# Rust comes from the machine's toolchain; everything else is Debian packages.
+# Installs the Debian packages a workflow needs on Debian 12, skipping what is
+# there. Rust itself comes from the machine's toolchain (rust-version in
+# Cargo.toml); everything else is Debian packages.
+#
+#   hack/deps.sh build   what `cargo build` needs: the devmapper backend's
+#                        bindings are generated against libdevmapper's headers
+#                        (found with pkg-config) by bindgen (libclang)
+#   hack/deps.sh         the build's packages and everything hack/test.sh runs
 set -euo pipefail
 
-packages=(
-  containerd runc                                   # real containerd e2e
+build=(
+  pkg-config libdevmapper-dev libclang-dev # devicemapper-sys: pkg-config + bindgen
+)
+test=(
+  containerd runc                                   # real containerd e2e (Debian 12's 1.6)
   golang-go golang-github-containerd-containerd-dev # containerd's conformance suite
   busybox-static                                    # the e2e test image's userland
-  debootstrap                                       # the image's base layer (hack/build-image.sh)
+  debootstrap                                       # image base layer, fresh-machine tier
   python3                                           # OCI image builder
   python3-venv shellcheck                           # Helm chart tests (hack/chart-test.sh)
   util-linux kmod                                   # mount(8) for long overlay chains
   prometheus curl                                   # a real Prometheus scraping the exporter
   qemu-system-x86 cpio dmsetup thin-provisioning-tools e2fsprogs xfsprogs # the VM tier
+  docker-registry skopeo                            # a local registry for CRI pulls
 )
+
+case ${1:-all} in
+  build) packages=("${build[@]}") ;;
+  all) packages=("${build[@]}" "${test[@]}") ;;
+  *)
+    echo "usage: hack/deps.sh [build]" >&2
+    exit 2
+    ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do
@@ -29,5 +48,5 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's containerd package starts a system containerd; the tests run private
-# ones and never touch it.
+# Debian's containerd package starts a system containerd, and docker-registry a
+# registry on :5000; the tests run private ones and never touch either.
