@@ -1,16 +1,43 @@
 #!/usr/bin/env bash
 # Kubernetes' path onto rustlayer, with this script as the kubelet: a private
-# containerd whose CRI plugin uses the proxy snapshotter "rustlayer" runs a
-# host-network pod over CRI (e2e/tests/cri.rs): sandbox and container roots are
-# rustlayer snapshots, the container's log reads right, and the snapshots leave
-# the daemon once the pod is removed.
+# containerd whose CRI plugin has a runtime handler "rustlayer" on the proxy
+# snapshotter of that name pulls the test's images from a local registry and runs
+# a host-network pod over CRI (e2e/tests/cri.rs): pulls for the handler land in
+# rustlayer and nowhere else, sandbox and container roots are rustlayer
+# snapshots with no second unpack, the container's log reads right, and the
+# snapshots leave the daemon once the pod is removed. The test writes the config
+# each containerd release needs (version 2 for 1.6 and 1.7, version 3 for 2.x).
 #
-#   hack/cri-e2e.sh                      target/debug/rustlayer
-#   RUSTLAYER_BIN=path hack/cri-e2e.sh
+#   hack/cri-e2e.sh                                       containerd 1.6.20
+#   CONTAINERD_VERSION=2.1.9 hack/cri-e2e.sh              one release
+#   CONTAINERD_VERSION="1.6.20 1.7.24 2.1.9" hack/cri-e2e.sh   each in turn
+#   RUSTLAYER_BIN=path hack/cri-e2e.sh                    target/debug/rustlayer
 #
-# Needs root and Debian's containerd, runc, python3 and busybox-static; as root
-# a missing tool fails the test rather than skipping it.
+# hack/containerd-fetch.sh provides each release (1.6.20 is Debian 12's own);
+# its directory goes first on PATH, so containerd, ctr and the runc shim are that
+# release's, with Debian 12's runc. Needs root, python3, busybox-static,
+# docker-registry and skopeo; as root a missing tool fails the test rather than
+# skipping it. Prints how long each release took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $(id -u) -eq 0 ]]; then export RUSTLAYER_REQUIRE_PRIVILEGED=1; fi
-exec cargo test --locked -p rustlayer-e2e --test cri -- --ignored --nocapture
+
+read -r -a versions <<<"${CONTAINERD_VERSION:-1.6.20}"
+if [[ ${#versions[@]} -eq 0 ]]; then
+  echo "cri-e2e: CONTAINERD_VERSION names no release" >&2
+  exit 2
+fi
+
+# Built once, before any clock starts.
+cargo test --locked -p rustlayer-e2e --test cri --no-run
+
+times=()
+for version in "${versions[@]}"; do
+  bin=$(hack/containerd-fetch.sh "$version")
+  echo "cri-e2e: containerd $version from $bin"
+  start=$SECONDS
+  PATH="$bin:$PATH" CONTAINERD_VERSION=$version \
+    cargo test --locked -p rustlayer-e2e --test cri -- --ignored --nocapture
+  times+=("containerd $version: $((SECONDS - start)) s")
+done
+for line in "${times[@]}"; do echo "cri-e2e: $line"; done
