@@ -3,8 +3,10 @@
 # helm lint, rendering with Helm's own engine (the helm-python-sdk package: no helm
 # binary), every rendered object against the Kubernetes OpenAPI schemas
 # (kubernetes-validate, strict), the DaemonSet, RBAC, config and values schema
-# (e2e/chart/test_chart.py), and charts/rustlayer/files/patch-containerd.sh on
-# sample containerd configs, read back by the real containerd when it is installed.
+# (e2e/chart/test_chart.py), charts/rustlayer/files/patch-containerd.sh on sample
+# containerd configs and on the `config default` of containerd 1.6.20, 1.7.24 and
+# 2.1.9 (each fetched by hack/containerd-fetch.sh), read back and, as root, run by
+# that containerd; and shellcheck on hack/'s and the chart's scripts.
 #
 #   hack/chart-test.sh
 #
@@ -29,5 +31,19 @@ if [[ ! -x $venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "${requirements[
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${requirements[@]}"
   printf '%s' "${requirements[*]}" >"$stamp"
 fi
+
+# The releases the patcher is checked against. As root (hack/test.sh, CI) one that
+# cannot be fetched fails the run; otherwise its checks skip, saying why.
+if [[ $(id -u) -eq 0 ]]; then export RUSTLAYER_REQUIRE_PRIVILEGED=1; fi
+releases=()
+for version in 1.6.20 1.7.24 2.1.9; do
+  if dir=$(hack/containerd-fetch.sh "$version"); then
+    releases+=("$version=$dir")
+  elif [[ ${RUSTLAYER_REQUIRE_PRIVILEGED:-} == 1 ]]; then
+    echo "chart-test: cannot fetch containerd $version" >&2
+    exit 1
+  fi
+done
+export CONTAINERD_RELEASES="${releases[*]}"
 
 exec "$venv/bin/python" e2e/chart/test_chart.py

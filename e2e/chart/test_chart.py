@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 import traceback
 import unittest
@@ -309,7 +310,7 @@ class DaemonSet(unittest.TestCase):
         )
 
     def test_patcher_init_container(self):
-        """DaemonSet: the containerd patcher is an opt-in init container, with hostPID only then"""
+        """DaemonSet: the containerd patcher is an opt-in init container, with hostPID only then, told the backend"""
         objects = render({"containerdConfig": {"patch": {"enabled": True}}})
         pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
         self.assertIs(pod["hostPID"], True)
@@ -320,6 +321,7 @@ class DaemonSet(unittest.TestCase):
         self.assertEqual(env["HOST_CONFIG"], "/etc/containerd/config.toml")
         self.assertEqual(env["SNAPSHOTTER_ADDRESS"], "/run/rustlayer/rustlayer.sock")
         self.assertEqual(env["RUNTIME_HANDLER"], "rustlayer")
+        self.assertEqual(env["SNAPSHOTTER_BACKEND"], "overlay")
         self.assertNotIn("RESTART_CMD", env)
         volumes = {v["name"]: v for v in pod["volumes"]}
         self.assertEqual(volumes["containerd-config"]["hostPath"]["path"], "/etc/containerd")
@@ -327,10 +329,13 @@ class DaemonSet(unittest.TestCase):
         self.assertEqual(len(scripts), 1)
         self.assertEqual(scripts[0]["data"]["patch-containerd.sh"].strip(), PATCHER.read_text().strip())
         self.assertEqual(volumes["containerd-patch"]["configMap"]["name"], scripts[0]["metadata"]["name"])
-        removing = render({"containerdConfig": {"patch": {"enabled": True, "mode": "remove", "restart": False}}})
+        removing = render({"containerdConfig": {"patch": {"enabled": True, "mode": "remove", "restart": False}},
+                           "config": {"backend": "devmapper"}})
         init = one(removing, "DaemonSet")["spec"]["template"]["spec"]["initContainers"][0]
         self.assertEqual(init["command"][-1], "remove")
         self.assertIn("RESTART_CMD", {e["name"] for e in init["env"]})
+        # The patcher declares "rebase" only for the overlay backend.
+        self.assertEqual({e["name"]: e["value"] for e in init["env"]}["SNAPSHOTTER_BACKEND"], "devmapper")
 
 
 class Rbac(unittest.TestCase):
@@ -553,6 +558,39 @@ V3 = """version = 3
     SystemdCgroup = true
 """
 
+# The transfer service already lists its snapshotters (overlayfs and a stargz
+# proxy): rustlayer joins them, nothing else is written.
+V3_UNPACK = """version = 3
+
+[plugins.'io.containerd.transfer.v1.local']
+  max_concurrent_downloads = 3
+
+  [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+    platform = 'linux/amd64'
+    snapshotter = 'overlayfs'
+    differ = 'walking'
+
+  [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+    platform = 'linux/amd64'
+    snapshotter = 'stargz'
+
+[proxy_plugins.stargz]
+  type = 'snapshot'
+  address = '/run/containerd-stargz-grpc/containerd-stargz-grpc.sock'
+"""
+
+# rustlayer's 2.x tables written by hand, in single-quoted keys: kept, not doubled.
+V3_HAND = """version = 3
+
+[plugins.'io.containerd.cri.v1.images'.runtime_platforms.rustlayer]
+  platform = 'linux/amd64'
+  snapshotter = 'rustlayer'
+
+[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+  platform = 'linux/amd64'
+  snapshotter = 'rustlayer' # by hand
+"""
+
 # Written by hand, as the README shows, and with no final newline.
 V2_HAND = """version = 2
 
@@ -560,15 +598,47 @@ V2_HAND = """version = 2
   type = "snapshot"
   address = "/run/rustlayer/rustlayer.sock\""""
 
+V1_RUNTIME = ("io.containerd.grpc.v1.cri", "containerd", "runtimes", "rustlayer")
+V2_RUNTIME = ("io.containerd.cri.v1.runtime", "containerd", "runtimes", "rustlayer")
+
 SAMPLES = {
-    # name: (text, containerd version, expected runtime table or None, systemd cgroup)
-    "v2, containerd 1.6 (Debian's config)": (V2_16, "1.6.20~ds1", None, None),
-    "v2, containerd 1.7, other proxy plugins, systemd cgroups": (
-        V2_PROXIES, "v1.7.22", ("io.containerd.grpc.v1.cri", "containerd", "runtimes", "rustlayer"), True),
-    "v3, containerd 2.1": (V3, "2.1.4", ("io.containerd.cri.v1.runtime", "containerd", "runtimes", "rustlayer"), True),
-    "v2, proxy plugin already written by hand, no final newline": (
-        V2_HAND, "1.7.22", ("io.containerd.grpc.v1.cri", "containerd", "runtimes", "rustlayer"), False),
+    # name: (text, containerd version, expected runtime table or None, systemd
+    # cgroup, the transfer service's unpack_config snapshotters afterwards or None)
+    "v2, containerd 1.6 (Debian's config)": (V2_16, "1.6.20~ds1", None, None, None),
+    "v2, containerd 1.7, other proxy plugins, systemd cgroups": (V2_PROXIES, "v1.7.22", V1_RUNTIME, True, None),
+    "v3, containerd 2.1": (V3, "2.1.4", V2_RUNTIME, True, ["overlayfs", "rustlayer"]),
+    "v3, containerd 2.1, the transfer service's own unpack_config": (
+        V3_UNPACK, "2.1.9", V2_RUNTIME, False, ["overlayfs", "stargz", "rustlayer"]),
+    "v3, containerd 2.1, runtime_platforms and unpack_config already written by hand": (
+        V3_HAND, "2.1.9", V2_RUNTIME, False, ["rustlayer"]),
+    "v2, proxy plugin already written by hand, no final newline": (V2_HAND, "1.7.22", V1_RUNTIME, False, None),
 }
+
+# The releases hack/chart-test.sh fetches with hack/containerd-fetch.sh and names
+# in CONTAINERD_RELEASES ("1.6.20=/usr/bin 1.7.24=/.../usr/bin ...").
+RELEASES = ("1.6.20", "1.7.24", "2.1.9")
+# As root (hack/test.sh, CI) a check that cannot run fails instead of skipping.
+REQUIRED = os.environ.get("RUSTLAYER_REQUIRE_PRIVILEGED") == "1"
+GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x",
+           "riscv64": "riscv64"}
+
+
+def node_platform() -> str:
+    """The platform the patcher writes for this machine: containerd's default."""
+    return "linux/" + GO_ARCH.get(os.uname().machine, os.uname().machine)
+
+
+def release_dirs() -> dict[str, Path]:
+    dirs = {}
+    for item in os.environ.get("CONTAINERD_RELEASES", "").split():
+        version, _, path = item.partition("=")
+        dirs[version] = Path(path)
+    return dirs
+
+
+def major_minor(version: str) -> tuple[int, int]:
+    major, minor = version.lstrip("v").split(".")[:2]
+    return int(major), int(minor.split("~")[0])
 
 
 def dig(doc: dict, path: tuple) -> dict | None:
@@ -577,6 +647,85 @@ def dig(doc: dict, path: tuple) -> dict | None:
             return None
         doc = doc[key]
     return doc
+
+
+def bare_table(header: str) -> str:
+    """A TOML table header without its brackets, quotes and spaces."""
+    return "".join(c for c in header.split("#")[0] if c not in " \t\"'[]")
+
+
+# Settings of containerd's `config default` that point at the host's own
+# containerd (its directories and sockets), pointed into a private directory so
+# the real containerd can run the patched config beside anything else.
+HOST_PATHS = {
+    ("", "root"): "root",
+    ("", "state"): "state",
+    ("grpc", "address"): "containerd.sock",
+    ("plugins.io.containerd.internal.v1.opt", "path"): "opt",
+    ("plugins.io.containerd.nri.v1.nri", "socket_path"): "nri.sock",
+    ("plugins.io.containerd.grpc.v1.cri.cni", "conf_dir"): "net.d",
+    ("plugins.io.containerd.cri.v1.runtime.cni", "conf_dir"): "net.d",
+}
+
+
+def private_copy(text: str, run_dir: Path) -> str:
+    """The config with HOST_PATHS moved under run_dir, every other line as it was."""
+    out, table = [], ""
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            table = bare_table(stripped)
+        elif "=" in stripped and not stripped.startswith("#"):
+            key = stripped.split("=", 1)[0].strip()
+            if (table, key) in HOST_PATHS:
+                indent = line[: len(line) - len(line.lstrip())]
+                line = f'{indent}{key} = "{run_dir / HOST_PATHS[(table, key)]}"\n'
+        out.append(line)
+    return "".join(out)
+
+
+class RunningContainerd:
+    """The real containerd on a config, until the with block ends."""
+
+    def __init__(self, bin_dir: Path, config: Path, run_dir: Path):
+        self.bin_dir, self.config, self.run_dir = bin_dir, config, run_dir
+        self.socket = run_dir / "containerd.sock"
+        self.log = run_dir / "containerd.log"
+
+    def __enter__(self) -> "RunningContainerd":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [self.bin_dir / "containerd", "--config", self.config],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while not self.socket.is_socket():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"containerd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"containerd not serving after 60 s:\n{self.log_tail()}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def ctr(self, *args: str) -> str:
+        out = subprocess.run(
+            [self.bin_dir / "ctr", "-a", self.socket, *args], capture_output=True, text=True, timeout=60
+        )
+        if out.returncode != 0:
+            raise AssertionError(f"ctr {' '.join(args)}: {out.stderr}\n{self.log_tail()}")
+        return out.stdout
 
 
 class Patcher(unittest.TestCase):
@@ -603,18 +752,29 @@ class Patcher(unittest.TestCase):
     def restart_count(self) -> int:
         return len(self.restarts.read_text().splitlines()) if self.restarts.exists() else 0
 
-    def containerd_dump(self, path: Path) -> dict | None:
-        """containerd's own reading of a config file, or None without a containerd that can."""
-        if not shutil.which("containerd"):
-            return None
+    def release_dir(self, release: str) -> Path:
+        """The directory holding `release`'s containerd and ctr, or a skip (a
+        failure as root) when hack/chart-test.sh could not provide it."""
+        found = release_dirs().get(release)
+        if found is None or not (found / "containerd").is_file():
+            why = f"no containerd {release} (hack/chart-test.sh fetches it with hack/containerd-fetch.sh)"
+            if REQUIRED:
+                self.fail(why)
+            self.skipTest(why)
+        return found
+
+    def containerd_dump(self, bin_dir: Path, path: Path) -> dict:
+        """containerd's own reading of a config file; it must not warn about it."""
         out = subprocess.run(
-            ["containerd", "--config", str(path), "config", "dump"], capture_output=True, text=True, timeout=60
+            [bin_dir / "containerd", "--config", str(path), "config", "dump"], capture_output=True, text=True,
+            timeout=60,
         )
         self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertNotIn("deprecat", out.stderr.lower(), out.stderr)
         return tomllib.loads(out.stdout)
 
     def test_samples(self):
-        for name, (text, version, runtime_path, systemd) in SAMPLES.items():
+        for name, (text, version, runtime_path, systemd, unpack) in SAMPLES.items():
             with self.subTest(f"patch-containerd.sh on {name}: add, add again, remove"):
                 self.config.write_text(text)
                 self.restarts.unlink(missing_ok=True)
@@ -627,10 +787,12 @@ class Patcher(unittest.TestCase):
                 doc = tomllib.loads(patched)
                 self.assertEqual(doc["proxy_plugins"]["rustlayer"]["type"], "snapshot")
                 self.assertEqual(doc["proxy_plugins"]["rustlayer"]["address"], "/run/rustlayer/rustlayer.sock")
-                self.assertEqual(patched.count("[proxy_plugins"), text.count("[proxy_plugins") + ("rustlayer" not in text))
-                old = "1.6" in version
-                if "rustlayer" not in text:
-                    self.assertEqual("exports" in doc["proxy_plugins"]["rustlayer"], not old)
+                wrote_proxy = 'proxy_plugins."rustlayer"' not in text
+                self.assertEqual(patched.count("[proxy_plugins"), text.count("[proxy_plugins") + wrote_proxy)
+                if wrote_proxy:
+                    self.assertEqual("exports" in doc["proxy_plugins"]["rustlayer"], "1.6" not in version)
+                # 2.1 never sends Commit a parent: no capability to declare.
+                self.assertNotIn("capabilities", doc["proxy_plugins"]["rustlayer"])
                 runtime = dig(doc, ("plugins",) + runtime_path) if runtime_path else None
                 if runtime_path is None:
                     self.assertNotIn("runtimes.rustlayer", patched)
@@ -639,9 +801,21 @@ class Patcher(unittest.TestCase):
                     self.assertEqual(runtime["snapshotter"], "rustlayer")
                     self.assertEqual(runtime["runtime_type"], "io.containerd.runc.v2")
                     self.assertIs(runtime["options"]["SystemdCgroup"], systemd)
+                platform = dig(doc, ("plugins", "io.containerd.cri.v1.images", "runtime_platforms", "rustlayer"))
+                entries = dig(doc, ("plugins", "io.containerd.transfer.v1.local", "unpack_config"))
+                if unpack is None:
+                    self.assertIsNone(platform, "runtime_platforms is containerd 2.x's")
+                    self.assertIsNone(entries, "the patcher writes no unpack_config for containerd 1.x")
+                else:
+                    expected_platform = "linux/amd64" if "runtime_platforms" in text else node_platform()
+                    self.assertEqual(platform, {"platform": expected_platform, "snapshotter": "rustlayer"})
+                    self.assertEqual([e["snapshotter"] for e in entries], unpack)
+                    self.assertEqual(patched.count("runtime_platforms"), 1)
                 # The default snapshotter is never rustlayer: pods without the
                 # RuntimeClass, the DaemonSet's own included, must not need it.
                 self.assertNotIn('snapshotter = "rustlayer"', patched.split("runtimes.rustlayer]")[0])
+                self.assertEqual(dig(doc, ("plugins", "io.containerd.cri.v1.images", "snapshotter")),
+                                 "overlayfs" if "'io.containerd.cri.v1.images']" in text else None)
                 self.assertEqual(patched[: len(text)], text, "the original text is untouched before the block")
 
                 second = self.run_patcher("add", version)
@@ -657,15 +831,130 @@ class Patcher(unittest.TestCase):
                 self.assertEqual(again.returncode, 0, again.stderr)
                 self.assertEqual(self.restart_count(), 2, "a second remove is a no-op")
 
-    def test_real_containerd_reads_the_patched_config(self):
-        """patch-containerd.sh: the real containerd parses the patched v2 config and sees the proxy plugin"""
-        if not shutil.which("containerd"):
-            self.skipTest("no containerd binary (Debian package containerd)")
+    def test_capabilities(self):
+        cases = {
+            # (containerd version, backend): the capabilities declared
+            ("1.7.24", "overlay"): None,
+            ("2.1.9", "overlay"): None,
+            ("2.2.0", "overlay"): ["rebase"],
+            ("2.2.0", "devmapper"): None,
+            ("3.0.0", "overlay"): ["rebase"],
+        }
+        for (version, backend), expected in cases.items():
+            with self.subTest(f"patch-containerd.sh: containerd {version}, {backend} backend declares "
+                              f"{expected or 'no capabilities'} (rebase needs 2.2 and overlay; never remap-ids)"):
+                self.config.write_text(V3 if version[0] != "1" else V2_PROXIES)
+                out = self.run_patcher("add", version, SNAPSHOTTER_BACKEND=backend)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                patched = self.config.read_text()
+                self.assertEqual(tomllib.loads(patched)["proxy_plugins"]["rustlayer"].get("capabilities"), expected)
+                self.assertNotIn("remap-ids", patched)
+
+    def test_each_release_loads_its_patched_default(self):
+        for release in RELEASES:
+            with self.subTest(f"containerd {release}: its own `config default`, patched, is read back with the "
+                              "proxy plugin, the handler's snapshotter (and on 2.x runtime_platforms and both "
+                              "unpack_config entries), runs without errors or deprecations, and remove restores it"):
+                self.check_release(release)
+
+    def check_release(self, release: str) -> None:
+        bin_dir = self.release_dir(release)
+        containerd = bin_dir / "containerd"
+        default = subprocess.run([containerd, "config", "default"], capture_output=True, text=True, timeout=60)
+        self.assertEqual(default.returncode, 0, default.stderr)
+        self.config.write_text(default.stdout)
+        for leftover in (self.restarts, self.dir / "config.toml.rustlayer-backup"):
+            leftover.unlink(missing_ok=True)
+        # That containerd itself is the check the patcher runs before it replaces the file.
+        out = self.run_patcher("add", release, check=f'"{containerd}" --config "$1" config dump >/dev/null')
+        self.assertEqual(out.returncode, 0, out.stderr + out.stdout)
+        self.assertEqual(self.restart_count(), 1)
+        patched = self.config.read_text()
+        dump = self.containerd_dump(bin_dir, self.config)
+
+        proxy = dump["proxy_plugins"]["rustlayer"]
+        self.assertEqual((proxy["type"], proxy["address"]), ("snapshot", "/run/rustlayer/rustlayer.sock"))
+        version = major_minor(release)
+        if version < (1, 7):
+            self.assertNotIn("exports", proxy, "1.6 has no exports on proxy plugins")
+            cri = dump["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+            self.assertNotIn("rustlayer", cri["runtimes"], "1.6 has no per-runtime snapshotter")
+        else:
+            self.assertEqual(proxy["exports"]["root"], "/var/lib/rustlayer")
+            self.assertFalse(proxy.get("capabilities"), "neither 1.7 nor 2.1 sends Commit a parent: no rebase")
+            if version < (2, 0):
+                cri = dump["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+            else:
+                cri = dump["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]
+                images = dump["plugins"]["io.containerd.cri.v1.images"]
+                self.assertEqual(images["snapshotter"], "overlayfs", "the default snapshotter is unchanged")
+                self.assertEqual(images["runtime_platforms"]["rustlayer"],
+                                 {"platform": node_platform(), "snapshotter": "rustlayer"})
+                unpack = dump["plugins"]["io.containerd.transfer.v1.local"]["unpack_config"]
+                self.assertEqual([(u["platform"], u["snapshotter"], u["differ"]) for u in unpack],
+                                 [(node_platform(), "overlayfs", "walking"), (node_platform(), "rustlayer", "walking")])
+            self.assertEqual(cri["runtimes"]["rustlayer"]["snapshotter"], "rustlayer")
+            self.assertEqual(cri["runtimes"]["rustlayer"]["runtime_type"], "io.containerd.runc.v2")
+        self.assertNotIn("remap-ids", patched)
+
+        self.check_running(release, bin_dir, default.stdout, patched)
+
+        removed = self.run_patcher("remove", release)
+        self.assertEqual(removed.returncode, 0, removed.stderr)
+        self.assertEqual(self.config.read_bytes(), default.stdout.encode(), "remove restores the file byte for byte")
+
+    def check_running(self, release: str, bin_dir: Path, default: str, patched: str) -> None:
+        """containerd runs the patched config (its host paths moved aside) as it
+        runs its own default: the same plugins load, plus rustlayer's proxy with
+        its exports and on 2.x the CRI and transfer plugins that read the new
+        tables, and nothing patched is deprecated."""
+        if os.geteuid() != 0:
+            why = "running containerd needs root"
+            if REQUIRED:
+                self.fail(why)
+            self.skipTest(why)
+        before, warned_before, _ = self.observe(release, bin_dir, default, "default")
+        after, warned_after, detail = self.observe(release, bin_dir, patched, "patched")
+        self.assertEqual(after.pop(("io.containerd.snapshotter.v1", "rustlayer"), None), "ok")
+        self.assertEqual(after, before, "the patched config loads the same plugins, with the same outcome")
+        loaded = [("io.containerd.grpc.v1", "cri")]
+        if major_minor(release) >= (2, 0):
+            loaded += [("io.containerd.transfer.v1", "local"), ("io.containerd.cri.v1", "images"),
+                       ("io.containerd.cri.v1", "runtime")]
+        for plugin in loaded:
+            self.assertEqual(after.get(plugin), "ok", plugin)
+        self.assertEqual(warned_after - warned_before, set(), "deprecations the patch brought in")
+        if major_minor(release) >= (1, 7):
+            self.assertRegex(detail, r"(?m)^\s+root\s+/var/lib/rustlayer$")
+            self.assertNotIn("Capabilities", detail)
+
+    def observe(self, release: str, bin_dir: Path, text: str, label: str) -> tuple[dict, set, str]:
+        """Runs containerd on `text`: each plugin's status, the deprecations it
+        reports (1.7+; 1.6 only logs them), and rustlayer's plugin details."""
+        run_dir = self.dir / f"run-{release}-{label}"
+        run_config = self.dir / f"run-{release}-{label}.toml"
+        run_config.write_text(private_copy(text, run_dir))
+        with RunningContainerd(bin_dir, run_config, run_dir) as running:
+            rows = [line.split() for line in running.ctr("plugins", "ls").splitlines()[1:]]
+            status = {(row[0], row[1]): row[-1] for row in rows}
+            if major_minor(release) >= (1, 7):
+                # ctr prints nothing when there is nothing deprecated.
+                listed = running.ctr("deprecations", "list", "--format", "json").strip()
+                warned = {d["id"] for d in (json.loads(listed) if listed else [])}
+                detail = running.ctr("plugins", "ls", "-d", "id==rustlayer")
+            else:
+                log = running.log.read_text(errors="replace").splitlines()
+                warned = {line.split(" msg=", 1)[-1] for line in log if "deprecat" in line.lower()}
+                detail = ""
+        return status, warned, detail
+
+    def test_real_containerd_reads_other_proxies(self):
+        """patch-containerd.sh: containerd 1.7.24 reads the patched v2 config with another proxy plugin kept"""
+        bin_dir = self.release_dir("1.7.24")
         self.config.write_text(V2_PROXIES)
-        # containerd itself is the check the patcher runs before it replaces the file.
-        out = self.run_patcher("add", "1.7.22", check='containerd --config "$1" config dump >/dev/null')
+        out = self.run_patcher("add", "1.7.24", check=f'"{bin_dir}/containerd" --config "$1" config dump >/dev/null')
         self.assertEqual(out.returncode, 0, out.stderr)
-        dump = self.containerd_dump(self.config)
+        dump = self.containerd_dump(bin_dir, self.config)
         self.assertEqual(dump["proxy_plugins"]["rustlayer"]["address"], "/run/rustlayer/rustlayer.sock")
         self.assertEqual(dump["proxy_plugins"]["stargz"]["type"], "snapshot")
         cri = dump["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
@@ -682,16 +971,20 @@ class Patcher(unittest.TestCase):
         self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["config.toml", "config.toml.rustlayer-backup"])
 
     def test_refusals(self):
-        """patch-containerd.sh: refuses version 1 configs, a missing file, a v3 config on containerd 1.x"""
+        """patch-containerd.sh: refuses version 1 configs, a missing file, a v3 config on containerd 1.x, an
+        inline unpack_config, an unknown backend"""
+        inline = V3 + "\n[plugins.'io.containerd.transfer.v1.local']\n  unpack_config = []\n"
         cases = {
-            "version 1": ('[plugins.cri]\n  sandbox_image = "pause"\n', "1.7.0"),
-            "v3 on 1.7": (V3, "1.7.0"),
-            "unknown version": (V2_16, "not-a-version"),
+            "version 1": ('[plugins.cri]\n  sandbox_image = "pause"\n', "1.7.0", {}),
+            "v3 on 1.7": (V3, "1.7.0", {}),
+            "unknown version": (V2_16, "not-a-version", {}),
+            "unpack_config as an inline array": (inline, "2.1.9", {}),
+            "backend not overlay/devmapper": (V3, "2.2.0", {"SNAPSHOTTER_BACKEND": "zfs"}),
         }
-        for why, (text, version) in cases.items():
+        for why, (text, version, env) in cases.items():
             with self.subTest(f"patch-containerd.sh refuses: {why}"):
                 self.config.write_text(text)
-                out = self.run_patcher("add", version)
+                out = self.run_patcher("add", version, **env)
                 self.assertNotEqual(out.returncode, 0, out.stdout)
                 self.assertEqual(self.config.read_text(), text)
                 self.assertEqual(self.restart_count(), 0)
@@ -701,11 +994,34 @@ class Patcher(unittest.TestCase):
         self.assertFalse(self.config.exists())
 
     def test_shellcheck(self):
-        """patch-containerd.sh: shellcheck (POSIX sh) is clean"""
+        """shellcheck: patch-containerd.sh (POSIX sh) and every shell script under hack/ and .ci/ are clean"""
         if not shutil.which("shellcheck"):
+            if REQUIRED:
+                self.fail("no shellcheck (Debian package shellcheck)")
             self.skipTest("no shellcheck (Debian package shellcheck)")
         out = subprocess.run(["shellcheck", "-s", "sh", str(PATCHER)], capture_output=True, text=True)
         self.assertEqual(out.returncode, 0, out.stdout)
+        unclean = []
+        for script in shell_scripts():
+            # busybox's ash is closest to dash; shellcheck cannot tell from its shebang.
+            shell = ["-s", "dash"] if script.read_bytes().startswith(b"#!/bin/busybox") else []
+            out = subprocess.run(["shellcheck", "-x", *shell, str(script.relative_to(REPO))], cwd=REPO,
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                unclean.append(out.stdout)
+        self.assertEqual(unclean, [])
+
+
+def shell_scripts() -> list[Path]:
+    """hack/'s and .ci/'s shell scripts: *.sh, and files with a shell's shebang."""
+    found = []
+    for path in sorted([*(REPO / "hack").rglob("*"), *(REPO / ".ci").glob("*")]):
+        if not path.is_file():
+            continue
+        first = path.read_bytes().split(b"\n", 1)[0].rstrip()
+        if path.suffix == ".sh" or (first.startswith(b"#!") and first.endswith((b"sh", b"bash"))):
+            found.append(path)
+    return found
 
 
 class Result(unittest.TextTestResult):

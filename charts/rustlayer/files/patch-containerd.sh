@@ -5,6 +5,21 @@
 #                                snapshotter is rustlayer (containerd 1.7 and later)
 #   patch-containerd.sh remove   drop what "add" wrote, leaving the file as before
 #
+# What "add" writes depends on the config version and containerd's release:
+#   1.6 (version 2)  the proxy plugin only: 1.6 has one snapshotter for all of CRI
+#   1.7 (version 2)  the proxy plugin with exports.root, and the runtime handler
+#                    with its own snapshotter
+#   2.x (version 3)  the same (exports.root is then the filesystem CRI accounts
+#                    the handler's containers to), plus the handler in the images
+#                    plugin's runtime_platforms (so pulls for it unpack into
+#                    rustlayer), and rustlayer in the transfer service's
+#                    unpack_config, which 2.x pulls go through: an explicit list
+#                    replaces containerd's built-in one, so a file without one gets
+#                    that overlayfs entry written out too
+#   2.2 and later    with the overlay backend, the "rebase" capability (containerd
+#                    then sends Commit a parent and unpacks layers in parallel);
+#                    devmapper cannot rebase, and 2.1 never sends one
+#
 # Everything it writes sits between a BEGIN and an END marker comment, so "add"
 # can be run again (nothing changes, containerd is not restarted) and "remove"
 # restores the file byte for byte. Tables someone already wrote by hand are left
@@ -18,7 +33,10 @@
 #   PLUGIN_NAME          proxy plugin and snapshotter name [rustlayer]
 #   SNAPSHOTTER_ADDRESS  the daemon's socket [/run/rustlayer/rustlayer.sock]
 #   SNAPSHOTTER_ROOT     the daemon's root, exported for CRI's image-fs stats [/var/lib/rustlayer]
+#   SNAPSHOTTER_BACKEND  the daemon's backend, overlay or devmapper [overlay]
 #   RUNTIME_HANDLER      the CRI runtime handler the RuntimeClass names [rustlayer]
+#   PLATFORM             the node's image platform, for containerd 2.x's tables
+#                        [from uname -m: linux/amd64, linux/arm64, ...]
 #   CONTAINERD_VERSION   e.g. 1.7.22; empty asks the host's containerd
 #   SYSTEMD_CGROUP       true, false or auto: as the config's other runtimes [auto]
 #   HOST_EXEC            runs a command in the host's namespaces [nsenter -t 1 -m -u -i -n -p --]
@@ -34,7 +52,9 @@ HOST_CONFIG=${HOST_CONFIG:-$CONFIG}
 PLUGIN_NAME=${PLUGIN_NAME:-rustlayer}
 SNAPSHOTTER_ADDRESS=${SNAPSHOTTER_ADDRESS:-/run/rustlayer/rustlayer.sock}
 SNAPSHOTTER_ROOT=${SNAPSHOTTER_ROOT:-/var/lib/rustlayer}
+SNAPSHOTTER_BACKEND=${SNAPSHOTTER_BACKEND:-overlay}
 RUNTIME_HANDLER=${RUNTIME_HANDLER:-rustlayer}
+PLATFORM=${PLATFORM:-}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-}
 SYSTEMD_CGROUP=${SYSTEMD_CGROUP:-auto}
 # Set but empty runs commands directly, for use on the host itself.
@@ -61,8 +81,12 @@ esac
 case $PLUGIN_NAME$RUNTIME_HANDLER in
   *[!A-Za-z0-9_-]*) die "PLUGIN_NAME and RUNTIME_HANDLER must be bare TOML keys" ;;
 esac
-case $SNAPSHOTTER_ADDRESS$SNAPSHOTTER_ROOT in
-  *[\"\\]*) die "SNAPSHOTTER_ADDRESS and SNAPSHOTTER_ROOT must not contain quotes or backslashes" ;;
+case $SNAPSHOTTER_ADDRESS$SNAPSHOTTER_ROOT$PLATFORM in
+  *[\"\\]*) die "SNAPSHOTTER_ADDRESS, SNAPSHOTTER_ROOT and PLATFORM must not contain quotes or backslashes" ;;
+esac
+case $SNAPSHOTTER_BACKEND in
+  overlay | devmapper) ;;
+  *) die "SNAPSHOTTER_BACKEND must be overlay or devmapper, not '$SNAPSHOTTER_BACKEND'" ;;
 esac
 # Without a file containerd runs on built-in defaults; writing one here would
 # silently replace all of them with ours.
@@ -156,14 +180,62 @@ if [ "$1" -ge 2 ] || { [ "$1" -eq 1 ] && [ "$2" -ge 7 ]; }; then per_runtime=yes
 if [ "$config_version" = 3 ] && [ "$1" -lt 2 ]; then
   die "config version 3 needs containerd 2.x, but containerd is $CONTAINERD_VERSION"
 fi
+# containerd 2.2 sends Commit the parent to rebase onto, if the snapshotter
+# declares it can: the overlay backend can, devmapper's thin snapshots cannot.
+rebase=no
+if [ "$SNAPSHOTTER_BACKEND" = overlay ] && { [ "$1" -ge 3 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 2 ]; }; }; then
+  rebase=yes
+fi
 
-# Whether a table header for $1 (dotted, quoting allowed) is already in the file.
+if [ "$config_version" = 3 ] && [ -z "$PLATFORM" ]; then
+  # The node's own platform, as containerd names it by default; the init
+  # container runs on the node's kernel.
+  case $(uname -m) in
+    x86_64) PLATFORM=linux/amd64 ;;
+    aarch64 | arm64) PLATFORM=linux/arm64 ;;
+    armv7l) PLATFORM=linux/arm/v7 ;;
+    armv6l) PLATFORM=linux/arm/v6 ;;
+    i686 | i386) PLATFORM=linux/386 ;;
+    ppc64le) PLATFORM=linux/ppc64le ;;
+    s390x) PLATFORM=linux/s390x ;;
+    riscv64) PLATFORM=linux/riscv64 ;;
+    *) die "no containerd platform known for machine '$(uname -m)'; set PLATFORM" ;;
+  esac
+fi
+
+# Whether a table header for $1 (dotted) is already in the file. Quotes and
+# spaces do not matter: [plugins."a.b".c], [plugins.'a.b'.c] and [ plugins.a.b.c ]
+# all name it.
 defined() {
-  pattern=$(printf '%s\n' "$1" | sed 's|[].[*^$\\]|\\&|g; s|"|"\\{0,1\\}|g')
-  grep -q "^[[:space:]]*\[[[:space:]]*${pattern}[[:space:]]*\]" "$orig"
+  awk -v want="$1" '
+    function bare(s) { sub(/#.*/, "", s); gsub(/[ \t"\047]/, "", s); return s }
+    BEGIN { want = "[" bare(want) "]" }
+    /^[ \t]*\[/ && bare($0) == want { found = 1 }
+    END { exit !found }' "$orig"
 }
-# Also quoted forms: [proxy_plugins."rustlayer"].
-defined_key() { defined "$1.$2" || defined "$1.\"$2\""; }
+
+# The entries of containerd 2.x's transfer service unpack_config, as "none", "some"
+# (none for $PLUGIN_NAME) or "ours", and "inline" for a key = [...] form that a
+# [[...]] table cannot be added to.
+transfer=plugins.io.containerd.transfer.v1.local
+unpack_entries() {
+  awk -v table="$transfer" -v name="$PLUGIN_NAME" '
+    function bare(s) { sub(/#.*/, "", s); gsub(/[ \t"\047]/, "", s); return s }
+    /^[ \t]*\[/ {
+      header = bare($0)
+      entry = header == "[[" table ".unpack_config]]"
+      entries += entry
+      in_table = header == "[" table "]"
+      next
+    }
+    in_table && /^[ \t]*unpack_config[ \t]*=/ { inline = 1 }
+    entry && /^[ \t]*snapshotter[ \t]*=/ {
+      value = $0
+      sub(/^[^=]*=/, "", value)
+      if (bare(value) == name) ours = 1
+    }
+    END { print (inline ? "inline" : ours ? "ours" : entries ? "some" : "none") }' "$orig"
+}
 
 systemd_cgroup=$SYSTEMD_CGROUP
 if [ "$systemd_cgroup" = auto ]; then
@@ -176,8 +248,22 @@ if [ "$systemd_cgroup" = auto ]; then
   fi
 fi
 
+unpack=none
+if [ "$config_version" = 3 ]; then
+  unpack=$(unpack_entries)
+  [ "$unpack" != inline ] || die "$CONFIG sets unpack_config of [$transfer] inline; add an entry for $PLUGIN_NAME there by hand"
+fi
+
+# One entry of the transfer service's unpack_config.
+unpack_entry() {
+  printf '\n[[plugins."io.containerd.transfer.v1.local".unpack_config]]\n'
+  printf '  platform = "%s"\n' "$PLATFORM"
+  printf '  snapshotter = "%s"\n' "$1"
+  printf '  differ = "walking"\n'
+}
+
 block=$(
-  if defined_key proxy_plugins "$PLUGIN_NAME"; then
+  if defined "proxy_plugins.$PLUGIN_NAME"; then
     say "proxy_plugins.$PLUGIN_NAME is already in $CONFIG outside the block; keeping it" >&2
   else
     printf '[proxy_plugins.%s]\n' "$PLUGIN_NAME"
@@ -186,10 +272,13 @@ block=$(
     if [ "$per_runtime" = yes ]; then
       printf '  exports = { root = "%s" }\n' "$SNAPSHOTTER_ROOT"
     fi
+    if [ "$rebase" = yes ]; then
+      printf '  capabilities = ["rebase"]\n'
+    fi
   fi
   if [ "$per_runtime" = no ]; then
     say "containerd $CONTAINERD_VERSION has no per-runtime snapshotter (1.7+): runtime handler $RUNTIME_HANDLER not added, so pods of its RuntimeClass will not start" >&2
-  elif defined_key "$cri_runtimes" "$RUNTIME_HANDLER"; then
+  elif defined "$cri_runtimes.$RUNTIME_HANDLER"; then
     say "runtime handler $RUNTIME_HANDLER is already in $CONFIG outside the block; keeping it" >&2
   else
     printf '\n[%s.%s]\n' "$cri_runtimes" "$RUNTIME_HANDLER"
@@ -197,6 +286,25 @@ block=$(
     printf '  snapshotter = "%s"\n' "$PLUGIN_NAME"
     printf '  [%s.%s.options]\n' "$cri_runtimes" "$RUNTIME_HANDLER"
     printf '    SystemdCgroup = %s\n' "$systemd_cgroup"
+  fi
+  if [ "$config_version" = 3 ]; then
+    platforms='plugins."io.containerd.cri.v1.images".runtime_platforms'
+    if defined "$platforms.$RUNTIME_HANDLER"; then
+      say "runtime_platforms.$RUNTIME_HANDLER is already in $CONFIG outside the block; keeping it" >&2
+    else
+      printf '\n[%s.%s]\n' "$platforms" "$RUNTIME_HANDLER"
+      printf '  platform = "%s"\n' "$PLATFORM"
+      printf '  snapshotter = "%s"\n' "$PLUGIN_NAME"
+    fi
+    case $unpack in
+      ours) say "the transfer service already unpacks into $PLUGIN_NAME in $CONFIG; keeping that" >&2 ;;
+      some) unpack_entry "$PLUGIN_NAME" ;;
+      none)
+        # containerd's built-in entry, which any explicit list replaces.
+        unpack_entry overlayfs
+        unpack_entry "$PLUGIN_NAME"
+        ;;
+    esac
   fi
 )
 
