@@ -46,6 +46,9 @@ fi
 step "containerd snapshotter conformance suite"
 hack/conformance.sh
 
+step "containerd 2.x's snapshotter conformance suite (sid's Go sources, unpacked into .cache)"
+CONFORMANCE_SUITE=2.x hack/conformance.sh
+
 step "real containerd: import and run an image on rustlayer"
 hack/e2e-containerd.sh
 
