@@ -20,7 +20,7 @@ async fn lifecycle_over_grpc() {
 
     let unpack = "ns/1/extract-123 sha256:aa";
     let mounts = c.prepare(unpack, "").await.unwrap();
-    assert_eq!(mounts[0].fs_type, "bind");
+    assert_eq!(mounts[0].fs_type, "overlay");
     c.commit("ns/2/sha256:aa", unpack).await.unwrap();
     let mounts = c
         .prepare_labeled("ns/3/ctr", "ns/2/sha256:aa", labels(&[("app", "web")]))
@@ -92,6 +92,28 @@ async fn refusals_carry_containerds_codes() {
     assert_eq!(code(c.commit("c", "view").await), Code::FailedPrecondition);
     assert_eq!(code(c.commit("c", "nope").await), Code::NotFound);
     assert_eq!(code(c.commit("base", "active").await), Code::AlreadyExists);
+    // Commit's parent, as containerd 2.2's CommitActive answers it.
+    c.prepare("loose", "").await.unwrap();
+    assert_eq!(
+        code(c.commit_onto("c", "active", "nope").await),
+        Code::InvalidArgument,
+        "prepared on another parent"
+    );
+    assert_eq!(
+        code(c.commit_onto("c", "loose", "nope").await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(c.commit_onto("c", "loose", "view").await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(c.commit_onto("c", "loose", "loose").await),
+        Code::NotFound
+    );
+    c.commit_onto("same", "active", "base").await.unwrap();
+    c.commit_onto("rebased", "loose", "base").await.unwrap();
+    assert_eq!(c.stat("rebased").await.unwrap().parent, "base");
     assert_eq!(code(c.mounts("base").await), Code::FailedPrecondition);
     assert_eq!(code(c.remove("base").await), Code::FailedPrecondition);
     assert_eq!(code(c.remove("nope").await), Code::NotFound);
@@ -131,7 +153,7 @@ async fn refusals_carry_containerds_codes() {
     assert_eq!(code(bad_path), Code::InvalidArgument);
 
     // After all that, exactly what was made is there.
-    assert_eq!(c.names(&[]).await, ["active", "base", "view"]);
+    assert_eq!(c.names(&[]).await, ["base", "rebased", "same", "view"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
