@@ -211,3 +211,200 @@ async fn update_and_filters() {
     );
     assert_eq!(code(c.list(&["==x"]).await), Code::InvalidArgument);
 }
+
+/// containerd's Introspection service, which `ctr` 1.7 and later ask on every
+/// command: `Server` names this root (a uuid kept across restarts), this process
+/// and its pid namespace, with no deprecations; `Plugins` and `PluginInfo` describe
+/// what the socket serves, with containerd's filters and codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_answers_as_containerds_does() {
+    use rustlayer_api::introspection::{self as ipb, introspection_client::IntrospectionClient};
+    if !privileged("introspection_answers_as_containerds_does") {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let connect = |socket: std::path::PathBuf| async move {
+        IntrospectionClient::new(rustlayer_server::channel(&socket).await.unwrap())
+    };
+    let mut c = connect(daemon.socket.clone()).await;
+    let server = c.server(()).await.unwrap().into_inner();
+    assert_eq!(server.pid, daemon.pid() as u64);
+    let pidns = std::fs::metadata(format!("/proc/{}/ns/pid", daemon.pid())).unwrap();
+    assert_eq!(
+        server.pidns,
+        std::os::unix::fs::MetadataExt::ino(&pidns),
+        "pid namespace"
+    );
+    assert!(server.deprecations.is_empty(), "{:?}", server.deprecations);
+    let groups: Vec<usize> = server.uuid.split('-').map(str::len).collect();
+    assert_eq!(groups, [8, 4, 4, 4, 12], "{}", server.uuid);
+
+    let all = c
+        .plugins(ipb::PluginsRequest { filters: vec![] })
+        .await
+        .unwrap()
+        .into_inner()
+        .plugins;
+    let ids: Vec<(&str, &str)> = all
+        .iter()
+        .map(|p| (p.r#type.as_str(), p.id.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("io.containerd.snapshotter.v1", "rustlayer"),
+            ("io.containerd.grpc.v1", "snapshots"),
+            ("io.containerd.grpc.v1", "introspection"),
+        ]
+    );
+    let snapshotter = c
+        .plugins(ipb::PluginsRequest {
+            filters: vec!["type==io.containerd.snapshotter.v1,id==rustlayer".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plugins;
+    assert_eq!(snapshotter.len(), 1);
+    assert_eq!(snapshotter[0].capabilities, ["rebase"], "overlay rebases");
+    assert_eq!(
+        snapshotter[0].exports.get("root").map(String::as_str),
+        Some(daemon.root.to_str().unwrap())
+    );
+    assert_eq!(snapshotter[0].platforms[0].os, "linux");
+    let services = c
+        .plugins(ipb::PluginsRequest {
+            filters: vec!["type==io.containerd.grpc.v1".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plugins;
+    assert_eq!(services.len(), 2);
+    assert_eq!(
+        code(
+            c.plugins(ipb::PluginsRequest {
+                filters: vec!["==x".into()],
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+
+    let info = c
+        .plugin_info(ipb::PluginInfoRequest {
+            r#type: "io.containerd.snapshotter.v1".into(),
+            id: "rustlayer".into(),
+            options: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.plugin.as_ref(), Some(&snapshotter[0]));
+    assert_eq!(
+        code(
+            c.plugin_info(ipb::PluginInfoRequest {
+                r#type: "io.containerd.snapshotter.v1".into(),
+                id: "overlayfs".into(),
+                options: None,
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            c.plugin_info(ipb::PluginInfoRequest {
+                r#type: "io.containerd.snapshotter.v1".into(),
+                id: "rustlayer".into(),
+                options: Some(prost_types::Any::default()),
+            })
+            .await
+        ),
+        Code::Unimplemented
+    );
+
+    // The same root is the same server after a restart; another root is another.
+    drop(c);
+    daemon.stop();
+    daemon.restart();
+    let again = connect(daemon.socket.clone())
+        .await
+        .server(())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.uuid, server.uuid);
+    assert_eq!(again.pid, daemon.pid() as u64);
+    let other = Daemon::start();
+    let elsewhere = connect(other.socket.clone())
+        .await
+        .server(())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(elsewhere.uuid, server.uuid);
+}
+
+/// Every `ctr` on this machine (Debian's, and the containerd releases the version
+/// matrix unpacks under `.cache/containerd/<version>/`) talks to the socket as to
+/// containerd: it lists the snapshots, and from 1.7 on, where it asks the
+/// Introspection service before each command, it warns of nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctr_uses_the_socket_without_warnings() {
+    if !privileged("ctr_uses_the_socket_without_warnings") {
+        return;
+    }
+    let mut ctrs = vec![std::path::PathBuf::from("/usr/bin/ctr")];
+    let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/containerd");
+    if let Ok(versions) = std::fs::read_dir(&cache) {
+        ctrs.extend(versions.map(|v| v.unwrap().path().join("usr/bin/ctr")));
+    }
+    ctrs.retain(|ctr| ctr.exists());
+    assert!(!ctrs.is_empty(), "no ctr here: run hack/deps.sh");
+
+    let daemon = Daemon::start();
+    let c = daemon.client().await;
+    c.prepare("seen-by-ctr", "").await.unwrap();
+    let socket = daemon.socket.to_str().unwrap();
+    let ctr = |bin: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(["--address", socket])
+            .args(args)
+            .env_remove("CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}",
+            bin.display(),
+            text(&out.stderr)
+        );
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let mut asked = Vec::new();
+    for bin in &ctrs {
+        let (version, _) = ctr(bin, &["--version"]);
+        let (listed, warnings) = ctr(bin, &["snapshots", "--snapshotter", "rustlayer", "ls"]);
+        assert!(listed.contains("seen-by-ctr"), "{version}: {listed}");
+        assert!(
+            !warnings.contains("Failed to check deprecations"),
+            "{version}: {warnings}"
+        );
+        // `ctr deprecations` exists where ctr asks the Introspection service.
+        if !version.contains(" 1.6.") {
+            let (deprecations, warnings) = ctr(bin, &["deprecations", "list"]);
+            assert_eq!(
+                (deprecations.trim(), warnings.trim()),
+                ("", ""),
+                "{version}"
+            );
+            asked.push(version.trim().to_owned());
+        }
+    }
+    println!(
+        "ctr binaries: {}; of which asked Introspection: {asked:?}",
+        ctrs.len()
+    );
+}

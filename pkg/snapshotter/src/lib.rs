@@ -128,6 +128,11 @@ impl Snapshotter {
         self.backend.as_ref()
     }
 
+    /// The root's identity, a UUID kept with the metadata.
+    pub fn uuid(&self) -> &str {
+        self.store.uuid()
+    }
+
     pub fn prepare(&self, key: &str, parent: &str, labels: &Labels) -> Result<Vec<Mount>> {
         self.create(Kind::Active, key, parent, labels)
     }
