@@ -408,3 +408,130 @@ async fn ctr_uses_the_socket_without_warnings() {
         ctrs.len()
     );
 }
+
+/// An HTTP/2 frame as the test reads it off the socket.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend(payload);
+    out
+}
+
+async fn read_frame(socket: &mut tokio::net::UnixStream) -> Frame {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 9];
+    socket.read_exact(&mut header).await.expect("a frame");
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    socket.read_exact(&mut payload).await.expect("a payload");
+    Frame {
+        kind: header[3],
+        flags: header[4],
+        stream: u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff,
+        payload,
+    }
+}
+
+/// gRPC's C core (Python's grpcio and most non-Go clients) sends the socket's path
+/// as HTTP/2's `:authority`, which the HTTP/2 server refuses as a URI authority
+/// with RST_STREAM PROTOCOL_ERROR. Written here frame by frame, as such a client
+/// does, with the authority indexed by the first request and referred to by the
+/// second: both get their answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_path_as_authority_gets_a_normal_answer() {
+    use prost::Message;
+    use tokio::io::AsyncWriteExt;
+    if !privileged("a_socket_path_as_authority_gets_a_normal_answer") {
+        return;
+    }
+    let daemon = Daemon::start();
+    let expected_uuid = {
+        let channel = rustlayer_server::channel(&daemon.socket).await.unwrap();
+        rustlayer_api::introspection::introspection_client::IntrospectionClient::new(channel)
+            .server(())
+            .await
+            .unwrap()
+            .into_inner()
+            .uuid
+    };
+    let path = b"/containerd.services.introspection.v1.Introspection/Server";
+    for authority in [
+        &b"/run/rustlayer/rustlayer.sock"[..],
+        b"unix:/run/rustlayer/rustlayer.sock",
+        b"%2Frun%2Frustlayer%2Frustlayer.sock",
+        b"",
+    ] {
+        let mut socket = tokio::net::UnixStream::connect(&daemon.socket)
+            .await
+            .unwrap();
+        let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        sent.extend(frame(0x4, 0, 0, &[]));
+        // :method POST and :scheme http from the static table; the rest literal,
+        // entered in the dynamic table (newest first: te 62, content-type 63,
+        // :path 64, :authority 65).
+        let mut block = vec![0x83, 0x86, 0x41, authority.len() as u8];
+        block.extend(authority);
+        block.extend([0x44, path.len() as u8]);
+        block.extend(path);
+        block.extend([0x5f, 16]);
+        block.extend(b"application/grpc");
+        block.extend([0x40, 2]);
+        block.extend(b"te");
+        block.push(8);
+        block.extend(b"trailers");
+        sent.extend(frame(0x1, 0x4, 1, &block));
+        let empty_message = [0u8, 0, 0, 0, 0];
+        sent.extend(frame(0x0, 0x1, 1, &empty_message));
+        sent.extend(frame(0x1, 0x4, 3, &[0x83, 0x86, 0xc1, 0xc0, 0xbf, 0xbe]));
+        sent.extend(frame(0x0, 0x1, 3, &empty_message));
+        socket.write_all(&sent).await.unwrap();
+
+        let mut answers = std::collections::BTreeMap::new();
+        let mut ended = std::collections::BTreeSet::new();
+        let read = async {
+            while ended.len() < 2 {
+                let f = read_frame(&mut socket).await;
+                match f.kind {
+                    0x3 => panic!(
+                        "{}: stream {} reset with code {:?}",
+                        String::from_utf8_lossy(authority),
+                        f.stream,
+                        f.payload
+                    ),
+                    0x4 if f.flags & 0x1 == 0 => {
+                        socket.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap();
+                    }
+                    0x7 => panic!("GOAWAY: {:?}", f.payload),
+                    0x0 if f.stream != 0 => {
+                        answers
+                            .entry(f.stream)
+                            .or_insert_with(Vec::new)
+                            .extend(f.payload);
+                    }
+                    0x1 if f.flags & 0x1 != 0 => {
+                        ended.insert(f.stream);
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("both answers within 10 s");
+        for stream in [1, 3] {
+            let answer = &answers[&stream];
+            assert!(answer.len() >= 5 && answer[0] == 0, "{answer:?}");
+            let server =
+                rustlayer_api::introspection::ServerResponse::decode(&answer[5..]).unwrap();
+            assert_eq!(server.uuid, expected_uuid);
+        }
+    }
+}

@@ -2,13 +2,16 @@
 //! [`Snapshotter`], and the `Introspection` service `ctr` asks, served on a unix
 //! socket.
 
+mod authority;
 mod client;
 mod convert;
 mod error;
+mod hpack;
 mod introspection;
 mod service;
 mod socket;
 
+pub use authority::AuthorityFix;
 pub use client::{channel, connect};
 pub use error::{Error, Result};
 pub use introspection::{IntrospectionService, SNAPSHOTTER_ID};
@@ -22,6 +25,7 @@ use rustlayer_api::introspection::introspection_server::IntrospectionServer;
 use rustlayer_api::snapshots::snapshots_server::SnapshotsServer;
 use rustlayer_snapshotter::Snapshotter;
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 /// Serves until `shutdown` resolves, then stops accepting and waits for requests in
@@ -37,7 +41,10 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(SnapshotsServer::new(service))
         .add_service(IntrospectionServer::new(introspection))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFix::new)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }
