@@ -5,7 +5,6 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use rustlayer_api::introspection::{self as pb, introspection_server::Introspection};
 use rustlayer_api::types::Platform;
@@ -31,7 +30,7 @@ pub struct IntrospectionService {
 }
 
 impl IntrospectionService {
-    pub fn new(snapshotter: &Arc<Snapshotter>) -> Self {
+    pub fn new(snapshotter: &Snapshotter) -> Self {
         let root = snapshotter
             .metadata_path()
             .parent()
