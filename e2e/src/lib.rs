@@ -263,6 +263,17 @@ impl Client {
     }
 
     pub async fn commit(&self, name: &str, key: &str) -> Result<(), tonic::Status> {
+        self.commit_onto(name, key, "").await
+    }
+
+    /// Commit naming a parent: containerd 2.2's rebase of a layer prepared without
+    /// one.
+    pub async fn commit_onto(
+        &self,
+        name: &str,
+        key: &str,
+        parent: &str,
+    ) -> Result<(), tonic::Status> {
         self.raw
             .clone()
             .commit(pb::CommitSnapshotRequest {
@@ -270,6 +281,7 @@ impl Client {
                 name: name.into(),
                 key: key.into(),
                 labels: Labels::new(),
+                parent: parent.into(),
             })
             .await?;
         Ok(())

@@ -1,4 +1,6 @@
 //! SIGKILL at random instants while clients prepare, write, commit, view and remove.
+//! On overlay, half the layers are made as containerd 2.2's parallel unpack makes
+//! them: prepared without a parent, committed onto it (a rebase).
 //! After every restart the daemon must hold exactly what it acknowledged: every
 //! acknowledged commit committed with its parent, every acknowledged removal gone,
 //! an operation whose answer never came either wholly done or not at all, every
@@ -73,6 +75,8 @@ enum Pending {
     Commit {
         name: String,
         key: String,
+        /// The parent a rebase puts the layer on; `None` keeps its own.
+        onto: Option<String>,
     },
     Remove {
         key: String,
@@ -95,6 +99,8 @@ struct Model {
     present: BTreeMap<String, Snap>,
     workers: Vec<Worker>,
     acked_commits: u64,
+    /// Of which committed onto a parent the layer was not prepared on.
+    acked_rebases: u64,
     acked_removes: u64,
     ops: u64,
     /// Ambiguous outcomes resolved after a restart, by how they turned out.
@@ -110,6 +116,8 @@ struct Round {
     acked: tokio::sync::watch::Sender<usize>,
     killed: Arc<AtomicBool>,
     mounted: Arc<AtomicU64>,
+    /// Whether the backend can commit a layer onto a parent it was not prepared on.
+    rebase: bool,
 }
 
 enum Step {
@@ -241,24 +249,38 @@ async fn worker(round: Arc<Round>, w: usize) -> Option<()> {
             }
             Step::Layer { parent, name } => {
                 let key = format!("{name}-active");
+                let onto = {
+                    let mut m = round.model.lock().unwrap();
+                    let rebase = round.rebase && !parent.is_empty() && m.workers[w].rng.chance(50);
+                    rebase.then(|| parent.clone())
+                };
+                let prepared_on = if onto.is_some() {
+                    String::new()
+                } else {
+                    parent.clone()
+                };
                 let pending = Pending::Create {
                     key: key.clone(),
-                    parent: parent.clone(),
+                    parent: prepared_on.clone(),
                     kind: Kind::Active,
                 };
-                let mounts = rpc(&round, w, pending, c.prepare(&key, &parent)).await?;
+                let mounts = rpc(&round, w, pending, c.prepare(&key, &prepared_on)).await?;
                 let layers = {
                     let mut m = round.model.lock().unwrap();
                     m.present.insert(
                         key.clone(),
                         Snap {
                             kind: Kind::Active,
-                            parent: parent.clone(),
+                            parent: prepared_on.clone(),
                             file: None,
                         },
                     );
                     m.workers[w].extras.push(key.clone());
-                    m.workers[w].chain.clone()
+                    if onto.is_some() {
+                        Vec::new()
+                    } else {
+                        m.workers[w].chain.clone()
+                    }
                 };
                 mount_check_write(mounts, layers.clone(), Some(name.clone())).await;
                 round.mounted.fetch_add(1, Ordering::Relaxed);
@@ -274,12 +296,18 @@ async fn worker(round: Arc<Round>, w: usize) -> Option<()> {
                 let pending = Pending::Commit {
                     name: name.clone(),
                     key: key.clone(),
+                    onto: onto.clone(),
                 };
-                rpc(&round, w, pending, c.commit(&name, &key)).await?;
+                let onto_parent = onto.clone().unwrap_or_default();
+                rpc(&round, w, pending, c.commit_onto(&name, &key, &onto_parent)).await?;
                 let view_too = {
                     let mut m = round.model.lock().unwrap();
                     let mut snap = m.present.remove(&key).unwrap();
                     snap.kind = Kind::Committed;
+                    if let Some(onto) = onto {
+                        snap.parent = onto;
+                        m.acked_rebases += 1;
+                    }
                     m.present.insert(name.clone(), snap);
                     m.acked_commits += 1;
                     let me = &mut m.workers[w];
@@ -362,7 +390,7 @@ async fn resolve(c: &Client, model: &Mutex<Model>) {
                 };
                 *m.resolved.entry(outcome.into()).or_default() += 1;
             }
-            Pending::Commit { name, key } => {
+            Pending::Commit { name, key, onto } => {
                 let as_name = stat(c, &name).await;
                 let as_key = stat(c, &key).await;
                 let mut m = model.lock().unwrap();
@@ -379,9 +407,11 @@ async fn resolve(c: &Client, model: &Mutex<Model>) {
                     }
                     (None, Some(n)) => {
                         assert_eq!(n.kind, Kind::Committed.pb(), "{name}: a lost commit done");
-                        assert_eq!(n.parent, before.parent, "{name}: parent after commit");
+                        let parent = onto.unwrap_or(before.parent);
+                        assert_eq!(n.parent, parent, "{name}: parent after commit");
                         let mut snap = m.present.remove(&key).unwrap();
                         snap.kind = Kind::Committed;
+                        snap.parent = parent;
                         m.present.insert(name.clone(), snap);
                         let me = &mut m.workers[w];
                         me.extras.retain(|k| *k != key);
@@ -576,6 +606,7 @@ async fn torture(mut daemon: Daemon, storage: Storage) {
             acked: tokio::sync::watch::Sender::new(0),
             killed: Arc::new(AtomicBool::new(false)),
             mounted: Arc::new(AtomicU64::new(0)),
+            rebase: matches!(storage, Storage::Overlay),
         });
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| tokio::spawn(worker(Arc::clone(&round), w)))
@@ -628,15 +659,24 @@ async fn torture(mut daemon: Daemon, storage: Storage) {
     let m = model.lock().unwrap();
     println!(
         "{storage:?}: kills survived: {kills} in {:.1?} (seed {seed:#x}); operations acknowledged: {}; \
-         commits acknowledged: {}, checked {commits_checked} times; removals acknowledged: {}; \
+         commits acknowledged: {} ({} rebased), checked {commits_checked} times; removals acknowledged: {}; \
          snapshots left: {}; mounts written through: {mounted}; lost answers resolved: {:?}",
         started.elapsed(),
         m.ops,
         m.acked_commits,
+        m.acked_rebases,
         m.acked_removes,
         m.present.len(),
         m.resolved
     );
     println!("errors clients saw at the kills: {:#?}", m.kill_errors);
     assert!(m.acked_commits >= kills, "too little work between kills");
+    if matches!(storage, Storage::Overlay) {
+        assert!(
+            m.acked_rebases * 4 >= m.acked_commits,
+            "too few rebases: {} of {} commits",
+            m.acked_rebases,
+            m.acked_commits
+        );
+    }
 }

@@ -539,8 +539,13 @@ async fn sigterm_on_a_full_disk_exits_cleanly_and_loses_nothing() {
     let blob = {
         let mounted = Mounted::new(&filler);
         fill_blocks(mounted.path());
-        // The bind mount shows the layer's own directory: find it under the root.
-        let upper = PathBuf::from(&filler[0].source);
+        // The layer's own directory is the overlay's upper: find it under the root.
+        let upper = filler[0]
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("upperdir="))
+            .map(PathBuf::from)
+            .expect("an active snapshot has an upper directory");
         assert!(upper.starts_with(&root), "{filler:?}");
         upper.join("blob")
     };

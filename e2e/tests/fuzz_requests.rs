@@ -199,6 +199,7 @@ fn seeds() -> Vec<(Method, Vec<u8>)> {
                 name: format!("{key}-committed"),
                 key: key.clone(),
                 labels: l.clone(),
+                parent: parent.clone(),
             }
             .encode_to_vec(),
         ));

@@ -35,6 +35,7 @@ enum Req {
     Commit {
         name: String,
         key: String,
+        parent: String,
         labels: Labels,
     },
     Remove {
@@ -82,9 +83,14 @@ impl Req {
     }
 
     fn commit(name: &str, key: &str) -> Req {
+        Req::commit_onto(name, key, "")
+    }
+
+    fn commit_onto(name: &str, key: &str, parent: &str) -> Req {
         Req::Commit {
             name: name.into(),
             key: key.into(),
+            parent: parent.into(),
             labels: Labels::new(),
         }
     }
@@ -166,12 +172,18 @@ async fn send(c: &Client, req: &Req) -> Result<Vec<rustlayer_core::Mount>, tonic
                 .collect())
         }
         Req::Mounts { key } => c.mounts(&key).await,
-        Req::Commit { name, key, labels } => {
+        Req::Commit {
+            name,
+            key,
+            parent,
+            labels,
+        } => {
             raw.commit(pb::CommitSnapshotRequest {
                 snapshotter: String::new(),
                 name,
                 key,
                 labels,
+                parent,
             })
             .await?;
             Ok(Vec::new())
@@ -276,6 +288,8 @@ async fn refusals_carry_exact_codes_and_change_nothing() {
     let mut daemon = Daemon::start();
     let c = daemon.client().await;
     populate(&c).await;
+    // Prepared without a parent, as containerd's parallel unpack prepares a layer.
+    c.prepare("loose", "").await.unwrap();
     let before_infos = sorted_infos(&c).await;
     let before_tree = tree(&daemon.root);
 
@@ -331,6 +345,7 @@ async fn refusals_carry_exact_codes_and_change_nothing() {
             // An empty parent means "no parent"; any other invalid one is refused.
             cases.push((Req::prepare("fresh", k), InvalidArgument));
             cases.push((Req::view("fresh", k), InvalidArgument));
+            cases.push((Req::commit_onto("fresh", "loose", k), InvalidArgument));
         }
     }
     for set in bad_label_sets.iter().copied().chain([&fat_labels]) {
@@ -347,6 +362,7 @@ async fn refusals_carry_exact_codes_and_change_nothing() {
             Req::Commit {
                 name: "fresh".into(),
                 key: "active".into(),
+                parent: String::new(),
                 labels: set.clone(),
             },
             InvalidArgument,
@@ -381,6 +397,7 @@ async fn refusals_carry_exact_codes_and_change_nothing() {
             NotFound,
         ));
         cases.push((Req::commit("fresh", unknown), NotFound));
+        cases.push((Req::commit_onto("fresh", "loose", unknown), NotFound));
         cases.push((
             Req::Remove {
                 key: unknown.into(),
@@ -406,6 +423,37 @@ async fn refusals_carry_exact_codes_and_change_nothing() {
         cases.push((Req::prepare("fresh", parent), InvalidArgument));
         cases.push((Req::view("fresh", parent), InvalidArgument));
     }
+    // Commit's parent (containerd 2.2's rebase), with the codes of containerd's
+    // CommitActive: a snapshot keeps the parent it was prepared on (another one is
+    // InvalidArgument, looked at before the parent itself), the new parent must be
+    // committed (FailedPrecondition), and a snapshot is never its own parent (its
+    // key is gone once committed, its name not there before: NotFound).
+    cases.extend([
+        (
+            Req::commit_onto("fresh", "active", "child"),
+            InvalidArgument,
+        ),
+        (Req::commit_onto("fresh", "active", "nope"), InvalidArgument),
+        (
+            Req::commit_onto("fresh", "loose", "active"),
+            FailedPrecondition,
+        ),
+        (
+            Req::commit_onto("fresh", "loose", "view"),
+            FailedPrecondition,
+        ),
+        (Req::commit_onto("fresh", "loose", "loose"), NotFound),
+        (Req::commit_onto("fresh", "loose", "fresh"), NotFound),
+        (Req::commit_onto("child", "loose", "base"), AlreadyExists),
+        (
+            Req::commit_onto("fresh", "view", "base"),
+            FailedPrecondition,
+        ),
+        (
+            Req::commit_onto("fresh", "base", "child"),
+            FailedPrecondition,
+        ),
+    ]);
     // Kinds that cannot be committed, mounted or removed.
     cases.extend([
         (Req::commit("fresh", "view"), FailedPrecondition),
@@ -673,7 +721,7 @@ async fn keys_that_look_like_paths_stay_inside_the_root() {
         .filter(|n| !n.starts_with("metadata.db"))
         .collect();
     top.sort();
-    assert_eq!(top, ["l", "snapshots", "staging", "trash"]);
+    assert_eq!(top, ["empty", "l", "snapshots", "staging", "trash"]);
     // Storage is named by id only.
     for entry in fs::read_dir(daemon.root.join("snapshots")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
@@ -849,6 +897,11 @@ fn random_request(rng: &mut Rng, names: &[String]) -> Req {
         4 => Req::Commit {
             name: random_string(rng),
             key: some_key(rng, names),
+            parent: if rng.chance(50) {
+                String::new()
+            } else {
+                some_key(rng, names)
+            },
             labels: random_labels(rng),
         },
         5 => Req::Remove {

@@ -6,6 +6,7 @@ use std::path::Path;
 const PROTOS: &[&str] = &[
     "github.com/containerd/containerd/api/types/mount.proto",
     "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto",
+    "github.com/containerd/containerd/api/services/introspection/v1/introspection.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -89,6 +89,7 @@ impl Target {
             name: name.to_owned(),
             key: key.to_owned(),
             labels: root_label(),
+            parent: String::new(),
         })?;
         self.client
             .commit(request)

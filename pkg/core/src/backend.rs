@@ -74,8 +74,21 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Called just before an active snapshot becomes committed; returns the layer's
-    /// usage, which the snapshotter caches with the committed record.
+    /// usage, which the snapshotter caches with the committed record. `parents` are
+    /// the chain the layer is committed onto: its own, or for a rebase the chain of
+    /// the parent Commit names.
     fn seal(&self, snapshot: SnapshotRef<'_>) -> Result<Usage>;
+
+    /// Whether a snapshot prepared without a parent can be committed onto one
+    /// (containerd's `rebase` capability, which its unpacker uses to unpack layers in
+    /// parallel). True only where a layer holds its own changes alone, so that
+    /// placing it over a parent is metadata; a backend whose storage is a copy of its
+    /// parent's (a thin snapshot) cannot. containerd never discovers this: an
+    /// operator declares `capabilities = ["rebase"]` on the proxy plugin, which is
+    /// right only where this is true.
+    fn supports_rebase(&self) -> bool {
+        false
+    }
 
     /// Current usage of a snapshot whose layer may still change (active ones).
     fn usage(&self, snapshot: SnapshotRef<'_>) -> Result<Usage>;

@@ -10,17 +10,19 @@ pub enum Code {
     InvalidArgument,
     FailedPrecondition,
     ResourceExhausted,
+    Unimplemented,
     Unavailable,
     Internal,
 }
 
 impl Code {
-    pub const ALL: [Code; 7] = [
+    pub const ALL: [Code; 8] = [
         Code::NotFound,
         Code::AlreadyExists,
         Code::InvalidArgument,
         Code::FailedPrecondition,
         Code::ResourceExhausted,
+        Code::Unimplemented,
         Code::Unavailable,
         Code::Internal,
     ];
@@ -32,6 +34,7 @@ impl Code {
             Code::InvalidArgument => "invalid_argument",
             Code::FailedPrecondition => "failed_precondition",
             Code::ResourceExhausted => "resource_exhausted",
+            Code::Unimplemented => "unimplemented",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
         }
@@ -50,6 +53,10 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
+    /// A request this backend cannot carry out at all, whatever the state (containerd's
+    /// `ErrNotImplemented`): retrying never helps.
+    #[error("not implemented: {0}")]
+    Unimplemented(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("{context}: {source}")]
@@ -81,6 +88,7 @@ impl Error {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unimplemented(_) => Code::Unimplemented,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Io { source, .. } => io_code(source),
             Error::Metadata(_) | Error::Internal(_) => Code::Internal,

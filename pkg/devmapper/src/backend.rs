@@ -414,6 +414,13 @@ impl Backend for DevmapperBackend {
         Ok(usage)
     }
 
+    /// A thin device is a copy-on-write snapshot of its parent's device, taken at
+    /// Prepare: a layer prepared without a parent is a snapshot of the empty base,
+    /// and no metadata change can put another device's blocks under it.
+    fn supports_rebase(&self) -> bool {
+        false
+    }
+
     fn usage(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
         let thin = thin_id(snapshot.id)?;
         self.inner.activate(thin, snapshot.kind == Kind::View)?;

@@ -158,7 +158,7 @@ fn layers_stack_by_copy_on_write_and_views_are_read_only() {
         fs::create_dir(mnt.join("dir")).unwrap();
         fs::write(mnt.join("dir/keep"), vec![1u8; 1 << 20]).unwrap();
     }
-    f.s.commit("A", "a", &none()).unwrap();
+    f.s.commit("A", "a", "", &none()).unwrap();
     let layer = f.s.usage("A").unwrap();
     assert!(
         layer.bytes >= 1 << 20,
@@ -172,7 +172,7 @@ fn layers_stack_by_copy_on_write_and_views_are_read_only() {
         fs::write(mnt.join("hello"), "two").unwrap();
         fs::remove_file(mnt.join("dir/keep")).unwrap();
     }
-    f.s.commit("B", "b", &none()).unwrap();
+    f.s.commit("B", "b", "", &none()).unwrap();
 
     let view = f.s.view("v", "A", &none()).unwrap();
     assert!(view[0].options.contains(&"ro".to_owned()), "{view:?}");
@@ -335,7 +335,7 @@ fn restart_deactivates_then_reactivates_what_containerd_still_needs() {
         mount_all(&LinuxMounter, &mounts, &mnt).unwrap();
         fs::write(mnt.join("data"), "kept").unwrap();
         LinuxMounter.unmount(&mnt, false).unwrap();
-        s.commit("A", "a", &none()).unwrap();
+        s.commit("A", "a", "", &none()).unwrap();
         s.prepare("live", "A", &none()).unwrap();
         s.close().unwrap();
     }
@@ -357,6 +357,28 @@ fn restart_deactivates_then_reactivates_what_containerd_still_needs() {
     LinuxMounter.unmount(&mnt, false).unwrap();
     assert_eq!(data.unwrap(), "kept");
     s.close().unwrap();
+}
+
+/// containerd's parallel unpack commits a layer prepared without a parent onto the
+/// layer below; a thin device cannot be moved onto another's blocks, so the Commit
+/// is refused as not implemented and the layer stays the active snapshot it was.
+#[test]
+fn a_layer_cannot_be_rebased_onto_another_thin_device() {
+    if !dm_available() {
+        return;
+    }
+    let f = fixture(small_pool());
+    assert!(!f.backend.supports_rebase());
+    f.s.prepare("a", "", &none()).unwrap();
+    f.s.commit("A", "a", "", &none()).unwrap();
+    f.s.prepare("loose", "", &none()).unwrap();
+    let before = f.s.stat("loose").unwrap();
+    let refused = f.s.commit("B", "loose", "A", &none()).unwrap_err();
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused}");
+    assert_eq!(f.s.stat("loose").unwrap(), before);
+    assert_eq!(f.s.stat("B").unwrap_err().code(), Code::NotFound);
+    f.s.commit("B", "loose", "", &none()).unwrap();
+    assert_eq!(f.s.stat("B").unwrap().parent, None);
 }
 
 #[test]

@@ -34,6 +34,12 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("cannot make an identity for metadata file {path}: {source}")]
+    Identity {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("all {max} snapshot ids are in use or awaiting cleanup")]
     IdsExhausted { max: u64 },
     #[error("metadata: {0}")]

@@ -26,6 +26,7 @@ pub struct StoreOptions {
 
 pub struct Store {
     path: PathBuf,
+    uuid: String,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     reserve: PathBuf,
@@ -56,9 +57,11 @@ impl Store {
         }
         migrate(&writer, path)?;
         bind_backend(&writer, path, &options.backend)?;
-        info!(path = %path.display(), existed, "metadata store open");
+        let uuid = identity(&writer, path)?;
+        info!(path = %path.display(), existed, %uuid, "metadata store open");
         let store = Store {
             path: path.to_owned(),
+            uuid,
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             reserve: reserve_path(path),
@@ -97,6 +100,12 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This root's identity: a random UUID made when the metadata was, kept with
+    /// it, so it names the same snapshots across restarts and moves of the root.
+    pub fn uuid(&self) -> &str {
+        &self.uuid
     }
 
     /// Runs `f` in one immediate write transaction and commits it durably if `f`
@@ -259,6 +268,45 @@ fn bind_backend(conn: &Connection, path: &Path, backend: &str) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn identity(conn: &Connection, path: &Path) -> Result<String> {
+    let found: Option<String> = conn
+        .query_row("SELECT value FROM settings WHERE name = 'uuid'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(uuid) = found {
+        return Ok(uuid);
+    }
+    let uuid = random_uuid().map_err(|source| Error::Identity {
+        path: path.to_owned(),
+        source,
+    })?;
+    conn.execute(
+        "INSERT INTO settings (name, value) VALUES ('uuid', ?1)",
+        [&uuid],
+    )
+    .map_err(|e| classify(path, e))?;
+    Ok(uuid)
+}
+
+/// A version 4 (random) UUID in its usual spelling, from the kernel's generator.
+fn random_uuid() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
 }
 
 fn corrupt_or(path: &Path, err: rusqlite::Error) -> Error {

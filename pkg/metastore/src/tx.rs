@@ -361,11 +361,15 @@ impl<'c> Tx<'c> {
     }
 
     /// Turns an active snapshot into a committed one under a new key, keeping its id
-    /// (and so its storage) and caching its usage.
+    /// (and so its storage) and caching its usage. With `rebase_onto`, the layer
+    /// (prepared without a parent) is placed on that committed parent in the same
+    /// statement, so no instant sees it committed without it; without, it keeps the
+    /// parent it has.
     pub fn commit(
         &self,
         id: SnapshotId,
         name: &str,
+        rebase_onto: Option<SnapshotId>,
         labels: &Labels,
         usage: Usage,
         now: SystemTime,
@@ -374,7 +378,7 @@ impl<'c> Tx<'c> {
         let mut stmt = self.txn.prepare_cached(
             "UPDATE snapshots
                 SET key = ?2, kind = 'committed', created_ns = ?3, updated_ns = ?3,
-                    size_bytes = ?4, inodes = ?5
+                    size_bytes = ?4, inodes = ?5, parent_id = COALESCE(?6, parent_id)
               WHERE id = ?1",
         )?;
         stmt.execute(params![
@@ -382,7 +386,8 @@ impl<'c> Tx<'c> {
             name,
             now,
             i64::try_from(usage.bytes).unwrap_or(i64::MAX),
-            i64::try_from(usage.inodes).unwrap_or(i64::MAX)
+            i64::try_from(usage.inodes).unwrap_or(i64::MAX),
+            rebase_onto.map(sql_id)
         ])?;
         self.clear_labels(id)?;
         self.write_labels(id, labels)

@@ -88,12 +88,14 @@ fn every_declared_metric_has_a_sample_after_real_work() {
     let backend = OverlayBackend::open(&OverlayOptions { root: root.clone() }).unwrap();
     let snapshotter = Arc::new(Snapshotter::open(&root, Arc::new(WithPool(backend))).unwrap());
     snapshotter.prepare("a", "", &Labels::new()).unwrap();
-    std::fs::write(
-        std::path::Path::new(&snapshotter.mounts("a").unwrap()[0].source).join("f"),
-        vec![1u8; 50_000],
-    )
-    .unwrap();
-    snapshotter.commit("c", "a", &Labels::new()).unwrap();
+    let mounts = snapshotter.mounts("a").unwrap();
+    let upper = mounts[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .expect("an active snapshot has an upper directory");
+    std::fs::write(std::path::Path::new(upper).join("f"), vec![1u8; 50_000]).unwrap();
+    snapshotter.commit("c", "a", "", &Labels::new()).unwrap();
     snapshotter.view("v", "c", &Labels::new()).unwrap();
 
     let metrics = Arc::new(Metrics::new("test", "overlay").unwrap());

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use crate::error::{Result, io_err};
 use crate::layout::Layout;
 use crate::reaper::Reaper;
-use crate::usage::disk_usage;
+use crate::usage::{Whiteouts, disk_usage, layer_usage};
 
 /// With overlay's inode index on, a layer used as lower by one mount and upper by
 /// another is refused; containerd turns it off for the same reason.
@@ -60,13 +60,34 @@ impl OverlayBackend {
         let reaper =
             Reaper::start(layout.trash()).map_err(io_err("start reaper for", layout.trash()))?;
         info!(root = %layout.root().display(), options = ?common_options, "overlay backend ready");
-        Ok(OverlayBackend {
+        let backend = OverlayBackend {
             layout,
             common_options,
             staging_live: Mutex::new(HashSet::new()),
             sequence: AtomicU64::new(0),
             reaper,
-        })
+        };
+        backend.make_empty_lower()?;
+        Ok(backend)
+    }
+
+    /// Whatever is in the empty lower shows in every parentless snapshot, so anything
+    /// found there (nothing rustlayer writes) is moved away before serving.
+    fn make_empty_lower(&self) -> Result<()> {
+        let empty = self.layout.empty();
+        match fs::read_dir(&empty).map(|mut entries| entries.next().is_none()) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                warn!(path = %empty.display(), "the empty lower directory is not empty; replacing it");
+                self.detach(&empty)?;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err("list", &empty)(err)),
+        }
+        DirBuilder::new()
+            .mode(0o755)
+            .create(&empty)
+            .map_err(io_err("create", &empty))
     }
 
     pub fn root(&self) -> &Path {
@@ -178,6 +199,15 @@ impl OverlayBackend {
         Ok(repaired)
     }
 
+    /// An active snapshot without a parent is an overlay too, over an empty lower,
+    /// not a bind of its layer: containerd's applier writes a layer straight into the
+    /// `upperdir=` of a single overlay mount, turning whiteouts into overlay's
+    /// (a 0/0 character device, the `trusted.overlay.opaque` xattr), while into a
+    /// bind it only deletes what the whiteouts name, which is nothing in an empty
+    /// layer. containerd 2.2's parallel unpack prepares every layer without its
+    /// parent and commits it onto the parent afterwards; a layer unpacked into a
+    /// bind would lose its deletions (containerd issue 13030, worked around in its
+    /// unpacker for its own `overlayfs` snapshotter only).
     fn overlay_mounts(&self, snapshot: SnapshotRef<'_>) -> Vec<Mount> {
         let bind = |source: PathBuf, read_only: bool| Mount {
             fs_type: "bind".into(),
@@ -188,17 +218,21 @@ impl OverlayBackend {
         match (snapshot.kind, snapshot.parents) {
             (Kind::View, []) => vec![bind(self.layout.upper(id), true)],
             (Kind::View, [parent]) => vec![bind(self.layout.upper(*parent), true)],
-            (Kind::Active | Kind::Committed, []) => vec![bind(self.layout.upper(id), false)],
+            (Kind::Committed, []) => vec![bind(self.layout.upper(id), false)],
             (kind, parents) => {
                 let mut options = self.common_options.clone();
                 if kind != Kind::View {
                     options.push(format!("workdir={}", self.layout.work(id).display()));
                     options.push(format!("upperdir={}", self.layout.upper(id).display()));
                 }
-                let lowers: Vec<String> = parents
-                    .iter()
-                    .map(|p| self.layout.link(*p).display().to_string())
-                    .collect();
+                let lowers: Vec<String> = if parents.is_empty() {
+                    vec![self.layout.empty().display().to_string()]
+                } else {
+                    parents
+                        .iter()
+                        .map(|p| self.layout.link(*p).display().to_string())
+                        .collect()
+                };
                 options.push(format!("lowerdir={}", lowers.join(":")));
                 vec![Mount {
                     fs_type: "overlay".into(),
@@ -333,12 +367,29 @@ impl Backend for OverlayBackend {
 
     /// A committed layer is a parent others are built on: its directories (not
     /// synced at Prepare) are made durable here, before the metadata says committed.
+    /// A layer committed without a parent is a bottom layer for good, where the
+    /// whiteouts containerd's applier wrote into it (see [`Self::overlay_mounts`])
+    /// hide nothing but would show: overlay lists a whiteout in a directory no
+    /// other layer has as an entry that cannot be looked up. They go, as the
+    /// deletions of nothing they are. Whiteouts of a layer committed onto a parent
+    /// stay: they hide the parent's files.
     fn seal(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
-        let usage = disk_usage(&self.layout.upper(snapshot.id))?;
+        let whiteouts = if snapshot.parents.is_empty() {
+            Whiteouts::Remove
+        } else {
+            Whiteouts::Keep
+        };
+        let usage = layer_usage(&self.layout.upper(snapshot.id), whiteouts)?;
         sync_dir(&self.layout.snapshot(snapshot.id))?;
         sync_dir(&self.layout.snapshots())?;
         self.link_layer(snapshot.id)?;
         Ok(usage)
+    }
+
+    /// A layer is a directory of its own changes, whiteouts included, whatever it
+    /// was prepared on: placing it on a parent is the metadata's business alone.
+    fn supports_rebase(&self) -> bool {
+        true
     }
 
     fn usage(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
@@ -410,9 +461,23 @@ mod tests {
             kind: Kind::Active,
             parents: &[],
         });
-        assert_eq!(m[0].fs_type, "bind");
-        assert_eq!(m[0].source, format!("{root}/snapshots/7/fs"));
-        assert_eq!(m[0].options, ["rw", "rbind"]);
+        assert_eq!(
+            m[0].fs_type, "overlay",
+            "so the applier writes overlay whiteouts"
+        );
+        let opts = &m[0].options;
+        assert!(opts.contains(&format!("upperdir={root}/snapshots/7/fs")));
+        assert!(opts.contains(&format!("workdir={root}/snapshots/7/work")));
+        assert_eq!(opts.last().unwrap(), &format!("lowerdir={root}/empty"));
+        assert_eq!(fs::read_dir(b.layout.empty()).unwrap().count(), 0);
+
+        let m = b.overlay_mounts(SnapshotRef {
+            id: id(8),
+            kind: Kind::View,
+            parents: &[],
+        });
+        assert_eq!(m[0].source, format!("{root}/snapshots/8/fs"));
+        assert_eq!(m[0].options, ["ro", "rbind"]);
 
         let m = b.overlay_mounts(SnapshotRef {
             id: id(7),
@@ -578,6 +643,58 @@ mod tests {
         b.wait_reaped();
         assert_eq!(fs::read_dir(b.layout.trash()).unwrap().count(), 0);
         b.remove_storage(id(9)).unwrap();
+    }
+
+    #[test]
+    fn opening_empties_the_empty_lower() {
+        let (dir, b) = backend();
+        fs::write(b.layout.empty().join("intruder"), b"x").unwrap();
+        drop(b);
+        let b = OverlayBackend::open(&OverlayOptions {
+            root: dir.path().join("root"),
+        })
+        .unwrap();
+        assert_eq!(fs::read_dir(b.layout.empty()).unwrap().count(), 0);
+        b.wait_reaped();
+        assert_eq!(fs::read_dir(b.layout.trash()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn only_a_layer_without_a_parent_loses_its_whiteouts_at_seal() {
+        if !crate::can_make_whiteouts() {
+            return;
+        }
+        let (_dir, b) = backend();
+        let whiteout_in = |n: u64| {
+            let path = b.layout.upper(id(n)).join("gone");
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &path,
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::empty(),
+                0,
+            )
+            .unwrap();
+            path
+        };
+        staged(&b, 1, Kind::Active, &[]);
+        let bottom = whiteout_in(1);
+        let sealed = |n: u64, parents: &[SnapshotId]| {
+            b.seal(SnapshotRef {
+                id: id(n),
+                kind: Kind::Active,
+                parents,
+            })
+            .unwrap()
+        };
+        assert_eq!(sealed(1, &[]).inodes, 1);
+        assert!(fs::symlink_metadata(&bottom).is_err());
+
+        // Prepared without a parent, committed onto layer 1: its whiteout hides.
+        staged(&b, 2, Kind::Active, &[]);
+        let rebased = whiteout_in(2);
+        assert_eq!(sealed(2, &[id(1)]).inodes, 2);
+        assert!(fs::symlink_metadata(&rebased).is_ok());
     }
 
     #[test]

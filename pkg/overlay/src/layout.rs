@@ -35,6 +35,11 @@ impl Layout {
         self.root.join("trash")
     }
 
+    /// An empty directory, the lower layer of active snapshots without a parent.
+    pub fn empty(&self) -> PathBuf {
+        self.root.join("empty")
+    }
+
     pub fn snapshot(&self, id: SnapshotId) -> PathBuf {
         self.snapshots().join(id.to_string())
     }

@@ -1,15 +1,28 @@
 use std::collections::HashSet;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use rustlayer_core::Usage;
 
 use crate::error::{Result, io_err};
 
+/// What to do with whiteouts (0/0 character devices) met while measuring a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteouts {
+    Keep,
+    /// Delete them and leave them out of the figures.
+    Remove,
+}
+
 /// Bytes actually allocated (st_blocks, as `du` counts) and distinct inodes under
 /// `dir`, itself included. Hard links count once.
 pub fn disk_usage(dir: &Path) -> Result<Usage> {
+    layer_usage(dir, Whiteouts::Keep)
+}
+
+/// [`disk_usage`] of a layer, deleting its whiteouts on the way if asked.
+pub fn layer_usage(dir: &Path, whiteouts: Whiteouts) -> Result<Usage> {
     let mut usage = Usage::default();
     let mut seen_links = HashSet::new();
     let root = fs::symlink_metadata(dir).map_err(io_err("stat", dir))?;
@@ -20,6 +33,11 @@ pub fn disk_usage(dir: &Path) -> Result<Usage> {
         for entry in entries {
             let entry = entry.map_err(io_err("read directory", &current))?;
             let meta = entry.metadata().map_err(io_err("stat", entry.path()))?;
+            if whiteouts == Whiteouts::Remove && is_whiteout(&meta) {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io_err("remove whiteout", &path))?;
+                continue;
+            }
             account(&meta, &mut usage, &mut seen_links);
             if meta.is_dir() {
                 pending.push(entry.path());
@@ -27,6 +45,11 @@ pub fn disk_usage(dir: &Path) -> Result<Usage> {
         }
     }
     Ok(usage)
+}
+
+/// overlayfs's mark of a deleted entry.
+fn is_whiteout(meta: &fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
 fn account(meta: &fs::Metadata, usage: &mut Usage, seen_links: &mut HashSet<(u64, u64)>) {
@@ -56,5 +79,43 @@ mod tests {
             usage.bytes < 2 * 64 * 1024 + 64 * 1024,
             "hard link counted twice: {usage:?}"
         );
+    }
+
+    #[test]
+    fn whiteouts_are_kept_or_removed_as_asked() {
+        if !crate::can_make_whiteouts() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("etc")).unwrap();
+        fs::write(dir.path().join("etc/kept"), b"x").unwrap();
+        let whiteout = dir.path().join("etc/gone");
+        let mknod = |path: &Path, dev| {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                path,
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::from_raw_mode(0),
+                dev,
+            )
+            .unwrap()
+        };
+        mknod(&whiteout, 0);
+        // A real device node (1:3, /dev/null's) is not a whiteout.
+        let device = dir.path().join("null");
+        mknod(&device, rustix::fs::makedev(1, 3));
+
+        let kept = layer_usage(dir.path(), Whiteouts::Keep).unwrap();
+        assert_eq!(kept.inodes, 5, "root, etc, kept, gone, null");
+        assert!(fs::symlink_metadata(&whiteout).is_ok());
+
+        let removed = layer_usage(dir.path(), Whiteouts::Remove).unwrap();
+        assert_eq!(
+            removed.inodes, 4,
+            "the whiteout is neither counted nor kept"
+        );
+        assert!(fs::symlink_metadata(&whiteout).is_err());
+        assert!(fs::symlink_metadata(&device).is_ok());
+        assert!(dir.path().join("etc/kept").exists());
     }
 }

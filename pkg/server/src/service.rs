@@ -130,6 +130,7 @@ pub fn status_from(err: &Error) -> Status {
         Code::InvalidArgument => tonic::Code::InvalidArgument,
         Code::FailedPrecondition => tonic::Code::FailedPrecondition,
         Code::ResourceExhausted => tonic::Code::ResourceExhausted,
+        Code::Unimplemented => tonic::Code::Unimplemented,
         Code::Unavailable => tonic::Code::Unavailable,
         Code::Internal => tonic::Code::Internal,
     };
@@ -229,7 +230,7 @@ impl Snapshots for SnapshotService {
         let key = r.key.clone();
         let labels = r.labels;
         self.call("Commit", &key, Runs::OnBlockingPool, move |s| {
-            s.commit(&r.name, &r.key, &labels)
+            s.commit(&r.name, &r.key, &r.parent, &labels)
         })
         .await?;
         Ok(Response::new(()))

@@ -128,6 +128,11 @@ impl Snapshotter {
         self.backend.as_ref()
     }
 
+    /// The root's identity, a UUID kept with the metadata.
+    pub fn uuid(&self) -> &str {
+        self.store.uuid()
+    }
+
     pub fn prepare(&self, key: &str, parent: &str, labels: &Labels) -> Result<Vec<Mount>> {
         self.create(Kind::Active, key, parent, labels)
     }
@@ -147,7 +152,7 @@ impl Snapshotter {
             if tx.get(key)?.is_some() {
                 return Err(Error::AlreadyExists(key.to_owned()));
             }
-            parent_chain(tx, parent)
+            parent_chain(tx, parent, Error::InvalidArgument)
         })?;
         if chain.len() > MAX_CHAIN_DEPTH {
             return Err(Error::FailedPrecondition(format!(
@@ -182,7 +187,7 @@ impl Snapshotter {
             if tx.get(key)?.is_some() {
                 return Err(Error::AlreadyExists(key.to_owned()));
             }
-            if parent_chain(tx, parent)? != chain {
+            if parent_chain(tx, parent, Error::InvalidArgument)? != chain {
                 return Err(Error::NotFound(parent.to_owned()));
             }
             tx.insert(&NewSnapshot {
@@ -268,18 +273,41 @@ impl Snapshotter {
         })
     }
 
-    pub fn commit(&self, name: &str, key: &str, labels: &Labels) -> Result<()> {
+    /// Commits the active snapshot `key` as the layer `name`. A non-empty `parent`
+    /// is containerd's rebase (its unpacker, given the `rebase` capability, prepares
+    /// each layer without a parent, unpacks them in parallel, then commits each onto
+    /// the layer below). The refusals follow containerd's own metadata store
+    /// (`CommitActive` in core/snapshots/storage/bolt.go, 2.2 and later):
+    ///
+    /// - `parent` equal to the snapshot's own parent: accepted, nothing changes;
+    /// - a snapshot that already has another parent: `InvalidArgument`;
+    /// - a `parent` that does not exist: `NotFound`; so is one naming the snapshot
+    ///   itself (its key stops existing as the commit lands, its name exists only
+    ///   after);
+    /// - a `parent` that is active or a view: `FailedPrecondition`;
+    /// - a backend that cannot rebase ([`Backend::supports_rebase`]):
+    ///   `Unimplemented`, before any parent is looked up: no state makes it work.
+    ///
+    /// Like Prepare, a chain deeper than [`MAX_CHAIN_DEPTH`] is `FailedPrecondition`.
+    /// The new parent is recorded in the transaction that commits, so a crash leaves
+    /// either the active snapshot as it was or the layer committed onto its parent.
+    pub fn commit(&self, name: &str, key: &str, parent: &str, labels: &Labels) -> Result<()> {
         validate::key("name", name)?;
         validate::key("key", key)?;
+        validate::parent(parent)?;
         validate::labels(labels)?;
 
-        let (record, chain) = self.store.read(|tx| {
+        let (record, rebase, chain) = self.store.read(|tx| {
             let record = committable(tx, key)?;
             if tx.get(name)?.is_some() {
                 return Err(Error::AlreadyExists(name.to_owned()));
             }
-            let chain = tx.ancestors(record.id)?;
-            Ok((record, chain))
+            let rebase = self.rebase_target(tx, &record, key, name, parent)?;
+            let chain = match &rebase {
+                Some(chain) => chain.clone(),
+                None => tx.ancestors(record.id)?,
+            };
+            Ok((record, rebase.is_some(), chain))
         })?;
         // Measuring the layer may take a while; it happens outside the write lock.
         let usage = self
@@ -298,11 +326,72 @@ impl Snapshotter {
             if tx.get(name)?.is_some() {
                 return Err(Error::AlreadyExists(name.to_owned()));
             }
-            tx.commit(record.id, name, labels, usage, SystemTime::now())?;
+            let rebase_onto = if rebase {
+                // The parent may have been removed, or removed and made again, while
+                // the layer was sealed.
+                if parent_chain(tx, parent, Error::FailedPrecondition)? != chain {
+                    return Err(Error::NotFound(parent.to_owned()));
+                }
+                chain.first().copied()
+            } else {
+                None
+            };
+            tx.commit(
+                record.id,
+                name,
+                rebase_onto,
+                labels,
+                usage,
+                SystemTime::now(),
+            )?;
             Ok(())
         })?;
-        debug!(name, key, id = %record.id, bytes = usage.bytes, inodes = usage.inodes, "committed");
+        debug!(name, key, parent, rebase, id = %record.id, bytes = usage.bytes, inodes = usage.inodes, "committed");
         Ok(())
+    }
+
+    /// The chain a Commit's `parent` puts the layer on, nearest first, when the
+    /// Commit is a rebase; `None` when it keeps the layer's own parent.
+    fn rebase_target(
+        &self,
+        tx: &Tx<'_>,
+        record: &Record,
+        key: &str,
+        name: &str,
+        parent: &str,
+    ) -> Result<Option<Vec<SnapshotId>>> {
+        if parent.is_empty() {
+            return Ok(None);
+        }
+        if let Some(own) = record.parent {
+            let own_key = tx
+                .get_by_id(own)?
+                .ok_or_else(|| Error::Internal(format!("parent {own} of {key:?} is missing")))?
+                .key;
+            if own_key == parent {
+                return Ok(None);
+            }
+            return Err(Error::InvalidArgument(format!(
+                "snapshot {key:?} was prepared on {own_key:?}; its parent cannot change to {parent:?} on commit"
+            )));
+        }
+        if !self.backend.supports_rebase() {
+            return Err(Error::Unimplemented(format!(
+                "the {} backend cannot commit a layer onto a parent it was not prepared on",
+                self.backend.name()
+            )));
+        }
+        if parent == key || parent == name {
+            return Err(Error::NotFound(parent.to_owned()));
+        }
+        let chain = parent_chain(tx, parent, Error::FailedPrecondition)?;
+        if chain.len() > MAX_CHAIN_DEPTH {
+            return Err(Error::FailedPrecondition(format!(
+                "parent {parent:?} already stacks {} layers; the kernel mounts at most {MAX_CHAIN_DEPTH}",
+                chain.len()
+            )));
+        }
+        Ok(Some(chain))
     }
 
     pub fn remove(&self, key: &str) -> Result<()> {
@@ -512,7 +601,13 @@ fn committable(tx: &Tx<'_>, key: &str) -> Result<Record> {
 }
 
 /// The chain a new child of `parent` stacks on, nearest first; empty for no parent.
-fn parent_chain(tx: &Tx<'_>, parent: &str) -> Result<Vec<SnapshotId>> {
+/// A parent that is not committed is refused with `not_committed`: containerd says
+/// `InvalidArgument` at Prepare and `FailedPrecondition` at a Commit that rebases.
+fn parent_chain(
+    tx: &Tx<'_>,
+    parent: &str,
+    not_committed: fn(String) -> Error,
+) -> Result<Vec<SnapshotId>> {
     if parent.is_empty() {
         return Ok(Vec::new());
     }
@@ -520,7 +615,7 @@ fn parent_chain(tx: &Tx<'_>, parent: &str) -> Result<Vec<SnapshotId>> {
         .get(parent)?
         .ok_or_else(|| Error::NotFound(parent.to_owned()))?;
     if record.kind != Kind::Committed {
-        return Err(Error::InvalidArgument(format!(
+        return Err(not_committed(format!(
             "parent {parent:?} is {}, not committed",
             record.kind
         )));

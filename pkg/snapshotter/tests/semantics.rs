@@ -26,6 +26,8 @@ struct Fixture {
 struct Faults {
     fail_publish: AtomicBool,
     fail_seal: AtomicBool,
+    /// Speak for a backend that cannot rebase, as devmapper's thin snapshots cannot.
+    no_rebase: AtomicBool,
     /// Every id Cleanup was asked to make sure is empty.
     suspects: Mutex<Vec<SnapshotId>>,
     /// Holds the next stage or seal at its start, where a concurrent request may
@@ -99,6 +101,9 @@ impl Backend for FaultyBackend {
         }
         self.faults.pass_gate();
         self.inner.seal(s)
+    }
+    fn supports_rebase(&self) -> bool {
+        !self.faults.no_rebase.load(Ordering::SeqCst) && self.inner.supports_rebase()
     }
     fn usage(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
         self.inner.usage(s)
@@ -193,10 +198,10 @@ fn state(f: &Fixture) -> (Vec<String>, BTreeSet<PathBuf>) {
 /// A committed chain `base` <- `mid`, and an active `top` on `mid`.
 fn chain(f: &Fixture) {
     f.s.prepare("a-base", "", &none()).unwrap();
-    f.s.commit("base", "a-base", &labels(&[("layer", "0")]))
+    f.s.commit("base", "a-base", "", &labels(&[("layer", "0")]))
         .unwrap();
     f.s.prepare("a-mid", "base", &none()).unwrap();
-    f.s.commit("mid", "a-mid", &none()).unwrap();
+    f.s.commit("mid", "a-mid", "", &none()).unwrap();
     f.s.prepare("top", "mid", &none()).unwrap();
 }
 
@@ -206,7 +211,7 @@ fn lifecycle_prepare_commit_view_remove() {
     let mounts =
         f.s.prepare("default/1/extract sha256:abc", "", &none())
             .unwrap();
-    assert_eq!(mounts[0].fs_type, "bind");
+    assert_eq!(mounts[0].fs_type, "overlay");
     let info = f.s.stat("default/1/extract sha256:abc").unwrap();
     assert_eq!(info.kind, Kind::Active);
     assert_eq!(info.parent, None);
@@ -214,6 +219,7 @@ fn lifecycle_prepare_commit_view_remove() {
     f.s.commit(
         "layer-1",
         "default/1/extract sha256:abc",
+        "",
         &labels(&[("x", "y")]),
     )
     .unwrap();
@@ -283,15 +289,21 @@ fn codes_match_containerd() {
         "view parent"
     );
     assert_eq!(
-        code(f.s.commit("c", "v", &none())),
+        code(f.s.commit("c", "v", "", &none())),
         Code::FailedPrecondition
     );
     assert_eq!(
-        code(f.s.commit("c", "base", &none())),
+        code(f.s.commit("c", "base", "", &none())),
         Code::FailedPrecondition
     );
-    assert_eq!(code(f.s.commit("c", "missing", &none())), Code::NotFound);
-    assert_eq!(code(f.s.commit("mid", "top", &none())), Code::AlreadyExists);
+    assert_eq!(
+        code(f.s.commit("c", "missing", "", &none())),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(f.s.commit("mid", "top", "", &none())),
+        Code::AlreadyExists
+    );
     assert_eq!(code(f.s.mounts("mid")), Code::FailedPrecondition);
     assert_eq!(code(f.s.mounts("missing")), Code::NotFound);
     assert_eq!(code(f.s.remove("base")), Code::FailedPrecondition);
@@ -309,7 +321,10 @@ fn codes_match_containerd() {
     );
     let huge = labels(&[("big", &"v".repeat(5000))]);
     assert_eq!(code(f.s.prepare("x", "", &huge)), Code::InvalidArgument);
-    assert_eq!(code(f.s.commit("c", "top", &huge)), Code::InvalidArgument);
+    assert_eq!(
+        code(f.s.commit("c", "top", "", &huge)),
+        Code::InvalidArgument
+    );
 }
 
 #[test]
@@ -323,8 +338,11 @@ fn rejected_requests_change_nothing() {
         ("dup prepare", f.s.prepare("top", "base", &none()).map(drop)),
         ("prepare on view", f.s.prepare("x", "v", &none()).map(drop)),
         ("prepare huge labels", f.s.prepare("x", "", &huge).map(drop)),
-        ("commit view", f.s.commit("c", "v", &none())),
-        ("commit onto existing", f.s.commit("base", "top", &none())),
+        ("commit view", f.s.commit("c", "v", "", &none())),
+        (
+            "commit onto existing",
+            f.s.commit("base", "top", "", &none()),
+        ),
         ("remove parent", f.s.remove("mid")),
         (
             "update bad path",
@@ -357,12 +375,12 @@ fn failed_publish_and_seal_leave_no_trace() {
 
     f.faults.fail_seal.store(true, Ordering::SeqCst);
     assert_eq!(
-        code(f.s.commit("top-c", "top", &none())),
+        code(f.s.commit("top-c", "top", "", &none())),
         Code::ResourceExhausted
     );
     f.faults.fail_seal.store(false, Ordering::SeqCst);
     assert_eq!(f.s.stat("top").unwrap().kind, Kind::Active);
-    f.s.commit("top-c", "top", &none()).unwrap();
+    f.s.commit("top-c", "top", "", &none()).unwrap();
 }
 
 #[test]
@@ -429,7 +447,7 @@ fn committed_usage_is_cached_active_usage_is_live() {
     assert_eq!(grown.inodes, 2);
     assert!(grown.bytes >= 100_000);
 
-    f.s.commit("c", "a", &none()).unwrap();
+    f.s.commit("c", "a", "", &none()).unwrap();
     let committed = f.s.usage("c").unwrap();
     assert_eq!(committed, grown);
     // Nothing writes to a committed layer; if something did, Usage still answers
@@ -441,9 +459,29 @@ fn committed_usage_is_cached_active_usage_is_live() {
     assert_eq!(f.s.usage("v").unwrap(), Usage::default());
 }
 
+/// The layer directory of an active snapshot: its overlay's upper directory.
 fn upper_of(f: &Fixture, key: &str) -> PathBuf {
     let mounts = f.s.mounts(key).unwrap();
-    PathBuf::from(&mounts[0].source)
+    mounts[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{key} has no upper directory: {mounts:?}"))
+}
+
+/// The lower directories a snapshot's overlay stacks, nearest first, each
+/// resolved to the layer it names.
+fn lowers_of(f: &Fixture, key: &str) -> Vec<PathBuf> {
+    let mounts = f.s.mounts(key).unwrap();
+    mounts[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap_or_else(|| panic!("{key} has no lower directories: {mounts:?}"))
+        .split(':')
+        .map(|l| fs::canonicalize(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -465,7 +503,7 @@ fn state_survives_reopen_and_reopen_cleans_debris() {
     {
         let s = open_at(&root, Arc::default());
         s.prepare("a", "", &none()).unwrap();
-        s.commit("c", "a", &labels(&[("k", "v")])).unwrap();
+        s.commit("c", "a", "", &labels(&[("k", "v")])).unwrap();
         s.prepare("b", "c", &none()).unwrap();
     }
     // What a crash between publishing storage and committing metadata leaves.
@@ -525,7 +563,7 @@ fn chains_deeper_than_the_kernel_allows_are_refused() {
         let key = format!("a{i}");
         f.s.prepare(&key, &parent, &none()).unwrap();
         parent = format!("c{i}");
-        f.s.commit(&parent, &key, &none()).unwrap();
+        f.s.commit(&parent, &key, "", &none()).unwrap();
     }
     assert_eq!(
         code(f.s.prepare("too-deep", &parent, &none())),
@@ -617,7 +655,7 @@ fn a_name_removed_and_made_again_mid_request_is_not_found_not_an_io_error() {
     let f = fixture();
     let remake = |name: &str| {
         f.s.prepare("remake", "", &none()).unwrap();
-        f.s.commit(name, "remake", &none()).unwrap();
+        f.s.commit(name, "remake", "", &none()).unwrap();
     };
     remake("base");
 
@@ -635,7 +673,7 @@ fn a_name_removed_and_made_again_mid_request_is_not_found_not_an_io_error() {
     f.s.prepare("active", "", &none()).unwrap();
     let (arrival, release) = f.faults.arm_gate();
     std::thread::scope(|scope| {
-        let commit = scope.spawn(|| f.s.commit("layer", "active", &none()));
+        let commit = scope.spawn(|| f.s.commit("layer", "active", "", &none()));
         arrival.recv().unwrap();
         f.s.remove("active").unwrap();
         f.s.prepare("active", "", &none()).unwrap();
@@ -644,4 +682,233 @@ fn a_name_removed_and_made_again_mid_request_is_not_found_not_an_io_error() {
     });
     assert_eq!(code(f.s.stat("layer")), Code::NotFound, "nothing committed");
     assert_eq!(f.s.stat("active").unwrap().kind, Kind::Active);
+}
+
+/// containerd 2.2's parallel unpack: each layer prepared without a parent, then
+/// committed onto the layer below with Commit's `parent`.
+#[test]
+fn commit_with_a_parent_rebases_a_layer_prepared_without_one() {
+    let f = fixture();
+    chain(&f);
+    let below = lowers_of(&f, "top");
+    f.s.prepare("extract-2", "", &none()).unwrap();
+    let layer = upper_of(&f, "extract-2");
+    assert_eq!(lowers_of(&f, "extract-2"), [f.root.join("empty")]);
+    f.s.commit("layer-2", "extract-2", "mid", &labels(&[("l", "2")]))
+        .unwrap();
+
+    let info = f.s.stat("layer-2").unwrap();
+    assert_eq!(info.kind, Kind::Committed);
+    assert_eq!(info.parent.as_deref(), Some("mid"));
+    assert_eq!(info.labels, labels(&[("l", "2")]));
+    f.s.prepare("container", "layer-2", &none()).unwrap();
+    assert_eq!(
+        lowers_of(&f, "container"),
+        [
+            fs::canonicalize(layer).unwrap(),
+            below[0].clone(),
+            below[1].clone()
+        ],
+        "the rebased layer stacks on its new parent's whole chain"
+    );
+    assert_eq!(
+        code(f.s.remove("mid")),
+        Code::FailedPrecondition,
+        "the new parent has a child now"
+    );
+    let mut children = Vec::new();
+    f.s.list(&Filters::parse(&["parent==mid"]).unwrap(), |i| {
+        children.push(i.name)
+    })
+    .unwrap();
+    children.sort();
+    assert_eq!(children, ["layer-2", "top"]);
+
+    // A snapshot committed with the parent it already has, or with none given,
+    // keeps that parent.
+    f.s.prepare("on-base", "base", &none()).unwrap();
+    f.s.commit("same", "on-base", "base", &none()).unwrap();
+    assert_eq!(f.s.stat("same").unwrap().parent.as_deref(), Some("base"));
+    f.s.prepare("plain", "base", &none()).unwrap();
+    f.s.commit("kept", "plain", "", &none()).unwrap();
+    assert_eq!(f.s.stat("kept").unwrap().parent.as_deref(), Some("base"));
+}
+
+#[test]
+fn rebase_refusals_carry_containerds_codes_and_change_nothing() {
+    let f = fixture();
+    chain(&f);
+    f.s.view("v", "mid", &none()).unwrap();
+    f.s.prepare("loose", "", &none()).unwrap();
+    f.s.prepare("on-base", "base", &none()).unwrap();
+    let before = state(&f);
+    let refusals = [
+        (
+            "another parent than the one prepared on",
+            f.s.commit("c", "on-base", "mid", &none()),
+            Code::InvalidArgument,
+        ),
+        (
+            "another parent, even a missing one",
+            f.s.commit("c", "on-base", "missing", &none()),
+            Code::InvalidArgument,
+        ),
+        (
+            "a missing parent",
+            f.s.commit("c", "loose", "missing", &none()),
+            Code::NotFound,
+        ),
+        (
+            "an active parent",
+            f.s.commit("c", "loose", "top", &none()),
+            Code::FailedPrecondition,
+        ),
+        (
+            "a view as parent",
+            f.s.commit("c", "loose", "v", &none()),
+            Code::FailedPrecondition,
+        ),
+        (
+            "itself by key",
+            f.s.commit("c", "loose", "loose", &none()),
+            Code::NotFound,
+        ),
+        (
+            "itself by its new name",
+            f.s.commit("c", "loose", "c", &none()),
+            Code::NotFound,
+        ),
+        (
+            "a parent with a NUL",
+            f.s.commit("c", "loose", "mi\0d", &none()),
+            Code::InvalidArgument,
+        ),
+        (
+            "onto a name that exists",
+            f.s.commit("mid", "loose", "base", &none()),
+            Code::AlreadyExists,
+        ),
+        (
+            "a view committed onto a parent",
+            f.s.commit("c", "v", "base", &none()),
+            Code::FailedPrecondition,
+        ),
+    ];
+    for (what, result, expected) in refusals {
+        assert_eq!(code(result), expected, "{what}");
+        assert_eq!(state(&f), before, "{what} changed state");
+    }
+    f.s.commit("c", "loose", "mid", &none()).unwrap();
+}
+
+#[test]
+fn a_backend_that_cannot_rebase_refuses_it_and_changes_nothing() {
+    let f = fixture();
+    chain(&f);
+    f.faults.no_rebase.store(true, Ordering::SeqCst);
+    f.s.prepare("loose", "", &none()).unwrap();
+    f.s.prepare("on-base", "base", &none()).unwrap();
+    let before = state(&f);
+    assert_eq!(
+        code(f.s.commit("c", "loose", "mid", &none())),
+        Code::Unimplemented
+    );
+    assert_eq!(
+        code(f.s.commit("c", "loose", "missing", &none())),
+        Code::Unimplemented,
+        "no parent could make it work"
+    );
+    assert_eq!(state(&f), before);
+    assert_eq!(f.s.stat("loose").unwrap().kind, Kind::Active);
+    // Nothing else about Commit changes for such a backend.
+    f.s.commit("same", "on-base", "base", &none()).unwrap();
+    f.s.commit("bottom", "loose", "", &none()).unwrap();
+    assert_eq!(f.s.stat("bottom").unwrap().parent, None);
+}
+
+#[test]
+fn a_rebase_deeper_than_the_kernel_allows_is_refused() {
+    let f = fixture();
+    let mut parent = String::new();
+    for i in 0..rustlayer_snapshotter::MAX_CHAIN_DEPTH {
+        let key = format!("a{i}");
+        f.s.prepare(&key, &parent, &none()).unwrap();
+        parent = format!("c{i}");
+        f.s.commit(&parent, &key, "", &none()).unwrap();
+    }
+    f.s.prepare("fits", "", &none()).unwrap();
+    f.s.commit("top", "fits", &parent, &none()).unwrap();
+    f.s.prepare("too-deep", "", &none()).unwrap();
+    assert_eq!(
+        code(f.s.commit("deeper", "too-deep", "top", &none())),
+        Code::FailedPrecondition
+    );
+    assert_eq!(f.s.stat("too-deep").unwrap().kind, Kind::Active);
+}
+
+/// The parent is checked again in the transaction that commits: removed (and even
+/// made again under its name) while the layer was sealed, it is not found, and the
+/// layer stays the active snapshot it was.
+#[test]
+fn a_parent_removed_while_the_layer_is_sealed_is_not_found() {
+    let f = fixture();
+    f.s.prepare("p", "", &none()).unwrap();
+    f.s.commit("parent", "p", "", &none()).unwrap();
+    f.s.prepare("loose", "", &none()).unwrap();
+    let (arrival, release) = f.faults.arm_gate();
+    std::thread::scope(|scope| {
+        let commit = scope.spawn(|| f.s.commit("layer", "loose", "parent", &none()));
+        arrival.recv().unwrap();
+        f.s.remove("parent").unwrap();
+        f.s.prepare("p", "", &none()).unwrap();
+        f.s.commit("parent", "p", "", &none()).unwrap();
+        release.send(()).unwrap();
+        assert_eq!(code(commit.join().unwrap()), Code::NotFound);
+    });
+    assert_eq!(code(f.s.stat("layer")), Code::NotFound, "nothing committed");
+    let loose = f.s.stat("loose").unwrap();
+    assert_eq!((loose.kind, loose.parent), (Kind::Active, None));
+    f.s.commit("layer", "loose", "parent", &none()).unwrap();
+    assert_eq!(f.s.stat("layer").unwrap().parent.as_deref(), Some("parent"));
+}
+
+#[test]
+fn a_failed_seal_leaves_a_rebase_undone() {
+    let f = fixture();
+    chain(&f);
+    f.s.prepare("loose", "", &none()).unwrap();
+    let before = state(&f);
+    f.faults.fail_seal.store(true, Ordering::SeqCst);
+    assert_eq!(
+        code(f.s.commit("layer", "loose", "mid", &none())),
+        Code::ResourceExhausted
+    );
+    f.faults.fail_seal.store(false, Ordering::SeqCst);
+    assert_eq!(state(&f), before);
+    f.s.commit("layer", "loose", "mid", &none()).unwrap();
+}
+
+/// What a crash leaves is what the metadata file says: reopened after a rebase, the
+/// layer is committed on its parent, with the parent's whole chain under it.
+#[test]
+fn a_rebase_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    {
+        let s = open_at(&root, Arc::default());
+        s.prepare("a", "", &none()).unwrap();
+        s.commit("base", "a", "", &none()).unwrap();
+        s.prepare("b", "", &none()).unwrap();
+        s.commit("layer", "b", "base", &none()).unwrap();
+    }
+    let s = open_at(&root, Arc::default());
+    assert_eq!(s.stat("layer").unwrap().parent.as_deref(), Some("base"));
+    s.prepare("c", "layer", &none()).unwrap();
+    let mounts = s.mounts("c").unwrap();
+    let lowers = mounts[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap();
+    assert_eq!(lowers.split(':').count(), 2, "{lowers}");
 }
