@@ -58,6 +58,7 @@ fn open(root: &Path, config: &DevmapperConfig) -> (Arc<DevmapperBackend>, Snapsh
         DevmapperBackend::open(&DevmapperOptions {
             root: root.to_owned(),
             config: config.clone(),
+            remap_ids: false,
         })
         .expect("open the devmapper backend"),
     );

@@ -24,5 +24,5 @@ mod usage;
 
 pub use backend::{OverlayBackend, OverlayOptions};
 pub use error::{Error, Result};
-pub use preflight::{PreflightReport, preflight};
+pub use preflight::{IDMAPPED_LAYERS, PreflightReport, preflight};
 pub use usage::disk_usage;
