@@ -147,8 +147,10 @@ fn try_idmapped_overlay(dir: &Path, mounter: &dyn Mounter) -> Result<String> {
     let merged = dir.join("merged");
     mounter.mount(&mount, &merged).map_err(|err| {
         Error::Preflight(format!(
-            "this kernel cannot mount overlayfs on idmapped lower layers ({err}); \
-             it needs Linux 5.19 or later"
+            "overlayfs on idmapped lower layers cannot be mounted in {} ({err}); it needs \
+             Linux 5.19 or later and a filesystem that idmaps (ext4, xfs, btrfs; tmpfs \
+             from Linux 6.3)",
+            dir.display()
         ))
     })?;
     let seen = fs::metadata(merged.join("probe")).map(|m| (m.uid(), m.gid()));
