@@ -69,7 +69,7 @@ impl Mounter for LinuxMounter {
             )
             .map_err(mount_err)
         } else {
-            let scratch = Scratch::new().map_err(mount_err)?;
+            let scratch = Scratch::new(target).map_err(mount_err)?;
             self.mount_plain(&unmapped, scratch.path())?;
             let cloned = idmapped_clone(scratch.path(), target, &userns, flags.read_only, false);
             scratch.unmount(self);
@@ -150,7 +150,7 @@ impl LinuxMounter {
                 format!("lower directories {lowers:?} share no directory to idmap"),
             ))
         })?;
-        let scratch = Scratch::new().map_err(mount_err)?;
+        let scratch = Scratch::new(target).map_err(mount_err)?;
         if let Err(err) = idmapped_clone(Path::new(common), scratch.path(), userns, true, false) {
             scratch.remove();
             return Err(mount_err(err));
@@ -227,16 +227,21 @@ impl LinuxMounter {
     }
 }
 
-/// A private, empty directory to mount on for a moment; removed with its mount.
+/// A private, empty directory to mount on for a moment, beside the target (where
+/// the caller may write, unlike perhaps /tmp); removed with its mount.
 struct Scratch {
     path: PathBuf,
 }
 
 impl Scratch {
-    fn new() -> io::Result<Scratch> {
+    fn new(beside: &Path) -> io::Result<Scratch> {
         static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "rustlayer-idmapped-{}-{}",
+        let dir = beside
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("/tmp"));
+        let path = dir.join(format!(
+            ".idmapped-{}-{}",
             std::process::id(),
             SEQUENCE.fetch_add(1, Ordering::Relaxed)
         ));
