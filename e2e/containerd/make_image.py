@@ -11,7 +11,9 @@ when containerd unpacks layers onto it:
   3. an opaque /data (data/.wh..wh..opq) holding only data/fresh.
 
 So the merged root must have no /etc/doomed, /etc/motd = "new" and /data with
-only "fresh" in it.
+only "fresh" in it. With --filler-mib N a fourth layer adds N MiB of
+incompressible files under /filler (16 KiB each, 256 to a directory), for
+measurements where an image's size matters.
 
 The archive is what `ctr images import` reads: oci-layout, index.json and
 blobs/sha256/*, the manifest named by an org.opencontainers.image.ref.name (and
@@ -145,6 +147,20 @@ def opaque_layer():
     return layer
 
 
+def filler_layer(mib):
+    import random  # only here: the other layers use no randomness at all
+
+    layer = Layer(f"{mib} MiB of files under /filler")
+    rng = random.Random(mib)  # seeded: the same size gives the same bytes
+    layer.dir("filler")
+    size, count = 16 * 1024, mib * 64
+    for i in range(count):
+        if i % 256 == 0:
+            layer.dir(f"filler/{i // 256:03d}")
+        layer.file(f"filler/{i // 256:03d}/{i:06d}", rng.randbytes(size))
+    return layer
+
+
 def sha256(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -180,13 +196,15 @@ def is_dynamic_elf(data):
     return any(u(phoff + i * phentsize, 4) == 3 for i in range(phnum))  # 3 = PT_INTERP
 
 
-def build(busybox_path, name, arch):
+def build(busybox_path, name, arch, filler_mib=0):
     with open(busybox_path, "rb") as f:
         busybox = f.read()
     if is_dynamic_elf(busybox):
         raise ValueError(f"{busybox_path} is dynamically linked; the image needs a static "
                          "busybox (Debian: busybox-static)")
     layers = [base_layer(busybox), whiteout_layer(), opaque_layer()]
+    if filler_mib:
+        layers.append(filler_layer(filler_mib))
 
     blobs = {}  # digest -> bytes
     layer_descs, diff_ids, history = [], [], []
@@ -279,10 +297,15 @@ def main():
     parser.add_argument("--busybox", default="/bin/busybox",
                         help="a static busybox binary [%(default)s] (Debian: busybox-static)")
     parser.add_argument("--arch", default=host_arch(), help="image architecture [%(default)s]")
+    parser.add_argument("--filler-mib", type=int, default=0,
+                        help="add a fourth layer of this many MiB of files [none]")
     args = parser.parse_args()
+    if args.filler_mib < 0:
+        parser.error("--filler-mib must not be negative")
 
     try:
-        blobs, index, oci_layout, description = build(args.busybox, args.name, args.arch)
+        blobs, index, oci_layout, description = build(args.busybox, args.name, args.arch,
+                                                      args.filler_mib)
     except FileNotFoundError as e:
         sys.exit(f"make_image.py: {e} (install busybox-static, or pass --busybox)")
     except ValueError as e:

@@ -72,7 +72,7 @@ pub async fn check(config: &Config, output: Output) -> Result<bool> {
     let base = existing_base(&config.root);
     match config.backend {
         BackendKind::Overlay => {
-            let report = rustlayer_overlay::preflight(&base, &LinuxMounter);
+            let report = rustlayer_overlay::preflight(&base, &LinuxMounter, config.remap_ids);
             results.extend(report.checks.into_iter().map(CheckResult::from));
         }
         BackendKind::Devmapper => {

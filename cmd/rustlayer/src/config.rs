@@ -37,6 +37,9 @@ pub struct Config {
     /// Group id allowed to use the socket besides root.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<u32>,
+    /// containerd's proxy plugin for rustlayer declares `remap-ids`: mounts of
+    /// user-namespaced snapshots carry `uidmap=`/`gidmap=` for containerd to idmap.
+    pub remap_ids: bool,
     /// Settings of the devmapper backend (ignored by the overlay backend).
     pub devmapper: DevmapperConfig,
 }
@@ -50,6 +53,7 @@ impl Default for Config {
             metrics_address: None,
             log_format: LogFormat::Text,
             socket_group: None,
+            remap_ids: false,
             devmapper: DevmapperConfig::default(),
         }
     }
@@ -80,6 +84,17 @@ log_format = "text"
 
 # A group id that may use the socket besides root.
 # socket_group = 0
+
+# User namespaces (Kubernetes hostUsers: false, ctr run --remap-labels): set to
+# true exactly when containerd's proxy plugin for rustlayer declares
+# capabilities = ["remap-ids"]. rustlayer then returns mounts with uidmap=/gidmap=
+# and containerd 2.0 or later idmaps the image's layers; the daemon refuses to
+# start on a kernel that cannot (`rustlayer check` says). containerd 1.6 and 1.7
+# cannot idmap layers: leave it false there, and containerd copies the image with
+# its files chowned instead. The two settings must agree: with the capability but
+# not this, containers in user namespaces see their image owned by nobody; with
+# this but not the capability, containerd's chowned copy is mapped a second time.
+remap_ids = false
 "#;
 
 impl Config {
@@ -136,6 +151,13 @@ mod tests {
         );
         assert_eq!(c.metrics_address, Some("127.0.0.1:9".parse().unwrap()));
         assert_eq!(c.root, Config::default().root);
+    }
+
+    #[test]
+    fn remap_ids_is_off_unless_asked_for() {
+        assert!(!Config::default().remap_ids);
+        let c: Config = toml::from_str("remap_ids = true").unwrap();
+        assert!(c.remap_ids);
     }
 
     #[test]

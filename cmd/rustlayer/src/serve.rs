@@ -85,7 +85,7 @@ fn prepare_root(root: &Path) -> Result<()> {
 fn open_backend(config: &Config) -> Result<Arc<dyn Backend>> {
     match config.backend {
         BackendKind::Overlay => {
-            let report = preflight(&config.root, &LinuxMounter);
+            let report = preflight(&config.root, &LinuxMounter, config.remap_ids);
             for check in &report.checks {
                 info!(check = check.name, ok = check.ok, detail = %check.detail, "preflight");
             }
@@ -94,6 +94,7 @@ fn open_backend(config: &Config) -> Result<Arc<dyn Backend>> {
             })?;
             let backend = OverlayBackend::open(&OverlayOptions {
                 root: config.root.clone(),
+                remap_ids: config.remap_ids,
             })?;
             Ok(Arc::new(backend))
         }
@@ -102,6 +103,7 @@ fn open_backend(config: &Config) -> Result<Arc<dyn Backend>> {
             let backend = DevmapperBackend::open(&DevmapperOptions {
                 root: config.root.clone(),
                 config: config.devmapper.clone(),
+                remap_ids: config.remap_ids,
             })
             .context("cannot open the devmapper backend")?;
             Ok(Arc::new(backend))

@@ -46,7 +46,8 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Creates a new snapshot's storage for the reserved id `id`, part of no snapshot
-    /// until published. `parents` are the committed ancestors, nearest first.
+    /// until published. `parents` are the committed ancestors, nearest first;
+    /// `labels` are already checked, a user-namespace mapping among them included.
     fn stage(
         &self,
         id: SnapshotId,
@@ -64,8 +65,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Throws away staged storage that will never be published.
     fn discard(&self, staged: Staged);
 
-    /// The mounts that materialise the snapshot's filesystem.
-    fn mounts(&self, snapshot: SnapshotRef<'_>) -> Result<Vec<Mount>>;
+    /// The mounts that materialise the snapshot's filesystem. `labels` are the
+    /// snapshot's current labels, already checked: a user-namespace mapping among
+    /// them ([`IdMapping`](crate::IdMapping)) may change the mounts.
+    fn mounts(&self, snapshot: SnapshotRef<'_>, labels: &Labels) -> Result<Vec<Mount>>;
 
     /// True when [`mounts`](Self::mounts) only derives paths from ids and touches no
     /// storage, so it may run on the async runtime instead of a blocking thread.

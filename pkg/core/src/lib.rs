@@ -10,6 +10,7 @@ mod backend;
 mod check;
 mod error;
 pub mod filter;
+mod idmap;
 mod model;
 pub mod validate;
 
@@ -17,4 +18,5 @@ pub use backend::{Backend, PoolStats, SnapshotRef, Staged};
 pub use check::Check;
 pub use error::{Code, Error, IoContext, Result};
 pub use filter::Filters;
+pub use idmap::{GID_MAPPING_LABEL, IdMapping, IdRange, IdRanges, UID_MAPPING_LABEL};
 pub use model::{Info, Kind, Labels, Mount, SnapshotId, Usage};

@@ -1,7 +1,7 @@
 //! Input checks applied before anything is touched, so a rejected request changes
 //! nothing and gets a precise `InvalidArgument`.
 
-use crate::{Error, Labels, Result};
+use crate::{Error, IdMapping, Labels, Result};
 
 /// containerd's limit for one label (key and value together).
 pub const MAX_LABEL_BYTES: usize = 4096;
@@ -63,6 +63,13 @@ pub fn labels(labels: &Labels) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The user-namespace mapping a new snapshot's labels ask for, refused when
+/// malformed (see [`IdMapping::from_labels`]). Checked on a snapshot's whole label
+/// set, never on a partial update of it.
+pub fn id_mapping(labels: &Labels) -> Result<Option<IdMapping>> {
+    IdMapping::from_labels(labels)
 }
 
 /// Echoing a megabyte of hostile input back in an error helps nobody.

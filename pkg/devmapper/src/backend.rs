@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use devicemapper::Device;
 use rustlayer_core::{
-    Backend, Kind, Labels, Mount, PoolStats, SnapshotId, SnapshotRef, Staged, Usage,
+    Backend, IdMapping, Kind, Labels, Mount, PoolStats, SnapshotId, SnapshotRef, Staged, Usage,
 };
 use rustlayer_mount::{LinuxMounter, Mounter};
 use tracing::{debug, info, warn};
@@ -31,11 +31,18 @@ const SECTOR: u64 = 512;
 pub struct DevmapperOptions {
     pub root: PathBuf,
     pub config: DevmapperConfig,
+    /// containerd declares this proxy's `remap-ids` capability: a user-namespaced
+    /// snapshot's mount carries `uidmap=`/`gidmap=`, and containerd 2.x idmaps the
+    /// whole ext4 or xfs mount (its mount code idmaps any mount but overlay as a
+    /// whole). The device needs no chown: through that mount, its root-owned files
+    /// show as the container's root.
+    pub remap_ids: bool,
 }
 
 pub struct DevmapperBackend {
     inner: Arc<Inner>,
     reaper: Mutex<Option<Reaper>>,
+    remap_ids: bool,
 }
 
 struct Inner {
@@ -124,6 +131,7 @@ impl DevmapperBackend {
         Ok(DevmapperBackend {
             inner,
             reaper: Mutex::new(reaper),
+            remap_ids: options.remap_ids,
         })
     }
 
@@ -393,9 +401,19 @@ impl Backend for DevmapperBackend {
         }
     }
 
-    fn mounts(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Vec<Mount>> {
+    fn mounts(
+        &self,
+        snapshot: SnapshotRef<'_>,
+        labels: &Labels,
+    ) -> rustlayer_core::Result<Vec<Mount>> {
         let thin = thin_id(snapshot.id)?;
-        Ok(vec![self.inner.mount_for(thin, snapshot.kind)?])
+        let mut mount = self.inner.mount_for(thin, snapshot.kind)?;
+        if self.remap_ids
+            && let Some(mapping) = IdMapping::from_labels(labels)?
+        {
+            mount.options.splice(0..0, mapping.mount_options());
+        }
+        Ok(vec![mount])
     }
 
     /// Measures the device and deactivates it: committed layers are only ever read

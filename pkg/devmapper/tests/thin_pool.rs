@@ -7,6 +7,8 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -54,10 +56,19 @@ fn small_pool() -> DevmapperConfig {
 }
 
 fn open(root: &Path, config: &DevmapperConfig) -> (Arc<DevmapperBackend>, Snapshotter) {
+    open_remapping(root, config, false)
+}
+
+fn open_remapping(
+    root: &Path,
+    config: &DevmapperConfig,
+    remap_ids: bool,
+) -> (Arc<DevmapperBackend>, Snapshotter) {
     let backend = Arc::new(
         DevmapperBackend::open(&DevmapperOptions {
             root: root.to_owned(),
             config: config.clone(),
+            remap_ids,
         })
         .expect("open the devmapper backend"),
     );
@@ -74,8 +85,12 @@ fn new_root() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn fixture(config: DevmapperConfig) -> Fixture {
+    fixture_remapping(config, false)
+}
+
+fn fixture_remapping(config: DevmapperConfig, remap_ids: bool) -> Fixture {
     let (dir, root) = new_root();
-    let (backend, s) = open(&root, &config);
+    let (backend, s) = open_remapping(&root, &config, remap_ids);
     Fixture {
         dir,
         root,
@@ -455,4 +470,86 @@ fn xfs_snapshots_of_one_base_mount_side_by_side() {
     let _two = mount(&f, "two", &m2);
     fs::write(m1.join("f"), "1").unwrap();
     assert!(!m2.join("f").exists(), "the two snapshots are independent");
+}
+
+#[test]
+fn user_namespaced_snapshots_are_idmapped_whole_with_remap_ids() {
+    if !dm_available() {
+        return;
+    }
+    // containerd 2.x idmaps any mount but overlay as a whole when it carries both
+    // uidmap= and gidmap=; the thin device stays as unpacked, owned by root.
+    let map = "0:100000:65536";
+    let mapped: Labels = [
+        (
+            "containerd.io/snapshot/uidmapping".to_owned(),
+            map.to_owned(),
+        ),
+        (
+            "containerd.io/snapshot/gidmapping".to_owned(),
+            map.to_owned(),
+        ),
+    ]
+    .into();
+    for fs_type in [FsType::Ext4, FsType::Xfs] {
+        let mut config = small_pool();
+        if fs_type == FsType::Xfs {
+            // mkfs.xfs refuses filesystems under 300 MiB.
+            config.fs_type = FsType::Xfs;
+            config.base_image_size = ByteSize::bytes(320 << 20);
+        }
+        let f = fixture_remapping(config, true);
+        let mnt = f.dir.path().join("mnt");
+        f.s.prepare("base", "", &none()).unwrap();
+        {
+            let _m = mount(&f, "base", &mnt);
+            fs::create_dir(mnt.join("etc")).unwrap();
+            fs::write(mnt.join("etc/motd"), "hello").unwrap();
+        }
+        f.s.commit("image", "base", "", &none()).unwrap();
+
+        let mounts = f.s.prepare("ctr", "image", &mapped).unwrap();
+        assert_eq!(
+            mounts[0].options[..2],
+            [format!("uidmap={map}"), format!("gidmap={map}")],
+            "{mounts:?}"
+        );
+        assert_eq!(f.s.mounts("ctr").unwrap(), mounts);
+        {
+            let _m = mount(&f, "ctr", &mnt);
+            for path in [mnt.clone(), mnt.join("etc/motd")] {
+                let meta = fs::metadata(&path).unwrap();
+                assert_eq!((meta.uid(), meta.gid()), (100000, 100000), "{path:?}");
+            }
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "echo mine > {0}/etc/motd && mkdir {0}/proc",
+                    mnt.display()
+                ))
+                .uid(100000)
+                .gid(100000)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "the container's root writes: {out:?}");
+        }
+        // Without the mapping the device shows what is on disk: root's files.
+        let mut plain = mounts[0].clone();
+        plain.options.drain(..2);
+        fs::create_dir_all(&mnt).unwrap();
+        mount_all(&LinuxMounter, &[plain], &mnt).unwrap();
+        let _m = Mounted { target: &mnt };
+        let meta = fs::metadata(mnt.join("proc")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{fs_type:?}");
+    }
+
+    let f = fixture(small_pool());
+    f.s.prepare("ctr", "", &mapped).unwrap();
+    assert!(
+        !f.s.mounts("ctr").unwrap()[0]
+            .options
+            .iter()
+            .any(|o| o.starts_with("uidmap=") || o.starts_with("gidmap=")),
+        "without remap_ids containerd makes a chowned copy; the mounts stay plain"
+    );
 }

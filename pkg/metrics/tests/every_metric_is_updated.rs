@@ -36,8 +36,8 @@ impl Backend for WithPool {
     fn discard(&self, s: Staged) {
         self.0.discard(s)
     }
-    fn mounts(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Vec<Mount>> {
-        self.0.mounts(s)
+    fn mounts(&self, s: SnapshotRef<'_>, l: &Labels) -> rustlayer_core::Result<Vec<Mount>> {
+        self.0.mounts(s, l)
     }
     fn seal(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
         self.0.seal(s)
@@ -85,7 +85,11 @@ fn declared_names(text: &str) -> BTreeSet<String> {
 fn every_declared_metric_has_a_sample_after_real_work() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let backend = OverlayBackend::open(&OverlayOptions { root: root.clone() }).unwrap();
+    let backend = OverlayBackend::open(&OverlayOptions {
+        root: root.clone(),
+        remap_ids: false,
+    })
+    .unwrap();
     let snapshotter = Arc::new(Snapshotter::open(&root, Arc::new(WithPool(backend))).unwrap());
     snapshotter.prepare("a", "", &Labels::new()).unwrap();
     let mounts = snapshotter.mounts("a").unwrap();

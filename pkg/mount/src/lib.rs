@@ -5,14 +5,18 @@
 
 mod error;
 mod fsinfo;
+mod idmap;
 mod linux;
 mod options;
 mod recording;
 
 pub use error::{Error, Result};
 pub use fsinfo::{FsStats, filesystem_registered, fs_stats, supports_d_type, sync_filesystem};
+pub use idmap::{UserNamespace, idmapped_clone};
 pub use linux::LinuxMounter;
-pub use options::{MountFlags, OverlayData, parse_options};
+pub use options::{
+    IdMapOptions, MountFlags, OverlayData, lowers_common_dir, parse_options, split_id_maps,
+};
 pub use recording::{MountCall, RecordingMounter};
 
 use std::path::Path;

@@ -81,6 +81,53 @@ pub fn parse_options(options: &[String]) -> (MountFlags, String) {
     (flags, data.join(","))
 }
 
+/// A mount's `uidmap=` and `gidmap=` options, which containerd 2.x takes out of the
+/// list and turns into an idmapped mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMapOptions {
+    pub uidmap: String,
+    pub gidmap: String,
+}
+
+/// Splits the id-map options off the rest. Like containerd's mount code, a lone
+/// `uidmap=` or `gidmap=` is dropped: only both together make a mapping.
+pub fn split_id_maps(options: &[String]) -> (Vec<String>, Option<IdMapOptions>) {
+    let mut rest = Vec::with_capacity(options.len());
+    let (mut uidmap, mut gidmap) = (None, None);
+    for option in options {
+        if let Some(map) = option.strip_prefix("uidmap=") {
+            uidmap = Some(map.to_owned());
+        } else if let Some(map) = option.strip_prefix("gidmap=") {
+            gidmap = Some(map.to_owned());
+        } else {
+            rest.push(option.clone());
+        }
+    }
+    let maps = uidmap
+        .zip(gidmap)
+        .map(|(uidmap, gidmap)| IdMapOptions { uidmap, gidmap });
+    (rest, maps)
+}
+
+/// The directory containerd idmaps to reach every lower directory through one
+/// mount: the longest common prefix of their paths, cut back to its last `/`
+/// (Go's `path.Dir`). None when that is `/` or nothing.
+pub fn lowers_common_dir(lowers: &[String]) -> Option<&str> {
+    let first = lowers.first()?;
+    let mut len = first.len();
+    for lower in &lowers[1..] {
+        len = first
+            .bytes()
+            .zip(lower.bytes())
+            .take(len)
+            .take_while(|(a, b)| a == b)
+            .count();
+    }
+    let prefix = &first[..len];
+    let dir = &prefix[..prefix.rfind('/')?];
+    (!dir.is_empty()).then_some(dir)
+}
+
 /// An overlay mount's data string, with the lower directories pulled out so they can
 /// be rewritten relative to a common directory when the whole string would not fit
 /// in the one page the kernel accepts.
@@ -175,6 +222,42 @@ mod tests {
             short.render(),
             "lowerdir=a:b1:zz,index=off,upperdir=/u,workdir=/w"
         );
+    }
+
+    #[test]
+    fn id_maps_are_taken_out_only_as_a_pair() {
+        let (rest, maps) = split_id_maps(&opts(&[
+            "uidmap=0:100000:65536",
+            "rbind",
+            "gidmap=0:200000:65536,1:1:1",
+        ]));
+        assert_eq!(rest, ["rbind"]);
+        let maps = maps.expect("both given");
+        assert_eq!(maps.uidmap, "0:100000:65536");
+        assert_eq!(maps.gidmap, "0:200000:65536,1:1:1");
+        let (rest, maps) = split_id_maps(&opts(&["uidmap=0:1:1", "ro"]));
+        assert_eq!(rest, ["ro"]);
+        assert_eq!(maps, None, "a lone map is dropped, as containerd does");
+    }
+
+    #[test]
+    fn lowers_common_dir_follows_go_path_dir() {
+        let dirs = |l: &[&str]| opts(l);
+        assert_eq!(
+            lowers_common_dir(&dirs(&["/r/snapshots/12/fs", "/r/snapshots/13/fs"])),
+            Some("/r/snapshots")
+        );
+        assert_eq!(
+            lowers_common_dir(&dirs(&["/r/snapshots/5/fs", "/r/snapshots/55/fs"])),
+            Some("/r/snapshots")
+        );
+        assert_eq!(
+            lowers_common_dir(&dirs(&["/r/snapshots/12/fs"])),
+            Some("/r/snapshots/12")
+        );
+        assert_eq!(lowers_common_dir(&dirs(&["/a/x", "/b/y"])), None);
+        assert_eq!(lowers_common_dir(&dirs(&["relative"])), None);
+        assert_eq!(lowers_common_dir(&[]), None);
     }
 
     #[test]

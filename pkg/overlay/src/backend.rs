@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustlayer_core::{Backend, Kind, Labels, Mount, SnapshotId, SnapshotRef, Staged, Usage};
+use rustlayer_core::{
+    Backend, IdMapping, Kind, Labels, Mount, SnapshotId, SnapshotRef, Staged, Usage,
+};
 use tracing::{debug, info, warn};
 
 use crate::error::{Result, io_err};
@@ -18,9 +20,17 @@ use crate::usage::{Whiteouts, disk_usage, layer_usage};
 /// another is refused; containerd turns it off for the same reason.
 const INDEX_PARAMETER: &str = "/sys/module/overlay/parameters/index";
 
+/// The kernel copies one page of mount options.
+const MOUNT_DATA_LIMIT: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct OverlayOptions {
     pub root: PathBuf,
+    /// containerd declares this proxy's `remap-ids` capability, so a user-namespaced
+    /// snapshot's mounts carry `uidmap=`/`gidmap=` and containerd (2.x) idmaps the
+    /// lower layers. Without the capability containerd makes a chowned copy of the
+    /// image instead and must get plain mounts, or the copy would be mapped twice.
+    pub remap_ids: bool,
 }
 
 #[derive(Debug)]
@@ -28,6 +38,7 @@ pub struct OverlayBackend {
     layout: Layout,
     /// Options every overlay mount gets.
     common_options: Vec<String>,
+    remap_ids: bool,
     /// Staging directories of Prepares in flight, which Cleanup must not touch.
     staging_live: Mutex<HashSet<String>>,
     sequence: AtomicU64,
@@ -63,6 +74,7 @@ impl OverlayBackend {
         let backend = OverlayBackend {
             layout,
             common_options,
+            remap_ids: options.remap_ids,
             staging_live: Mutex::new(HashSet::new()),
             sequence: AtomicU64::new(0),
             reaper,
@@ -118,14 +130,25 @@ impl OverlayBackend {
     /// reads `snapshots/<id>` without a metadata row, and Cleanup spares ids in
     /// flight. No sync here: the Prepare is durable once its row is, and an empty
     /// layer a power loss took back is made again at start ([`Self::repair`]).
-    fn stage_dir(&self, id: SnapshotId, kind: Kind, parents: &[SnapshotId]) -> Result<Staged> {
+    fn stage_dir(
+        &self,
+        id: SnapshotId,
+        kind: Kind,
+        parents: &[SnapshotId],
+        mapping: Option<&IdMapping>,
+    ) -> Result<Staged> {
         let dir = self.layout.snapshot(id);
         if fs::symlink_metadata(&dir).is_ok() {
             // Debris of a transaction that never committed; the id is ours now.
             warn!(path = %dir.display(), "replacing storage left by an unfinished operation");
             self.detach(&dir)?;
         }
-        let made = self.make_dirs(id, kind, parents.first().copied(), false);
+        let made = self
+            .make_dirs(id, kind, parents.first().copied(), false)
+            .and_then(|()| match mapping {
+                Some(mapping) => self.give_to_container_root(id, kind, mapping),
+                None => Ok(()),
+            });
         let staged = Staged::new(id.to_string());
         if made.is_err() {
             self.discard_dir(&staged);
@@ -158,6 +181,55 @@ impl OverlayBackend {
         }
         if let Some(parent) = parent {
             inherit_root_attributes(&self.layout.upper(parent), &self.layout.upper(id))?;
+        }
+        Ok(())
+    }
+
+    /// A user-namespaced snapshot's layer belongs to the container's root: its upper
+    /// and work directories are owned by the host ids of the container's root, since
+    /// overlay never idmaps the upper directory and the container's root writes
+    /// there as those ids. Parentless snapshots too: an active one is an overlay
+    /// over the empty lower, and a view a read-only bind, which containerd never
+    /// idmaps.
+    fn give_to_container_root(
+        &self,
+        id: SnapshotId,
+        kind: Kind,
+        mapping: &IdMapping,
+    ) -> Result<()> {
+        let (uid, gid) = mapping.root();
+        let mut dirs = vec![self.layout.upper(id)];
+        if kind == Kind::Active {
+            dirs.push(self.layout.work(id));
+        }
+        for dir in dirs {
+            lchown(&dir, Some(uid), Some(gid)).map_err(io_err("chown", &dir))?;
+        }
+        Ok(())
+    }
+
+    /// containerd 2.x mounts an idmapped overlay with its lower directories
+    /// rewritten through an idmapped copy of `snapshots/`, relative to it when the
+    /// options would not fit a page otherwise: `<id>/fs` each, the shortest form it
+    /// has. Chains whose options do not fit a page even so could be prepared but
+    /// never mounted.
+    fn check_idmapped_options_fit(
+        &self,
+        id: SnapshotId,
+        kind: Kind,
+        parents: &[SnapshotId],
+    ) -> rustlayer_core::Result<()> {
+        if parents.is_empty() || (kind == Kind::View && parents.len() == 1) {
+            return Ok(());
+        }
+        let lowers = parents.iter().map(|p| format!("{p}/fs")).collect();
+        let len = self.overlay_options(id, kind, lowers).join(",").len();
+        if len >= MOUNT_DATA_LIMIT {
+            return Err(rustlayer_core::Error::FailedPrecondition(format!(
+                "a user-namespaced snapshot on {} layers needs {len} bytes of overlay options \
+                 once containerd idmaps its lower layers; the kernel takes {MOUNT_DATA_LIMIT}",
+                parents.len()
+            )));
         }
         Ok(())
     }
@@ -199,20 +271,36 @@ impl OverlayBackend {
         Ok(repaired)
     }
 
-    /// An active snapshot without a parent is an overlay too, over an empty lower,
-    /// not a bind of its layer: containerd's applier writes a layer straight into the
-    /// `upperdir=` of a single overlay mount, turning whiteouts into overlay's
-    /// (a 0/0 character device, the `trusted.overlay.opaque` xattr), while into a
-    /// bind it only deletes what the whiteouts name, which is nothing in an empty
-    /// layer. containerd 2.2's parallel unpack prepares every layer without its
-    /// parent and commits it onto the parent afterwards; a layer unpacked into a
-    /// bind would lose its deletions (containerd issue 13030, worked around in its
-    /// unpacker for its own `overlayfs` snapshotter only).
-    fn overlay_mounts(&self, snapshot: SnapshotRef<'_>) -> Vec<Mount> {
-        let bind = |source: PathBuf, read_only: bool| Mount {
-            fs_type: "bind".into(),
-            source: source.display().to_string(),
-            options: vec![if read_only { "ro" } else { "rw" }.into(), "rbind".into()],
+    /// The snapshot's mounts. An active snapshot without a parent is an overlay
+    /// too, over an empty lower, not a bind of its layer: containerd's applier
+    /// writes a layer straight into the `upperdir=` of a single overlay mount,
+    /// turning whiteouts into overlay's (a 0/0 character device, the
+    /// `trusted.overlay.opaque` xattr), while into a bind it only deletes what the
+    /// whiteouts name, which is nothing in an empty layer. containerd 2.2's parallel
+    /// unpack prepares every layer without its parent and commits it onto the
+    /// parent afterwards; a layer unpacked into a bind would lose its deletions
+    /// (containerd issue 13030, worked around in its unpacker for its own
+    /// `overlayfs` snapshotter only).
+    ///
+    /// With `remap_ids`, a user-namespaced snapshot's mounts carry its
+    /// `uidmap=`/`gidmap=` first, as containerd's own overlay snapshotter puts
+    /// them, and name lower layers by their real directories: containerd idmaps
+    /// their common directory and rewrites each path below it, and an `l/` link's
+    /// relative target would resolve outside that idmapped copy.
+    fn overlay_mounts(&self, snapshot: SnapshotRef<'_>, mapping: Option<&IdMapping>) -> Vec<Mount> {
+        let id_options: Vec<String> = match mapping {
+            Some(mapping) if self.remap_ids => mapping.mount_options().into(),
+            _ => Vec::new(),
+        };
+        let bind = |source: PathBuf, read_only: bool| {
+            let mut options = id_options.clone();
+            options.push(if read_only { "ro" } else { "rw" }.into());
+            options.push("rbind".into());
+            Mount {
+                fs_type: "bind".into(),
+                source: source.display().to_string(),
+                options,
+            }
         };
         let id = snapshot.id;
         match (snapshot.kind, snapshot.parents) {
@@ -220,20 +308,23 @@ impl OverlayBackend {
             (Kind::View, [parent]) => vec![bind(self.layout.upper(*parent), true)],
             (Kind::Committed, []) => vec![bind(self.layout.upper(id), false)],
             (kind, parents) => {
-                let mut options = self.common_options.clone();
-                if kind != Kind::View {
-                    options.push(format!("workdir={}", self.layout.work(id).display()));
-                    options.push(format!("upperdir={}", self.layout.upper(id).display()));
-                }
+                let lower = |p: &SnapshotId| {
+                    if id_options.is_empty() {
+                        self.layout.link(*p)
+                    } else {
+                        self.layout.upper(*p)
+                    }
+                };
                 let lowers: Vec<String> = if parents.is_empty() {
                     vec![self.layout.empty().display().to_string()]
                 } else {
                     parents
                         .iter()
-                        .map(|p| self.layout.link(*p).display().to_string())
+                        .map(|p| lower(p).display().to_string())
                         .collect()
                 };
-                options.push(format!("lowerdir={}", lowers.join(":")));
+                let mut options = id_options.clone();
+                options.extend(self.overlay_options(id, kind, lowers));
                 vec![Mount {
                     fs_type: "overlay".into(),
                     source: "overlay".into(),
@@ -241,6 +332,16 @@ impl OverlayBackend {
                 }]
             }
         }
+    }
+
+    fn overlay_options(&self, id: SnapshotId, kind: Kind, lowers: Vec<String>) -> Vec<String> {
+        let mut options = self.common_options.clone();
+        if kind != Kind::View {
+            options.push(format!("workdir={}", self.layout.work(id).display()));
+            options.push(format!("upperdir={}", self.layout.upper(id).display()));
+        }
+        options.push(format!("lowerdir={}", lowers.join(":")));
+        options
     }
 
     /// Creates or replaces the layer's short link in one rename, so concurrent
@@ -334,9 +435,13 @@ impl Backend for OverlayBackend {
         id: SnapshotId,
         kind: Kind,
         parents: &[SnapshotId],
-        _labels: &Labels,
+        labels: &Labels,
     ) -> rustlayer_core::Result<Staged> {
-        Ok(self.stage_dir(id, kind, parents)?)
+        let mapping = IdMapping::from_labels(labels)?;
+        if self.remap_ids && mapping.is_some() {
+            self.check_idmapped_options_fit(id, kind, parents)?;
+        }
+        Ok(self.stage_dir(id, kind, parents, mapping.as_ref())?)
     }
 
     /// Staged directories already sit under the id.
@@ -356,11 +461,17 @@ impl Backend for OverlayBackend {
         Ok(())
     }
 
-    fn mounts(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Vec<Mount>> {
-        Ok(self.overlay_mounts(snapshot))
+    fn mounts(
+        &self,
+        snapshot: SnapshotRef<'_>,
+        labels: &Labels,
+    ) -> rustlayer_core::Result<Vec<Mount>> {
+        let mapping = IdMapping::from_labels(labels)?;
+        Ok(self.overlay_mounts(snapshot, mapping.as_ref()))
     }
 
-    /// Paths under the root named by ids and `l/` links; nothing is looked at.
+    /// Paths under the root named by ids and `l/` links, and the labels' mapping;
+    /// nothing on disk is looked at.
     fn mounts_are_derived(&self) -> bool {
         true
     }
@@ -443,6 +554,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = OverlayBackend::open(&OverlayOptions {
             root: dir.path().join("root"),
+            remap_ids: false,
         })
         .unwrap();
         (dir, backend)
@@ -456,11 +568,14 @@ mod tests {
     fn mounts_follow_the_overlay2_rules() {
         let (_dir, b) = backend();
         let root = b.root().display().to_string();
-        let m = b.overlay_mounts(SnapshotRef {
-            id: id(7),
-            kind: Kind::Active,
-            parents: &[],
-        });
+        let m = b.overlay_mounts(
+            SnapshotRef {
+                id: id(7),
+                kind: Kind::Active,
+                parents: &[],
+            },
+            None,
+        );
         assert_eq!(
             m[0].fs_type, "overlay",
             "so the applier writes overlay whiteouts"
@@ -471,27 +586,36 @@ mod tests {
         assert_eq!(opts.last().unwrap(), &format!("lowerdir={root}/empty"));
         assert_eq!(fs::read_dir(b.layout.empty()).unwrap().count(), 0);
 
-        let m = b.overlay_mounts(SnapshotRef {
-            id: id(8),
-            kind: Kind::View,
-            parents: &[],
-        });
+        let m = b.overlay_mounts(
+            SnapshotRef {
+                id: id(8),
+                kind: Kind::View,
+                parents: &[],
+            },
+            None,
+        );
         assert_eq!(m[0].source, format!("{root}/snapshots/8/fs"));
         assert_eq!(m[0].options, ["ro", "rbind"]);
 
-        let m = b.overlay_mounts(SnapshotRef {
-            id: id(7),
-            kind: Kind::View,
-            parents: &[id(3)],
-        });
+        let m = b.overlay_mounts(
+            SnapshotRef {
+                id: id(7),
+                kind: Kind::View,
+                parents: &[id(3)],
+            },
+            None,
+        );
         assert_eq!(m[0].source, format!("{root}/snapshots/3/fs"));
         assert_eq!(m[0].options, ["ro", "rbind"]);
 
-        let m = b.overlay_mounts(SnapshotRef {
-            id: id(40),
-            kind: Kind::Active,
-            parents: &[id(39), id(2)],
-        });
+        let m = b.overlay_mounts(
+            SnapshotRef {
+                id: id(40),
+                kind: Kind::Active,
+                parents: &[id(39), id(2)],
+            },
+            None,
+        );
         assert_eq!(m[0].fs_type, "overlay");
         let opts = &m[0].options;
         assert!(opts.contains(&format!("upperdir={root}/snapshots/40/fs")));
@@ -501,23 +625,162 @@ mod tests {
             &format!("lowerdir={root}/l/13:{root}/l/2")
         );
 
-        let m = b.overlay_mounts(SnapshotRef {
-            id: id(41),
-            kind: Kind::View,
-            parents: &[id(39), id(2)],
-        });
+        let m = b.overlay_mounts(
+            SnapshotRef {
+                id: id(41),
+                kind: Kind::View,
+                parents: &[id(39), id(2)],
+            },
+            None,
+        );
         assert!(!m[0].options.iter().any(|o| o.starts_with("upperdir=")));
+    }
+
+    fn remapping_backend() -> (tempfile::TempDir, OverlayBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = OverlayBackend::open(&OverlayOptions {
+            root: dir.path().join("root"),
+            remap_ids: true,
+        })
+        .unwrap();
+        (dir, backend)
+    }
+
+    fn mapped(map: &str) -> Labels {
+        [
+            (rustlayer_core::UID_MAPPING_LABEL.to_owned(), map.to_owned()),
+            (rustlayer_core::GID_MAPPING_LABEL.to_owned(), map.to_owned()),
+        ]
+        .into()
+    }
+
+    #[test]
+    fn mapped_mounts_carry_the_maps_and_name_lowers_by_their_directories() {
+        let (_dir, b) = remapping_backend();
+        let root = b.root().display().to_string();
+        let labels = mapped("0:100000:65536,65536:300000:1");
+        fn snapshot(n: u64, kind: Kind, parents: &[SnapshotId]) -> SnapshotRef<'_> {
+            SnapshotRef {
+                id: id(n),
+                kind,
+                parents,
+            }
+        }
+        let maps = [
+            "uidmap=0:100000:65536,65536:300000:1",
+            "gidmap=0:100000:65536,65536:300000:1",
+        ];
+        let m = b
+            .mounts(snapshot(40, Kind::Active, &[id(39), id(2)]), &labels)
+            .unwrap();
+        assert_eq!(m[0].fs_type, "overlay");
+        assert_eq!(m[0].options[..2], maps);
+        assert_eq!(
+            m[0].options.last().unwrap(),
+            &format!("lowerdir={root}/snapshots/39/fs:{root}/snapshots/2/fs")
+        );
+        assert!(
+            m[0].options
+                .contains(&format!("upperdir={root}/snapshots/40/fs"))
+        );
+
+        let m = b.mounts(snapshot(7, Kind::Active, &[]), &labels).unwrap();
+        assert_eq!(m[0].fs_type, "overlay");
+        assert_eq!(m[0].options[..2], maps);
+        assert_eq!(
+            m[0].options.last().unwrap(),
+            &format!("lowerdir={root}/empty")
+        );
+        let m = b
+            .mounts(snapshot(8, Kind::View, &[id(3)]), &labels)
+            .unwrap();
+        assert_eq!(m[0].options, [maps[0], maps[1], "ro", "rbind"]);
+
+        let unmapped = b
+            .mounts(snapshot(40, Kind::Active, &[id(39), id(2)]), &Labels::new())
+            .unwrap();
+        assert_eq!(
+            unmapped[0].options.last().unwrap(),
+            &format!("lowerdir={root}/l/13:{root}/l/2"),
+            "without a mapping nothing changes"
+        );
+    }
+
+    #[test]
+    fn without_remap_ids_a_mapping_changes_no_mount() {
+        let (_dir, b) = backend();
+        let labels = mapped("0:100000:65536");
+        let snapshot = SnapshotRef {
+            id: id(40),
+            kind: Kind::Active,
+            parents: &[id(39), id(2)],
+        };
+        assert_eq!(
+            b.mounts(snapshot, &labels).unwrap(),
+            b.mounts(snapshot, &Labels::new()).unwrap()
+        );
+    }
+
+    #[test]
+    fn malformed_mappings_are_refused_before_any_storage() {
+        let (_dir, b) = remapping_backend();
+        let mut labels = mapped("0:100000:65536");
+        labels.insert(rustlayer_core::GID_MAPPING_LABEL.into(), "0:1".into());
+        let err = b.stage(id(5), Kind::Active, &[], &labels).unwrap_err();
+        assert_eq!(err.code(), rustlayer_core::Code::InvalidArgument);
+        assert!(!b.layout.snapshot(id(5)).exists());
+    }
+
+    #[test]
+    fn idmapped_chains_whose_options_cannot_fit_a_page_are_refused() {
+        let (_dir, b) = remapping_backend();
+        // Maps the container's root to whoever runs the test, who may chown to it.
+        let labels: Labels = [
+            (
+                rustlayer_core::UID_MAPPING_LABEL.to_owned(),
+                format!("0:{}:1", rustix::process::geteuid().as_raw()),
+            ),
+            (
+                rustlayer_core::GID_MAPPING_LABEL.to_owned(),
+                format!("0:{}:1", rustix::process::getegid().as_raw()),
+            ),
+        ]
+        .into();
+        // containerd's shortest form is "<id>/fs" per layer: 500 six-digit ids do
+        // not fit in a page, 400 three-digit ones do.
+        let long: Vec<SnapshotId> = (100_000..100_500).rev().map(id).collect();
+        let short: Vec<SnapshotId> = (100..500).rev().map(id).collect();
+        for nearest in [long[0], short[0]] {
+            fs::create_dir_all(b.layout.upper(nearest)).unwrap();
+        }
+        for kind in [Kind::Active, Kind::View] {
+            let err = b.stage(id(200_000), kind, &long, &labels).unwrap_err();
+            assert_eq!(
+                err.code(),
+                rustlayer_core::Code::FailedPrecondition,
+                "{err}"
+            );
+            assert!(err.to_string().contains("500 layers"), "{err}");
+            assert!(!b.layout.snapshot(id(200_000)).exists());
+        }
+        b.stage(id(200_000), Kind::Active, &long, &Labels::new())
+            .expect("short links keep unmapped chains in a page");
+        b.stage(id(600), Kind::Active, &short, &labels)
+            .expect("fits");
     }
 
     #[test]
     fn five_hundred_layers_fit_in_a_page_once_compacted() {
         let (_dir, b) = backend();
         let parents: Vec<SnapshotId> = (100_000..100_500).rev().map(id).collect();
-        let m = b.overlay_mounts(SnapshotRef {
-            id: id(200_000),
-            kind: Kind::Active,
-            parents: &parents,
-        });
+        let m = b.overlay_mounts(
+            SnapshotRef {
+                id: id(200_000),
+                kind: Kind::Active,
+                parents: &parents,
+            },
+            None,
+        );
         let data = rustlayer_mount::OverlayData::parse(&m[0].options.join(","));
         let (dir, compact) = data.compact().unwrap();
         assert_eq!(dir, format!("{}/l", b.root().display()));
@@ -529,7 +792,7 @@ mod tests {
     }
 
     fn staged(b: &OverlayBackend, n: u64, kind: Kind, parents: &[SnapshotId]) -> Staged {
-        let staged = b.stage_dir(id(n), kind, parents).unwrap();
+        let staged = b.stage_dir(id(n), kind, parents, None).unwrap();
         b.publish(&staged, id(n)).unwrap();
         staged
     }
@@ -537,13 +800,13 @@ mod tests {
     #[test]
     fn staging_makes_the_directories_under_the_id_and_discard_takes_them_away() {
         let (_dir, b) = backend();
-        let staged = b.stage_dir(id(1), Kind::Active, &[]).unwrap();
+        let staged = b.stage_dir(id(1), Kind::Active, &[], None).unwrap();
         assert!(b.layout.upper(id(1)).is_dir());
         assert!(b.layout.work(id(1)).is_dir());
         b.discard_dir(&staged);
         assert!(!b.layout.snapshot(id(1)).exists());
 
-        b.stage_dir(id(2), Kind::View, &[]).unwrap();
+        b.stage_dir(id(2), Kind::View, &[], None).unwrap();
         assert!(b.layout.upper(id(2)).is_dir());
         assert!(
             !b.layout.work(id(2)).exists(),
@@ -613,7 +876,7 @@ mod tests {
         fs::create_dir(b.layout.snapshots().join("007")).unwrap();
         fs::create_dir(b.layout.staging().join("link-abandoned")).unwrap();
         // A Prepare in flight: its id is known to the snapshotter.
-        b.stage_dir(id(3), Kind::Active, &[]).unwrap();
+        b.stage_dir(id(3), Kind::Active, &[], None).unwrap();
         let in_flight_link = b.unique_name("link-");
         fs::create_dir(b.layout.staging().join(&in_flight_link)).unwrap();
         b.live().insert(in_flight_link.clone());
@@ -652,6 +915,7 @@ mod tests {
         drop(b);
         let b = OverlayBackend::open(&OverlayOptions {
             root: dir.path().join("root"),
+            remap_ids: false,
         })
         .unwrap();
         assert_eq!(fs::read_dir(b.layout.empty()).unwrap().count(), 0);

@@ -145,6 +145,7 @@ impl Snapshotter {
         validate::key("key", key)?;
         validate::parent(parent)?;
         validate::labels(labels)?;
+        validate::id_mapping(labels)?;
 
         // Checked before staging so the common refusals cost no storage work; checked
         // again under the write lock because the world may change in between.
@@ -216,11 +217,14 @@ impl Snapshotter {
         };
         debug!(key, %id, %kind, depth = chain.len(), "created");
         self.store.restore_reserve();
-        self.backend.mounts(SnapshotRef {
-            id,
-            kind,
-            parents: chain,
-        })
+        self.backend.mounts(
+            SnapshotRef {
+                id,
+                kind,
+                parents: chain,
+            },
+            labels,
+        )
     }
 
     /// An id durably reserved for a new snapshot, marked in flight.
@@ -256,7 +260,7 @@ impl Snapshotter {
 
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         validate::key("key", key)?;
-        let (record, chain) = self.store.read(|tx| {
+        let (record, chain, labels) = self.store.read(|tx| {
             let record = get(tx, key)?;
             if record.kind == Kind::Committed {
                 return Err(Error::FailedPrecondition(format!(
@@ -264,13 +268,17 @@ impl Snapshotter {
                 )));
             }
             let chain = tx.ancestors(record.id)?;
-            Ok((record, chain))
+            let labels = tx.labels(record.id)?;
+            Ok((record, chain, labels))
         })?;
-        self.backend.mounts(SnapshotRef {
-            id: record.id,
-            kind: record.kind,
-            parents: &chain,
-        })
+        self.backend.mounts(
+            SnapshotRef {
+                id: record.id,
+                kind: record.kind,
+                parents: &chain,
+            },
+            &labels,
+        )
     }
 
     /// Commits the active snapshot `key` as the layer `name`. A non-empty `parent`
@@ -457,6 +465,7 @@ impl Snapshotter {
             }
             let info = tx.info(name)?.ok_or_else(|| Error::NotFound(name.to_owned()))?;
             validate::labels(&info.labels)?;
+            validate::id_mapping(&info.labels)?;
             Ok(info)
         })
     }

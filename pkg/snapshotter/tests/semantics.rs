@@ -92,8 +92,8 @@ impl Backend for FaultyBackend {
     fn discard(&self, staged: Staged) {
         self.inner.discard(staged)
     }
-    fn mounts(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Vec<Mount>> {
-        self.inner.mounts(s)
+    fn mounts(&self, s: SnapshotRef<'_>, l: &Labels) -> rustlayer_core::Result<Vec<Mount>> {
+        self.inner.mounts(s, l)
     }
     fn seal(&self, s: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
         if self.faults.fail_seal.load(Ordering::SeqCst) {
@@ -124,6 +124,7 @@ impl Backend for FaultyBackend {
 fn backend_at(root: &Path, faults: Arc<Faults>, name: Option<&'static str>) -> Arc<FaultyBackend> {
     let inner = OverlayBackend::open(&OverlayOptions {
         root: root.to_owned(),
+        remap_ids: false,
     })
     .unwrap();
     Arc::new(FaultyBackend {
@@ -540,7 +541,11 @@ fn corrupt_metadata_is_refused_not_reset() {
     let mut bytes = fs::read(&db).unwrap();
     bytes[..16].copy_from_slice(b"not a database!!");
     fs::write(&db, &bytes).unwrap();
-    let inner = OverlayBackend::open(&OverlayOptions { root: root.clone() }).unwrap();
+    let inner = OverlayBackend::open(&OverlayOptions {
+        root: root.clone(),
+        remap_ids: false,
+    })
+    .unwrap();
     let err = Snapshotter::open(&root, Arc::new(inner)).unwrap_err();
     assert!(err.to_string().contains("corrupt"), "{err}");
     assert_eq!(
@@ -551,7 +556,11 @@ fn corrupt_metadata_is_refused_not_reset() {
 
     let truncated = &bytes[..bytes.len() / 2];
     fs::write(&db, truncated).unwrap();
-    let inner = OverlayBackend::open(&OverlayOptions { root: root.clone() }).unwrap();
+    let inner = OverlayBackend::open(&OverlayOptions {
+        root: root.clone(),
+        remap_ids: false,
+    })
+    .unwrap();
     assert!(Snapshotter::open(&root, Arc::new(inner)).is_err());
 }
 
