@@ -272,7 +272,7 @@ else
 fi
 complaints=$(containerd_config_check "$tmp/containerd.log" "$ctr_sock")
 if [[ -z $complaints ]]; then
-  ok "containerd took its config without a complaint (its log, ctr deprecations list)"
+  ok "containerd took its config without a complaint (its log; from 1.7 on, ctr deprecations list)"
 else
   not_ok "containerd complained about its config:"$'\n'"$complaints"
 fi

@@ -5,9 +5,10 @@
 #   containerd_use
 #
 # puts containerd $CONTAINERD_VERSION (default 1.6.20, the machine's own) first
-# on PATH, from hack/containerd-fetch.sh: containerd, ctr and the
-# containerd-shim-runc-v2 of the same release (containerd starts the shim it
-# finds on PATH). Exports CONTAINERD_VERSION and PATH.
+# on PATH: containerd, ctr and the containerd-shim-runc-v2 of the same release
+# (containerd starts the shim it finds on PATH), from hack/containerd-fetch.sh
+# unless the containerd on PATH already is that release. Exports
+# CONTAINERD_VERSION and PATH.
 #
 #   containerd_config ROOT STATE SOCKET RUSTLAYER_SOCKET [EXTRA_TOML]
 #
@@ -28,8 +29,21 @@
 CONTAINERD_DEFAULT_VERSION=1.6.20
 
 containerd_use() {
-  local version=${CONTAINERD_VERSION:-$CONTAINERD_DEFAULT_VERSION} dir got
-  dir=$(hack/containerd-fetch.sh "$version") || return 1
+  local version=${CONTAINERD_VERSION:-$CONTAINERD_DEFAULT_VERSION} dir='' got
+  # The release already first on PATH, with its ctr and shim beside it, is used
+  # as it is. hack/vm-run.sh's guest needs that: it runs the host's /usr/bin, but
+  # its /var/lib is empty, so dpkg, which hack/containerd-fetch.sh asks about the
+  # machine's own release, knows no package there.
+  if command -v containerd >/dev/null; then
+    dir=$(dirname "$(command -v containerd)")
+    if [[ $(containerd_release) != "$version" || ! -x $dir/containerd-shim-runc-v2 ||
+      $("$dir/ctr" --version 2>/dev/null | awk '{ print $3 }' | sed -E 's/^v//; s/[~+-].*$//') != "$version" ]]; then
+      dir=''
+    fi
+  fi
+  if [[ -z $dir ]]; then
+    dir=$(hack/containerd-fetch.sh "$version") || return 1
+  fi
   PATH=$dir:$PATH
   got=$(containerd_release)
   if [[ $got != "$version" ]]; then
