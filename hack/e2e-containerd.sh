@@ -5,6 +5,8 @@
 # whiteout and an opaque directory) and runs containers from it with runc.
 #
 # Checks that:
+#   - containerd takes the config hack/lib/containerd.sh writes for its release
+#     without a complaint;
 #   - the import unpacks the three layers into rustlayer as a chain of committed
 #     snapshots named by the image's ChainIDs (in containerd and in the daemon);
 #   - a container sees the merged root exactly (whiteout and opaque dir applied);
@@ -137,7 +139,9 @@ run_() { # run_ [--rm] ID CMD...: a container from the image, on our runc root
   ctr_ run --snapshotter "$snapshotter" --runc-root "$tmp/runc" "${flags[@]}" "$image" "$id" "$@"
 }
 
-# ctr snapshots ls as "KEY KIND PARENT" lines, PARENT "-" for none.
+# ctr snapshots ls as "KEY KIND PARENT" lines, PARENT "-" for none. ctr 1.6 to
+# 2.1 print the same columns (KEY PARENT KIND), and `snapshots mounts` the same
+# "mount -t TYPE SOURCE TARGET -o OPTIONS" lines; `ctr run` takes the same flags.
 table() { awk 'NR > 1 && NF { print $1, $NF, (NF >= 3 ? $2 : "-") }'; }
 
 # wait_until SECONDS PID CMD...: runs CMD every 0.1 s until it succeeds. Fails
