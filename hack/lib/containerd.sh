@@ -24,6 +24,7 @@
 # prints what the containerd logging to LOG and serving SOCKET had to say about
 # its configuration: a key it ignored, a deprecated setting, a plugin it failed
 # to load. Empty for a clean start.
+
 # The release the tiers run against unless CONTAINERD_VERSION names another:
 # Debian 12's own package.
 CONTAINERD_DEFAULT_VERSION=1.6.20
@@ -74,9 +75,9 @@ containerd_config() {
     # 2.x splits CRI into three plugins, and its pod sandboxes are plugins of
     # their own, which without CRI load before the transfer service they need and
     # fail. NRI is on by default there and would listen on the node's
-    # /var/run/nri/nri.sock; erofs (snapshotter and differ) needs tools this
-    # machine lacks, and a second differ for the same platform makes the transfer
-    # service warn that it had to pick one.
+    # /var/run/nri/nri.sock. erofs, new in 2.x, is a snapshotter the tiers do not
+    # use, like btrfs; its differ loads only where mkfs.erofs is installed, and
+    # would then be a second differ for the transfer service to choose from.
     2.*) disabled=(io.containerd.grpc.v1.cri io.containerd.cri.v1.images
       io.containerd.cri.v1.runtime io.containerd.podsandbox.controller.v1.podsandbox
       io.containerd.grpc.v1.sandbox-controllers io.containerd.nri.v1.nri
