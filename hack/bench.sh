@@ -25,6 +25,12 @@
 #   +  where rustlayer's time goes: strace -T -y of the daemon and of containerd
 #      during snapshot cycles: every sync, by the file it syncs
 #
+# Rows 0-7 run on containerd 1.6.20 (Debian 12's; CONTAINERD_VERSION picks
+# another). Rows 1-3 then run again on containerd 2.1.9 (BENCH_ALSO_CONTAINERD,
+# a list; empty skips it), fetched by hack/containerd-fetch.sh: a second private
+# containerd with its own rustlayer daemon and proxy floor, against its own
+# built-in overlayfs, the rows named "(containerd 2.1.9)".
+#
 #   sudo hack/bench.sh            full run (~16 min on 2 vCPUs, 9 of them row 7, once cached)
 #   sudo hack/bench.sh --quick    2 rounds, small sizes (~8 min)
 #
@@ -44,7 +50,8 @@
 # (BENCH_FS_SIZE, default 16G) and loop-mounted instead.
 #
 # Debian packages (installed if missing, after hack/deps.sh):
-#   containerd   containerd, ctr, containerd-shim-runc-v2 (1.6.x in bookworm)
+#   containerd   containerd, ctr, containerd-shim-runc-v2 (1.6.x in bookworm; other
+#                releases from hack/containerd-fetch.sh)
 #   runc         the container runtime
 #   debootstrap  the image's root filesystem
 #   python3      the OCI image builder, the strace summary (standard library only)
@@ -130,6 +137,13 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+containerd_use || die "no containerd ${CONTAINERD_VERSION:-$CONTAINERD_DEFAULT_VERSION}"
+# Each release's binaries, fetched now: a missing one fails before any row runs.
+read -ra also_versions <<<"${BENCH_ALSO_CONTAINERD-2.1.9}"
+declare -A also_dirs=()
+for v in "${also_versions[@]}"; do
+  also_dirs[$v]=$(hack/containerd-fetch.sh "$v") || die "cannot fetch containerd $v"
+done
 for cmd in containerd ctr containerd-shim-runc-v2 runc debootstrap python3 strace mount umount mkfs.ext4; do
   command -v "$cmd" >/dev/null || die "$cmd not found after installing packages"
 done
@@ -187,19 +201,17 @@ echo "$me: image $image: $image_mb"
 tmp=${BENCH_DIR:-$(mktemp -d /var/tmp/rustlayer-bench.XXXXXX)}
 mkdir -p "$tmp"
 tmp=$(realpath "$tmp")
-sock=$tmp/containerd.sock
-rl_sock=$tmp/rl.sock
-floor_sock=$tmp/floor.sock
 # Both snapshotters' roots share one filesystem: the scratch directory's own, or
 # with BENCH_FS=fresh a new ext4 in a loop-mounted image file, so that neither
 # inherits an aged filesystem's layout (on a long-used filesystem, file creation
 # speed can differ from one directory to the next by more than the snapshotters
 # differ). A loop device makes every fsync much dearer than on the disk below.
 roots=$tmp/fs
-rl_root=$roots/rl
 results=$tmp/results.jsonl
 : >"$results"
-rl_pid='' cd_pid='' floor_pid='' strace_pids=()
+# The stack the rows talk to (start_stack); every process started, for cleanup.
+sock='' rl_sock='' floor_sock='' rl_root='' rl_pid='' floor_pid='' cd_pid='' strace_pids=()
+containerd_pids=() daemon_pids=()
 namespaces=(bench bench-import bench-unpack bench-run bench-gc)
 
 stop_pid() { # stop_pid PID NAME: TERM, up to 20 s, then KILL
@@ -223,15 +235,14 @@ cleanup() {
   set +e
   for pid in "${strace_pids[@]}"; do kill -INT "$pid" 2>/dev/null; done
   if ((rc != 0)); then
-    for f in rustlayer.log containerd.log; do
-      [[ -s $tmp/$f ]] || continue
-      echo "---- last 30 lines of $tmp/$f"
-      grep -v 'msg="loading plugin' "$tmp/$f" | tail -n 30
+    for f in "$tmp"/rustlayer.log "$tmp"/containerd.log "$tmp"/*/rustlayer.log "$tmp"/*/containerd.log; do
+      [[ -s $f ]] || continue
+      echo "---- last 30 lines of $f"
+      grep -v 'msg="\{0,1\}loading plugin' "$f" | tail -n 30
     done
   fi
-  stop_pid "$cd_pid" containerd
-  stop_pid "$rl_pid" rustlayer
-  stop_pid "$floor_pid" "proxy floor"
+  for pid in "${containerd_pids[@]}"; do stop_pid "$pid" containerd; done
+  for pid in "${daemon_pids[@]}"; do stop_pid "$pid" "rustlayer or the proxy floor"; done
   local released=yes
   release_leftovers "${namespaces[@]}" || released=''
   if [[ -n ${BENCH_KEEP-} ]]; then
@@ -273,36 +284,53 @@ wait_for_socket() {
   die "$name did not create $socket within 30 s"
 }
 
-say "starting rustlayer and containerd in $tmp"
-: >"$tmp/rustlayer.toml" # defaults, whatever /etc/rustlayer holds
-env -u RUST_LOG "$bin" serve --config "$tmp/rustlayer.toml" --root "$rl_root" --address "$rl_sock" \
-  >"$tmp/rustlayer.log" 2>&1 &
-rl_pid=$!
-wait_for_socket "$rl_sock" "$rl_pid" rustlayer
+# start_stack DIR ROOTS: a rustlayer daemon, the proxy floor, and a containerd (the
+# one first on PATH) using both as proxy plugins; sockets, state and logs in DIR,
+# the snapshotters' roots under ROOTS. Each containerd has a daemon of its own:
+# its garbage collector removes whatever the daemon holds that it did not make.
+# Sets sock, rl_sock, floor_sock, rl_root, rl_pid, floor_pid and cd_pid.
+start_stack() {
+  local dir=$1 root=$2 i plugins s complaints
+  sock=$dir/containerd.sock rl_sock=$dir/rl.sock floor_sock=$dir/floor.sock rl_root=$root/rl
+  mkdir -p "$dir/containerd" "$root/containerd"
+  : >"$dir/rustlayer.toml" # defaults, whatever /etc/rustlayer holds
+  env -u RUST_LOG "$bin" serve --config "$dir/rustlayer.toml" --root "$rl_root" --address "$rl_sock" \
+    >"$dir/rustlayer.log" 2>&1 &
+  rl_pid=$!
+  daemon_pids+=("$rl_pid")
+  wait_for_socket "$rl_sock" "$rl_pid" rustlayer
 
-# The proxy floor: containerd's snapshots API from memory, no I/O.
-"$bench" proxy-floor --socket "$floor_sock" >"$tmp/floor.log" 2>&1 &
-floor_pid=$!
-wait_for_socket "$floor_sock" "$floor_pid" "the proxy floor"
+  # The proxy floor: containerd's snapshots API from memory, no I/O.
+  "$bench" proxy-floor --socket "$floor_sock" >"$dir/floor.log" 2>&1 &
+  floor_pid=$!
+  daemon_pids+=("$floor_pid")
+  wait_for_socket "$floor_sock" "$floor_pid" "the proxy floor"
 
-mkdir -p "$roots/containerd" "$tmp/containerd" "$tmp/mnt" "$tmp/runc"
-containerd_config "$roots/containerd/root" "$tmp/containerd/state" "$sock" "$rl_sock" \
-  "[proxy_plugins.floor]
+  containerd_config "$root/containerd/root" "$dir/containerd/state" "$sock" "$rl_sock" \
+    "[proxy_plugins.floor]
   type = \"snapshot\"
-  address = \"$floor_sock\"" >"$tmp/containerd.toml"
-containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
-cd_pid=$!
-for ((i = 0; i < 300; i++)); do
-  kill -0 "$cd_pid" 2>/dev/null || die "containerd exited during start"
-  ctr -a "$sock" version >/dev/null 2>&1 && break
-  sleep 0.1
-done
-plugins=$(ctr -a "$sock" plugins ls 2>&1)
-for s in rustlayer overlayfs native floor; do
-  grep -qE "^io\.containerd\.snapshotter\.v1 +$s .* ok" <<<"$plugins" ||
-    die "containerd lacks a working snapshotter $s:"$'\n'"$plugins"
-done
-echo "$me: containerd pid $cd_pid, rustlayer pid $rl_pid"
+  address = \"$floor_sock\"" >"$dir/containerd.toml"
+  containerd --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
+  cd_pid=$!
+  containerd_pids+=("$cd_pid")
+  for ((i = 0; i < 300; i++)); do
+    kill -0 "$cd_pid" 2>/dev/null || die "containerd exited during start"
+    ctr -a "$sock" version >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  plugins=$(ctr -a "$sock" plugins ls 2>&1)
+  for s in rustlayer overlayfs native floor; do
+    grep -qE "^io\.containerd\.snapshotter\.v1 +$s .* ok" <<<"$plugins" ||
+      die "containerd lacks a working snapshotter $s:"$'\n'"$plugins"
+  done
+  complaints=$(containerd_config_check "$dir/containerd.log" "$sock")
+  [[ -z $complaints ]] || echo "$me: containerd $CONTAINERD_VERSION complained about its config:"$'\n'"$complaints" >&2
+  echo "$me: containerd $CONTAINERD_VERSION pid $cd_pid, rustlayer pid $rl_pid, in $dir"
+}
+
+mkdir -p "$tmp/mnt" "$tmp/runc"
+say "starting rustlayer and containerd $CONTAINERD_VERSION in $tmp"
+start_stack "$tmp" "$roots"
 
 # ---------------------------------------------------------------- helpers
 # Let deferred work finish before the next timed step: containerd's GC, rustlayer's
@@ -322,39 +350,65 @@ say "row 0: the disk under the roots ($fs_desc)"
 "$bench" fsync-probe --dir "$roots" --count 200 --results "$results"
 settle
 
-# ---------------------------------------------------------------- row 1
-say "row 1: snapshot cycle, $rounds rounds x $cycle_iterations cycles"
-for ((r = 0; r < rounds; r++)); do
-  "$bench" cycle --containerd "$sock" --namespace bench \
-    --snapshotter rustlayer --snapshotter overlayfs --snapshotter native --snapshotter floor \
-    --rustlayer "$rl_sock" --iterations "$cycle_iterations" --warmup 10 --round "$r" --results "$results"
-done
-settle
+# ---------------------------------------------------------------- rows 1-3
+# rows_1_to_3 SUFFIX SNAPSHOTTER-ARGS...: rows 1 to 3 on the stack started last,
+# SUFFIX after each row's name; row 1 on the targets SNAPSHOTTER-ARGS name.
+rows_1_to_3() {
+  local suffix=$1 r s
+  shift
+  say "row 1$suffix: snapshot cycle, $rounds rounds x $cycle_iterations cycles"
+  for ((r = 0; r < rounds; r++)); do
+    "$bench" cycle --containerd "$sock" --namespace bench "$@" --row "1 snapshot cycle$suffix" \
+      --iterations "$cycle_iterations" --warmup 10 --round "$r" --results "$results"
+  done
+  settle
 
-# ---------------------------------------------------------------- row 2
-say "row 2: image import, $import_rounds rounds cold and $import_rounds with the content present"
-import_warm() { # import_warm SNAPSHOTTER ROUND
-  local s=$1 r=$2 n
-  timed_import "2 image import" bench-unpack "ctr images import, content present (unpack only)" "$s" "$r"
+  say "row 2$suffix: image import, $import_rounds rounds cold and $import_rounds with the content present"
+  # Cold first: no other namespace may hold the image's content yet, or containerd
+  # would take the blobs as already there.
+  for ((r = 0; r < import_rounds; r++)); do
+    for s in $(ordered "$r" rustlayer overlayfs); do import_cold "2 image import$suffix" "$s" "$r"; done
+  done
+  ctrn bench-unpack images import --no-unpack "$archive" >/dev/null
+  for ((r = 0; r < import_rounds; r++)); do
+    for s in $(ordered "$r" rustlayer overlayfs); do import_warm "2 image import$suffix" "$s" "$r"; done
+  done
+
+  say "row 3$suffix: container start, $rounds rounds x $runs_per_round runs"
+  container_starts "3 container start$suffix" overlayfs "$rounds" "$runs_per_round"
+  settle
+}
+import_warm() { # import_warm ROW SNAPSHOTTER ROUND
+  local row=$1 s=$2 r=$3 n
+  timed_import "$row" bench-unpack "ctr images import, content present (unpack only)" "$s" "$r"
   "$bench" wipe --containerd "$sock" --namespace bench-unpack --snapshotter "$s" >/dev/null
   n=$(count_snapshots bench-unpack "$s")
   ((n == 0)) || die "after wiping, $n snapshots of $s are left"
   settle
 }
-# Cold first: no other namespace may hold the image's content yet, or containerd
-# would take the blobs as already there.
-for ((r = 0; r < import_rounds; r++)); do
-  for s in $(ordered "$r" rustlayer overlayfs); do import_cold "2 image import" "$s" "$r"; done
-done
-ctrn bench-unpack images import --no-unpack "$archive" >/dev/null
-for ((r = 0; r < import_rounds; r++)); do
-  for s in $(ordered "$r" rustlayer overlayfs); do import_warm "$s" "$r"; done
-done
 
-# ---------------------------------------------------------------- row 3
-say "row 3: container start, $rounds rounds x $runs_per_round runs"
-container_starts "3 container start" overlayfs "$rounds" "$runs_per_round"
-settle
+rows_1_to_3 "" --snapshotter rustlayer --snapshotter overlayfs --snapshotter native --snapshotter floor \
+  --rustlayer "$rl_sock"
+
+# The same rows on each other containerd release, one after the other: a stack
+# of its own (its ctr first on PATH: 2.x's imports through the transfer service),
+# stopped once its rows are done. Row 1 without native and without the daemon
+# straight on its socket: the same daemon, whatever containerd is in front.
+main_stack=("$sock" "$rl_sock" "$floor_sock" "$rl_root" "$rl_pid" "$floor_pid" "$cd_pid")
+main_path=$PATH main_version=$CONTAINERD_VERSION
+for v in "${also_versions[@]}"; do
+  PATH=${also_dirs[$v]}:$main_path CONTAINERD_VERSION=$v
+  say "starting rustlayer and containerd $v in $tmp/containerd-$v"
+  start_stack "$tmp/containerd-$v" "$roots/containerd-$v"
+  rows_1_to_3 " (containerd $v)" --snapshotter rustlayer --snapshotter overlayfs --snapshotter floor
+  # Its containers ran with --rm: nothing of it is left running or mounted.
+  stop_pid "$cd_pid" "containerd $v"
+  stop_pid "$rl_pid" "rustlayer of containerd $v"
+  stop_pid "$floor_pid" "the proxy floor of containerd $v"
+done
+PATH=$main_path CONTAINERD_VERSION=$main_version
+sock=${main_stack[0]} rl_sock=${main_stack[1]} floor_sock=${main_stack[2]} rl_root=${main_stack[3]}
+rl_pid=${main_stack[4]} floor_pid=${main_stack[5]} cd_pid=${main_stack[6]}
 
 # ---------------------------------------------------------------- row 4
 say "row 4: Usage of a committed layer with $usage_files files"
@@ -437,7 +491,7 @@ if [[ -n ${RUSTLAYER_BIN-} ]]; then built="rustlayer binary $bin (tree at $rev)"
 "$bench" report --results "$results" --output "$cache/results.md" \
   --context "$(date -u +%Y-%m-%dT%H:%MZ), \`$invocation\`, $built" \
   --context "$(nproc) × $cpu, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), roots on $fs_desc" \
-  --context "$(containerd --version | awk '{ print $1, $3 }'), $(runc --version | head -n1)" \
+  --context "$(containerd --version | awk '{ print $1, $3 }')${also_versions[*]:+ (rows 1-3 also on containerd ${also_versions[*]})}, $(runc --version | head -n1)" \
   --context "image: debootstrap'd Debian bookworm minbase, $image_mb" \
   --context "rounds: $rounds (row 2: $import_rounds per variant); row 1: $cycle_iterations cycles per round; row 3: $runs_per_round runs per round; row 4: $usage_files files, $usage_calls calls per round; row 5: $chain_layers layers; row 6: $many_count snapshots; row 7 (VM): $dm_rounds rounds of $dm_cycles cycles, $dm_import_rounds imports, $dm_runs runs"
 {

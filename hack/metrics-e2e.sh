@@ -13,13 +13,17 @@
 #
 #   sudo hack/metrics-e2e.sh                      target/debug/rustlayer
 #   sudo RUSTLAYER_BIN=path hack/metrics-e2e.sh
+#   sudo CONTAINERD_VERSION=2.1.9 hack/metrics-e2e.sh   that containerd release
+#                           (1.6.20, the machine's, by default; 1.7.24 and 2.1.9
+#                           from hack/containerd-fetch.sh)
 #
 # Needs root (containerd, overlay mounts) and the Debian packages prometheus,
 # containerd, runc, python3 (and busybox-static unless e2e/containerd/make_image.py
 # builds the image). Installs nothing. Everything runs in one temporary directory
 # on loopback ports it picks, and is stopped, unmounted and removed on exit.
-# Prints one line per check ("ok - ...", "not ok - ...", "skip - ... (reason)") and
-# ends with "metrics-e2e: N passed, N failed, N skipped"; exits 1 on any failure.
+# Prints one line per check ("ok - [containerd VERSION] ...", "not ok - ...",
+# "skip - ... (reason)") and ends with "metrics-e2e (containerd VERSION): N
+# passed, N failed, N skipped"; exits 1 on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -30,6 +34,7 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "metrics-e2e: must run as root (containerd and overlay mounts need it)" >&2
   exit 1
 fi
+containerd_use || exit 1
 
 missing=() packages=()
 need() { # need COMMAND DEBIAN-PACKAGE
@@ -66,14 +71,14 @@ ns="metrics-e2e"
 job=rustlayer
 
 passed=0 failed=0 skipped=0
-record() { # record LINE: echo a check line and count it
-  local line=$1
-  echo "$line"
+record() { # record LINE: echo a check line, naming the containerd release, and count it
+  local line=$1 tag="[containerd $CONTAINERD_VERSION]"
   case $line in
-    "ok - "*) passed=$((passed + 1)) ;;
-    "not ok - "*) failed=$((failed + 1)) ;;
-    "skip - "*) skipped=$((skipped + 1)) ;;
+    "ok - "*) passed=$((passed + 1)) line="ok - $tag ${line#ok - }" ;;
+    "not ok - "*) failed=$((failed + 1)) line="not ok - $tag ${line#not ok - }" ;;
+    "skip - "*) skipped=$((skipped + 1)) line="skip - $tag ${line#skip - }" ;;
   esac
+  echo "$line"
 }
 ok() { record "ok - $*"; }
 not_ok() { record "not ok - $*"; }
@@ -115,7 +120,7 @@ stop_pid() { # stop_pid PID NAME: TERM, wait up to 10 s, then KILL
 
 tail_logs() {
   local f
-  for f in rustlayer.log containerd.log prometheus.log; do
+  for f in rustlayer.log containerd.log ctr-stderr.log prometheus.log; do
     [[ -s $tmp/$f ]] || continue
     echo "---- last 40 lines of $f"
     tail -n 40 "$tmp/$f"
@@ -162,7 +167,7 @@ cleanup() {
   else
     rm -rf "$tmp"
   fi
-  echo "metrics-e2e: $passed passed, $failed failed, $skipped skipped"
+  echo "metrics-e2e (containerd $CONTAINERD_VERSION): $passed passed, $failed failed, $skipped skipped"
   if ((failed)); then exit 1; fi
   exit 0
 }
@@ -170,7 +175,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 start=$(date +%s)
-echo "metrics-e2e: $bin, working in $tmp"
+echo "metrics-e2e: containerd $CONTAINERD_VERSION ($(command -v containerd)), $bin, working in $tmp"
 
 # ---------------------------------------------------------------- rule files
 if out=$(promtool check rules "$rules" 2>&1); then
@@ -258,12 +263,18 @@ for ((i = 0; i < 300; i++)); do
   ctr -a "$ctr_sock" version >/dev/null 2>&1 && break
   sleep 0.1
 done
-plugins=$(ctr -a "$ctr_sock" plugins ls 2>&1) || true
+plugins=$(stdout_of ctr -a "$ctr_sock" plugins ls) || true
 if grep -qE '^io\.containerd\.snapshotter\.v1 +rustlayer .* ok' <<<"$plugins"; then
   ok "containerd up with the rustlayer proxy snapshotter"
 else
   not_ok "containerd did not come up with the rustlayer snapshotter:"$'\n'"$plugins"
   exit 1
+fi
+complaints=$(containerd_config_check "$tmp/containerd.log" "$ctr_sock")
+if [[ -z $complaints ]]; then
+  ok "containerd took its config without a complaint (its log; from 1.7 on, ctr deprecations list)"
+else
+  not_ok "containerd complained about its config:"$'\n'"$complaints"
 fi
 
 # ---------------------------------------------------------------- workload
@@ -283,13 +294,13 @@ else
   exit 1
 fi
 if out=$(ctr_ images import --snapshotter rustlayer "$archive" 2>&1); then
-  ok "ctr images import --snapshotter rustlayer: $(tr '\n' ' ' <<<"$out" | tr -s ' ')"
+  ok "ctr images import --snapshotter rustlayer ($(containerd_import_path))"
 else
   not_ok "ctr images import --snapshotter rustlayer:"$'\n'"$out"
   exit 1
 fi
-if out=$(ctr_ run --rm --snapshotter rustlayer --runc-root "$tmp/runc" "$image_name" c1 \
-  sh -c 'echo hi' 2>&1) && [[ $out == hi ]]; then
+if out=$(stdout_of ctr_ run --rm --snapshotter rustlayer --runc-root "$tmp/runc" "$image_name" c1 \
+  sh -c 'echo hi') && [[ $out == hi ]]; then
   ok "ctr run --rm --snapshotter rustlayer ... sh -c 'echo hi' printed hi"
 else
   not_ok "ctr run --snapshotter rustlayer: expected 'hi', got:"$'\n'"$out"
@@ -316,10 +327,7 @@ snapshot_ops() {
 # collector's pause budget allows, which can fall between the view's View and its
 # Remove. Collect now and wait for it: the next collection then waits for another
 # deletion.
-collect_garbage_now() {
-  ctr_ leases create --id metrics-e2e-gc >/dev/null && ctr_ leases rm --sync metrics-e2e-gc
-}
-if ! out=$(collect_garbage_now 2>&1); then
+if ! out=$(containerd_collect_garbage ctr_ 2>&1); then
   not_ok "containerd's garbage collection (ctr leases rm --sync):"$'\n'"$out"
 elif out=$(snapshot_ops 2>&1); then
   ok "ctr snapshots ls/usage/info/label/view/mounts/rm through rustlayer"
@@ -345,4 +353,4 @@ checks python3 "$check" families --metrics-url "$metrics/metrics"
 checks python3 "$check" dashboard --prom "$prom" --dashboard "$dashboard"
 checks python3 "$check" rules --prom "$prom" --rules "$rules" --root "$tmp/rl"
 
-echo "metrics-e2e: checks ran in $(($(date +%s) - start))s"
+echo "metrics-e2e (containerd $CONTAINERD_VERSION): checks ran in $(($(date +%s) - start))s"

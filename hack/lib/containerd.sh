@@ -2,26 +2,101 @@
 # Sourced by the scripts that run a private containerd (own root, state and
 # socket, never the node's) with rustlayer as its proxy snapshotter.
 #
+#   containerd_use
+#
+# puts containerd $CONTAINERD_VERSION (default 1.6.20, the machine's own) first
+# on PATH: containerd, ctr and the containerd-shim-runc-v2 of the same release
+# (containerd starts the shim it finds on PATH), from hack/containerd-fetch.sh
+# unless the containerd on PATH already is that release. Exports
+# CONTAINERD_VERSION and PATH.
+#
 #   containerd_config ROOT STATE SOCKET RUSTLAYER_SOCKET [EXTRA_TOML]
 #
-# prints a version 2 config: the CRI plugin off (the scripts drive containerd
-# directly), the snapshotters that cannot work here off, debug and metrics
-# listeners off, and the proxy plugin "rustlayer" on RUSTLAYER_SOCKET. EXTRA_TOML
-# is appended as it is; a devmapper snapshotter configured there stays enabled.
+# prints a config for the containerd on PATH: version 2 for 1.6 and 1.7, version
+# 3 for 2.x. The CRI plugin off (the scripts drive containerd directly), the
+# plugins that cannot work here or would reach outside the private directories
+# off, debug and metrics listeners off, and the proxy plugin "rustlayer" on
+# RUSTLAYER_SOCKET. EXTRA_TOML is appended as it is; a devmapper snapshotter
+# configured there stays enabled.
+#
+#   containerd_config_check LOG SOCKET
+#
+# prints what the containerd logging to LOG and serving SOCKET had to say about
+# its configuration: a key it ignored, a deprecated setting, a plugin it failed
+# to load. Empty for a clean start.
+
+# The release the tiers run against unless CONTAINERD_VERSION names another:
+# Debian 12's own package.
+CONTAINERD_DEFAULT_VERSION=1.6.20
+
+containerd_use() {
+  local version=${CONTAINERD_VERSION:-$CONTAINERD_DEFAULT_VERSION} dir='' got
+  # The release already first on PATH, with its ctr and shim beside it, is used
+  # as it is. hack/vm-run.sh's guest needs that: it runs the host's /usr/bin, but
+  # its /var/lib is empty, so dpkg, which hack/containerd-fetch.sh asks about the
+  # machine's own release, knows no package there.
+  if command -v containerd >/dev/null; then
+    dir=$(dirname "$(command -v containerd)")
+    if [[ $(containerd_release) != "$version" || ! -x $dir/containerd-shim-runc-v2 ||
+      $("$dir/ctr" --version 2>/dev/null | awk '{ print $3 }' | sed -E 's/^v//; s/[~+-].*$//') != "$version" ]]; then
+      dir=''
+    fi
+  fi
+  if [[ -z $dir ]]; then
+    dir=$(hack/containerd-fetch.sh "$version") || return 1
+  fi
+  PATH=$dir:$PATH
+  got=$(containerd_release)
+  if [[ $got != "$version" ]]; then
+    echo "containerd_use: the containerd first on PATH ($(command -v containerd)) is '$got', not $version" >&2
+    return 1
+  fi
+  export CONTAINERD_VERSION=$version PATH
+}
+
+# containerd_release: the upstream release of the containerd on PATH, e.g. 1.7.24
+# (Debian's builds say "1.7.24~ds1", "2.1.9+unknown").
+containerd_release() {
+  containerd --version | awk '{ print $3 }' | sed -E 's/^v//; s/[~+-].*$//'
+}
+
 containerd_config() {
-  local root=$1 state=$2 sock=$3 rl_sock=$4 extra=${5:-} devmapper
-  devmapper='  "io.containerd.snapshotter.v1.devmapper",'
+  local root=$1 state=$2 sock=$3 rl_sock=$4 extra=${5:-} release devmapper=1 disabled
+  release=$(containerd_release)
   [[ $extra == *'plugins."io.containerd.snapshotter.v1.devmapper"'* ]] && devmapper=''
+  # Only ids the release has: containerd ignores an unknown one silently, so a
+  # wrong name would leave its plugin running.
+  case $release in
+    1.6.*) disabled=(io.containerd.grpc.v1.cri io.containerd.snapshotter.v1.aufs
+      io.containerd.snapshotter.v1.btrfs io.containerd.snapshotter.v1.zfs) ;;
+    1.7.*) disabled=(io.containerd.grpc.v1.cri io.containerd.snapshotter.v1.aufs
+      io.containerd.snapshotter.v1.btrfs io.containerd.snapshotter.v1.zfs
+      io.containerd.snapshotter.v1.blockfile) ;;
+    # 2.x splits CRI into three plugins, and its pod sandboxes are plugins of
+    # their own, which without CRI load before the transfer service they need and
+    # fail. NRI is on by default there and would listen on the node's
+    # /var/run/nri/nri.sock. erofs, new in 2.x, is a snapshotter the tiers do not
+    # use, like btrfs; its differ loads only where mkfs.erofs is installed, and
+    # would then be a second differ for the transfer service to choose from.
+    2.*) disabled=(io.containerd.grpc.v1.cri io.containerd.cri.v1.images
+      io.containerd.cri.v1.runtime io.containerd.podsandbox.controller.v1.podsandbox
+      io.containerd.grpc.v1.sandbox-controllers io.containerd.nri.v1.nri
+      io.containerd.snapshotter.v1.btrfs
+      io.containerd.snapshotter.v1.blockfile io.containerd.snapshotter.v1.erofs
+      io.containerd.differ.v1.erofs) ;;
+    *)
+      echo "containerd_config: no config known for containerd '$release'" >&2
+      return 1
+      ;;
+  esac
+  [[ -n $devmapper ]] && disabled+=(io.containerd.snapshotter.v1.devmapper)
+
+  if [[ $release == 1.* ]]; then echo "version = 2"; else echo "version = 3"; fi
   cat <<EOF
-version = 2
 root = "$root"
 state = "$state"
 disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-$devmapper
-  "io.containerd.snapshotter.v1.zfs",
+$(printf '  "%s",\n' "${disabled[@]}")
 ]
 
 [grpc]
@@ -43,8 +118,60 @@ $devmapper
   type = "snapshot"
   address = "$rl_sock"
 EOF
+  if [[ $release == 2.* ]]; then
+    # 2.x's ctr imports through the transfer service, which unpacks only into
+    # the snapshotters listed here (the default list, replaced by any list
+    # given, holds overlayfs alone): `ctr images import --snapshotter rustlayer`
+    # fails with "no unpack platforms defined" without its entry. The platform
+    # must parse; with check_platform_supported off it matches every platform.
+    local platform s snapshotters=(overlayfs rustlayer)
+    [[ -z $devmapper ]] && snapshotters+=(devmapper)
+    case $(uname -m) in
+      x86_64) platform=linux/amd64 ;;
+      aarch64) platform=linux/arm64 ;;
+      *) platform=linux/$(uname -m) ;;
+    esac
+    for s in "${snapshotters[@]}"; do
+      printf '\n[[plugins."io.containerd.transfer.v1.local".unpack_config]]\n'
+      printf '  platform = "%s"\n  snapshotter = "%s"\n' "$platform" "$s"
+    done
+  fi
   if [[ -n $extra ]]; then
     printf '\n%s\n' "$extra"
+  fi
+}
+
+# containerd_import_path: who unpacks what `ctr images import` brings, for the
+# containerd on PATH. ctr 1.x unpacks itself, through containerd's snapshots and
+# diff APIs (1.7's ctr has the transfer service too, but --local is its default);
+# 2.x's ctr hands the archive to containerd's transfer service, which unpacks
+# into the snapshotters of its unpack_config (containerd_config).
+containerd_import_path() {
+  if [[ $(containerd_release) == 1.* ]]; then
+    echo "unpacked by ctr"
+  else
+    echo "unpacked by containerd's transfer service"
+  fi
+}
+
+# What a clean start never logs, up to containerd's "successfully booted": a
+# key it ignored (2.x names it; 1.x ignores unknown keys silently), a deprecated
+# setting, a config it migrated, a plugin it failed to load, anything at warning
+# level or above. Plugins' own names ("loading plugin ...deprecations") are not
+# complaints.
+containerd_config_complaints() {
+  awk '/containerd successfully booted/ { exit }
+    /msg="?loading plugin/ { next }
+    /level=(warning|error|fatal)/ || tolower($0) ~ /deprecat|migrat|unknown key|failed to load/' "$1"
+}
+
+# containerd_config_check LOG SOCKET: the complaints (above) and, from 1.7 on,
+# what containerd's Introspection service lists as deprecated in this setup
+# (`ctr deprecations list`, empty when nothing is). Empty for a clean start.
+containerd_config_check() {
+  containerd_config_complaints "$1"
+  if [[ $(containerd_release) != 1.6.* ]]; then
+    ctr -a "$2" deprecations list 2>&1
   fi
 }
 
@@ -57,6 +184,20 @@ CONTAINERD_GC_AT_ONCE='[plugins."io.containerd.gc.v1.scheduler"]
   deletion_threshold = 1
   pause_threshold = 0.5'
 
+# containerd_collect_garbage CTR...: a full garbage collection by the containerd
+# CTR (the script's ctr command for it) talks to, waited for: a lease deleted
+# with --sync. containerd's scheduler ignores a deletion stamped before the end
+# of the collection in flight, taking it as covered; but a collection releases
+# its lock on the metadata before it removes what it marked from the
+# snapshotters, and a deletion in that window waits for another trigger (the
+# next deletion, or 100 mutations). A check that waits for containerd's
+# collector to remove something from the daemon collects first, so the deletion
+# it then makes schedules a collection of its own.
+containerd_collect_garbage() {
+  "$@" leases create --id rustlayer-collect-now >/dev/null &&
+    "$@" leases rm --sync rustlayer-collect-now >/dev/null
+}
+
 # proxy_answers CTR...: one Prepare and Remove on rustlayer through containerd,
 # with CTR the script's ctr command for its containerd and namespace. containerd
 # dials the proxy socket once and, after the daemon was away (started after
@@ -66,6 +207,20 @@ CONTAINERD_GC_AT_ONCE='[plugins."io.containerd.gc.v1.scheduler"]
 proxy_answers() {
   "$@" snapshots --snapshotter rustlayer prepare rustlayer-proxy-ready "" >/dev/null 2>&1 &&
     "$@" snapshots --snapshotter rustlayer rm rustlayer-proxy-ready >/dev/null 2>&1
+}
+
+# stdout_of CMD...: CMD's stdout alone, for a script to parse; its stderr is
+# appended to $tmp/ctr-stderr.log (for the logs a failed run shows) and follows
+# on stdout when CMD fails, as the failure's detail. ctr >= 1.7 writes warnings
+# on stderr that are not output: that the socket it talks to has no
+# Introspection service (the daemon's), or what containerd lists as deprecated.
+# shellcheck disable=SC2154 # $tmp is set by the script that sources this file
+stdout_of() {
+  local rc=0
+  "$@" 2>"$tmp/last-stderr" || rc=$?
+  cat "$tmp/last-stderr" >>"$tmp/ctr-stderr.log"
+  ((rc == 0)) || cat "$tmp/last-stderr"
+  return "$rc"
 }
 
 # mounted_under_tmp: the mount points under $tmp (the script's scratch directory),
