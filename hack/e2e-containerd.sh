@@ -125,8 +125,6 @@ snaps() { ctr_ snapshots --snapshotter "$snapshotter" "$@"; }
 # directly what it holds (keys there are containerd's "ns/N/name"). Every use
 # parses its output, so its stderr goes to the log stdout_of keeps: ctr >= 1.7
 # asks every socket's Introspection service and warns when it has none.
-# TODO: once the daemon serves containerd's Introspection service, check in
-# start_rustlayer that ctr >= 1.7 writes nothing on stderr when asking it.
 backend() { timeout 30 ctr -a "$rl_sock" -n "$ns" snapshots --snapshotter rustlayer "$@" 2>>"$tmp/ctr-stderr.log"; }
 run_() { # run_ [--rm] ID CMD...: a container from the image, on our runc root
   local flags=() id
@@ -261,6 +259,11 @@ start_rustlayer() {
   daemon_pid=$!
   if wait_until 60 "$daemon_pid" backend ls; then
     ok "rustlayer daemon answers on its socket (pid $daemon_pid)"
+    # ctr 1.7 and later ask the socket's Introspection service before each
+    # command and warn on stderr where there is none.
+    local complaint
+    complaint=$(timeout 30 ctr -a "$rl_sock" -n "$ns" snapshots --snapshotter rustlayer ls 2>&1 >/dev/null) || true
+    expect_eq "ctr $(ctr --version | awk '{ print $3 }') talks to the daemon without a warning" "" "$complaint"
   else
     not_ok "rustlayer daemon did not come up on $rl_sock within 60 s"
     abort
