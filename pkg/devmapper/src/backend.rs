@@ -4,7 +4,6 @@
 //! empty filesystem.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,13 +13,13 @@ use devicemapper::Device;
 use rustlayer_core::{
     Backend, IdMapping, Kind, Labels, Mount, PoolStats, SnapshotId, SnapshotRef, Staged, Usage,
 };
-use rustlayer_mount::{LinuxMounter, Mounter};
+use rustlayer_mount::{LinuxLoopAttacher, LinuxMounter, Mounter};
 use tracing::{debug, info, warn};
 
+use crate::base;
 use crate::config::{DevmapperConfig, FsType};
-use crate::dm::{Deactivated, Dm};
+use crate::dm::{Deactivated, DeviceMapper, Dm};
 use crate::error::{Error, Result};
-use crate::mkfs::make_filesystem;
 use crate::pool::{Deleted, ManagedPool, Pool, ThinId};
 
 /// Thin id 0 is the base device; the store never hands out snapshot id 0.
@@ -46,7 +45,7 @@ pub struct DevmapperBackend {
 }
 
 struct Inner {
-    dm: Dm,
+    dm: Box<dyn DeviceMapper>,
     pool: Pool,
     /// Every device this daemon activates is named `<prefix>-<id>`: unique per root,
     /// so two daemons on one node never touch each other's devices.
@@ -96,6 +95,7 @@ impl DevmapperBackend {
             Some(name) => Pool::open_existing(&dm, name)?,
             None => Pool::open_managed(
                 &dm,
+                &LinuxLoopAttacher,
                 &format!("{prefix}-pool"),
                 &ManagedPool {
                     dir: &dir,
@@ -105,6 +105,21 @@ impl DevmapperBackend {
                 },
             )?,
         };
+        let mut backend = DevmapperBackend::assemble(Box::new(dm), pool, prefix, config)?;
+        backend
+            .inner
+            .ensure_base(&LinuxMounter, &dir.join("base"))?;
+        backend.remap_ids = options.remap_ids;
+        Ok(backend)
+    }
+
+    /// The backend over an opened pool, before its base device is ensured.
+    fn assemble(
+        dm: Box<dyn DeviceMapper>,
+        pool: Pool,
+        prefix: String,
+        config: DevmapperConfig,
+    ) -> Result<DevmapperBackend> {
         let sectors = config.base_image_size.get().div_ceil(4096) * 4096 / SECTOR;
         let inner = Arc::new(Inner {
             dm,
@@ -114,7 +129,6 @@ impl DevmapperBackend {
             config,
             lock: Mutex::new(()),
         });
-        inner.ensure_base(&dir.join("base"))?;
         let reaper = if inner.config.async_remove {
             Some(Reaper::start(Arc::clone(&inner))?)
         } else {
@@ -131,7 +145,7 @@ impl DevmapperBackend {
         Ok(DevmapperBackend {
             inner,
             reaper: Mutex::new(reaper),
-            remap_ids: options.remap_ids,
+            remap_ids: false,
         })
     }
 
@@ -201,51 +215,40 @@ impl Inner {
     fn delete(&self, id: ThinId) -> Result<Deleted> {
         let _guard = lock(&self.lock);
         self.deactivate(id)?;
-        let deleted = self.pool.delete(&self.dm, id)?;
+        let deleted = self.pool.delete(&*self.dm, id)?;
         debug!(thin = id.get(), ?deleted, "thin device deleted");
         Ok(deleted)
     }
 
     /// Makes the base device and its filesystem the first time a pool is used; a
     /// marker file records it was finished, so a crash midway starts over.
-    fn ensure_base(&self, marker: &Path) -> Result<()> {
-        let wanted = format!(
-            "fs_type={} size={}\n",
-            self.config.fs_type,
-            self.sectors * SECTOR
-        );
-        if self.pool.is_fresh() {
-            let _ = fs::remove_file(marker);
-        }
-        match fs::read_to_string(marker) {
-            Ok(found) if found == wanted => return Ok(()),
-            Ok(found) => {
-                return Err(Error::Config(format!(
-                    "the base device under this root was made with {}, but the configuration asks for {}; fs_type and base_image_size cannot change for an existing root",
-                    found.trim(),
-                    wanted.trim()
-                )));
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(Error::io("read", marker)(err)),
+    fn ensure_base(&self, mounter: &dyn Mounter, marker: &Path) -> Result<()> {
+        let wanted = base::marker_contents(self.config.fs_type, self.sectors * SECTOR);
+        if base::is_made(marker, &wanted, self.pool.is_fresh())? {
+            return Ok(());
         }
         let _guard = lock(&self.lock);
         self.deactivate(BASE)?;
-        self.pool.delete(&self.dm, BASE)?;
-        self.pool.create_thin(&self.dm, BASE)?;
+        self.pool.delete(&*self.dm, BASE)?;
+        self.pool.create_thin(&*self.dm, BASE)?;
         let device = self.activate(BASE, false)?;
         let made = node(device).and_then(|path| {
-            make_filesystem(self.config.fs_type, &path, &self.config.fs_options)?;
-            empty_root(self.config.fs_type, &path, &marker.with_extension("mnt"))
+            base::make_filesystem(self.config.fs_type, &path, &self.config.fs_options)?;
+            base::empty_root(
+                mounter,
+                self.config.fs_type,
+                &path,
+                &marker.with_extension("mnt"),
+            )
         });
         self.deactivate(BASE)?;
         made?;
-        write_durably(marker, wanted.as_bytes())?;
+        base::write_durably(marker, wanted.as_bytes())?;
         Ok(())
     }
 
     fn check_space(&self) -> Result<()> {
-        let usage = self.pool.usage(&self.dm)?;
+        let usage = self.pool.usage(&*self.dm)?;
         match usage.refusal(self.pool.name(), self.config.min_free_percent) {
             Some(err) => Err(err),
             None => Ok(()),
@@ -260,13 +263,13 @@ impl Inner {
         if active_origin {
             self.dm.suspend(&origin_name)?;
         }
-        let created = match self.pool.create_snapshot(&self.dm, id, origin) {
+        let created = match self.pool.create_snapshot(&*self.dm, id, origin) {
             // Debris of an id whose cleanup never ran: the store says it is free.
             Err(err) if err.errno() == Some(libc::EEXIST) => {
                 warn!(thin = id.get(), "replacing a stale thin device");
                 self.deactivate(id)
-                    .and_then(|()| self.pool.delete(&self.dm, id))
-                    .and_then(|_| self.pool.create_snapshot(&self.dm, id, origin))
+                    .and_then(|()| self.pool.delete(&*self.dm, id))
+                    .and_then(|_| self.pool.create_snapshot(&*self.dm, id, origin))
             }
             other => other,
         };
@@ -375,7 +378,7 @@ impl Backend for DevmapperBackend {
         if kind != Kind::Committed
             && let Err(err) = inner.activate(thin, kind == Kind::View)
         {
-            let _ = inner.pool.delete(&inner.dm, thin);
+            let _ = inner.pool.delete(&*inner.dm, thin);
             return Err(err.into());
         }
         Ok(Staged::new(id.get().to_string()))
@@ -509,7 +512,7 @@ impl Backend for DevmapperBackend {
             }
         }
         if inner.pool.is_managed() && busy == 0 {
-            match inner.pool.deactivate(&inner.dm) {
+            match inner.pool.deactivate(&*inner.dm) {
                 Ok(_) => info!(pool = inner.pool.name(), "thin pool deactivated"),
                 Err(err) => warn!(%err, "thin pool left active"),
             }
@@ -520,7 +523,7 @@ impl Backend for DevmapperBackend {
 
     fn pool_stats(&self) -> rustlayer_core::Result<Option<PoolStats>> {
         let inner = &self.inner;
-        let usage = inner.pool.usage(&inner.dm)?;
+        let usage = inner.pool.usage(&*inner.dm)?;
         Ok(Some(PoolStats {
             pool: inner.pool.name().to_owned(),
             data_used_bytes: usage.data_used_bytes,
@@ -549,48 +552,6 @@ fn node(device: Device) -> Result<PathBuf> {
             path.display()
         )))
     }
-}
-
-/// mke2fs leaves `lost+found` in the root; the first layer of every image must
-/// start from an empty directory, as it does on overlay.
-fn empty_root(fs: FsType, device: &Path, mountpoint: &Path) -> Result<()> {
-    if fs != FsType::Ext4 {
-        return Ok(());
-    }
-    fs::create_dir_all(mountpoint).map_err(Error::io("create", mountpoint))?;
-    let mount = Mount {
-        fs_type: fs.as_str().to_owned(),
-        source: device.to_string_lossy().into_owned(),
-        options: Vec::new(),
-    };
-    LinuxMounter
-        .mount(&mount, mountpoint)
-        .map_err(|err| Error::Pool(format!("cannot mount the new base filesystem: {err}")))?;
-    let lost = mountpoint.join("lost+found");
-    let removed = match fs::remove_dir(&lost) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            Err(Error::io("remove", &lost)(err))
-        }
-        _ => Ok(()),
-    };
-    LinuxMounter
-        .unmount(mountpoint, false)
-        .map_err(|err| Error::Pool(format!("cannot unmount the new base filesystem: {err}")))?;
-    let _ = fs::remove_dir(mountpoint);
-    removed
-}
-
-fn write_durably(path: &Path, contents: &[u8]) -> Result<()> {
-    let temp = path.with_extension("tmp");
-    let mut file = fs::File::create(&temp).map_err(Error::io("create", &temp))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(Error::io("write", &temp))?;
-    fs::rename(&temp, path).map_err(Error::io("rename", path))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("sync", dir))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

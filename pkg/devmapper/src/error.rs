@@ -1,7 +1,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use devicemapper::DmError;
+use devicemapper::{DmError, errors};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,6 +27,8 @@ pub enum Error {
     Busy { device: String },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Mount(#[from] rustlayer_mount::Error),
     #[error("{command}: {detail}")]
     Mkfs { command: String, detail: String },
 }
@@ -53,15 +55,26 @@ impl Error {
     /// The errno of a failed device-mapper ioctl.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Dm { source, .. } => crate::dm::errno(source),
+            Error::Dm { source, .. } => dm_errno(source),
             _ => None,
         }
+    }
+}
+
+/// The errno behind a failed device-mapper ioctl, if that is what failed.
+pub fn dm_errno(err: &DmError) -> Option<i32> {
+    match err {
+        DmError::Core(errors::Error::Ioctl(_, _, _, errno)) => Some(**errno as i32),
+        _ => None,
     }
 }
 
 impl From<Error> for rustlayer_core::Error {
     fn from(err: Error) -> Self {
         use rustlayer_core::Error as E;
+        if let Error::Mount(err) = err {
+            return err.into();
+        }
         match &err {
             Error::PoolFull(_) => E::ResourceExhausted(err.to_string()),
             Error::Busy { .. } => E::FailedPrecondition(err.to_string()),

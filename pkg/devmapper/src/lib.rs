@@ -3,11 +3,10 @@
 //! `devicemapper` crate); the only program run is mkfs, once per pool.
 
 mod backend;
+mod base;
 mod config;
 mod dm;
 mod error;
-mod loopdev;
-mod mkfs;
 mod pool;
 mod preflight;
 mod size;

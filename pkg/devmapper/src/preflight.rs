@@ -7,7 +7,7 @@ use rustlayer_core::Check;
 
 use crate::backend::device_prefix;
 use crate::config::{DevmapperConfig, FsType};
-use crate::dm::Dm;
+use crate::dm::{DeviceMapper, Dm};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 

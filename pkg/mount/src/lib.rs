@@ -7,6 +7,7 @@ mod error;
 mod fsinfo;
 mod idmap;
 mod linux;
+mod loopdev;
 mod options;
 mod recording;
 
@@ -14,6 +15,7 @@ pub use error::{Error, Result};
 pub use fsinfo::{FsStats, filesystem_registered, fs_stats, supports_d_type, sync_filesystem};
 pub use idmap::{UserNamespace, idmapped_clone};
 pub use linux::LinuxMounter;
+pub use loopdev::{LinuxLoopAttacher, LoopAttacher, LoopDevice, RecordingLoopAttacher};
 pub use options::{
     IdMapOptions, MountFlags, OverlayData, lowers_common_dir, parse_options, split_id_maps,
 };
