@@ -559,3 +559,261 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use rustlayer_mount::RecordingLoopAttacher;
+
+    use super::*;
+    use crate::recording_dm::{DmCall, RecordingDm};
+
+    const POOL: &str = "test-pool";
+    const PREFIX: &str = "test";
+
+    fn config() -> DevmapperConfig {
+        DevmapperConfig {
+            async_remove: false,
+            ..DevmapperConfig::default()
+        }
+    }
+
+    /// A backend over an existing pool with the base device made (thin id 0).
+    fn backend(dm: &RecordingDm) -> DevmapperBackend {
+        dm.add_thin(0);
+        let pool = Pool::open_existing(dm, POOL).expect("the pool opens");
+        DevmapperBackend::assemble(Box::new(dm.clone()), pool, PREFIX.into(), config())
+            .expect("the backend assembles")
+    }
+
+    fn message(text: &str) -> DmCall {
+        DmCall::Message {
+            device: POOL.into(),
+            message: text.into(),
+        }
+    }
+
+    fn activate(device: &str) -> DmCall {
+        DmCall::Activate {
+            device: device.into(),
+            read_only: false,
+        }
+    }
+
+    fn stage(backend: &DevmapperBackend, id: u64, kind: Kind, parents: &[u64]) {
+        let parents: Vec<SnapshotId> = parents.iter().copied().map(SnapshotId::new).collect();
+        backend
+            .stage(SnapshotId::new(id), kind, &parents, &Labels::new())
+            .expect("stage succeeds");
+    }
+
+    #[test]
+    fn a_layer_without_parent_is_a_snapshot_of_the_base() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 1, Kind::Active, &[]);
+        assert_eq!(
+            dm.calls(),
+            vec![message("create_snap 1 0"), activate("test-1")]
+        );
+        assert!(dm.has_thin(1));
+    }
+
+    #[test]
+    fn a_committed_layer_is_left_inactive() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 1, Kind::Committed, &[]);
+        assert_eq!(dm.calls(), vec![message("create_snap 1 0")]);
+        assert!(!dm.is_active("test-1"));
+    }
+
+    #[test]
+    fn a_stale_thin_device_under_a_free_id_is_replaced() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        dm.add_thin(5);
+        stage(&backend, 5, Kind::Committed, &[]);
+        assert_eq!(
+            dm.calls(),
+            vec![
+                message("create_snap 5 0"),
+                DmCall::Deactivate("test-5".into()),
+                message("delete 5"),
+                message("create_snap 5 0"),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_active_origin_is_suspended_around_the_snapshot() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 3, Kind::Active, &[]);
+        dm.set_open("test-3", 1);
+        dm.forget_calls();
+        stage(&backend, 4, Kind::Active, &[3]);
+        assert_eq!(
+            dm.calls(),
+            vec![
+                DmCall::Suspend("test-3".into()),
+                message("create_snap 4 3"),
+                DmCall::Resume("test-3".into()),
+                activate("test-4"),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_inactive_origin_is_not_suspended() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 3, Kind::Committed, &[]);
+        dm.forget_calls();
+        stage(&backend, 4, Kind::View, &[3]);
+        assert_eq!(
+            dm.calls(),
+            vec![
+                message("create_snap 4 3"),
+                DmCall::Activate {
+                    device: "test-4".into(),
+                    read_only: true,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_nearly_full_pool_refuses_new_snapshots_and_changes_nothing() {
+        let dm = RecordingDm::with_pool(POOL, 95, 100);
+        let backend = backend(&dm);
+        let err = backend
+            .stage(SnapshotId::new(1), Kind::Active, &[], &Labels::new())
+            .expect_err("a pool 95% full refuses with min_free_percent 10");
+        assert!(
+            matches!(err, rustlayer_core::Error::ResourceExhausted(_)),
+            "{err:?}"
+        );
+        assert_eq!(dm.calls(), vec![]);
+        assert!(!dm.has_thin(1));
+        dm.set_pool_usage(POOL, 89, 100);
+        stage(&backend, 1, Kind::Active, &[]);
+        assert!(dm.has_thin(1));
+    }
+
+    #[test]
+    fn remove_refuses_a_mounted_device_and_keeps_it() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 1, Kind::Active, &[]);
+        dm.set_open("test-1", 1);
+        let err = backend
+            .remove(SnapshotId::new(1))
+            .expect_err("a mounted device cannot go");
+        assert!(
+            matches!(err, rustlayer_core::Error::FailedPrecondition(_)),
+            "{err:?}"
+        );
+        assert!(dm.has_thin(1));
+        dm.set_open("test-1", 0);
+        backend.remove(SnapshotId::new(1)).expect("remove succeeds");
+        assert!(!dm.has_thin(1));
+        assert!(!dm.is_active("test-1"));
+    }
+
+    #[test]
+    fn cleanup_deletes_unknown_active_devices_and_suspects() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 1, Kind::Active, &[]);
+        stage(&backend, 2, Kind::Active, &[]);
+        stage(&backend, 3, Kind::Committed, &[]);
+        let removed = backend
+            .cleanup(&|id| id.get() == 1, &[SnapshotId::new(3)])
+            .expect("cleanup succeeds");
+        assert_eq!(removed, 2);
+        assert!(dm.has_thin(1) && dm.is_active("test-1"));
+        assert!(!dm.has_thin(2) && !dm.is_active("test-2"));
+        assert!(!dm.has_thin(3));
+        assert!(dm.has_thin(0), "the base device is never cleaned up");
+    }
+
+    fn managed(dm: &RecordingDm, dir: &Path) -> (DevmapperBackend, RecordingLoopAttacher) {
+        let loops = RecordingLoopAttacher::default();
+        let pool = Pool::open_managed(
+            dm,
+            &loops,
+            POOL,
+            &ManagedPool {
+                dir,
+                data_bytes: 64 << 20,
+                metadata_bytes: 4 << 20,
+                discard_passdown: true,
+            },
+        )
+        .expect("the managed pool is made");
+        dm.set_pool_usage(POOL, 0, 1024);
+        dm.add_thin(0);
+        let backend =
+            DevmapperBackend::assemble(Box::new(dm.clone()), pool, PREFIX.into(), config())
+                .expect("the backend assembles");
+        (backend, loops)
+    }
+
+    #[test]
+    fn a_managed_pool_sits_on_its_metadata_and_data_loop_devices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dm = RecordingDm::default();
+        let (backend, loops) = managed(&dm, dir.path());
+        assert!(backend.inner.pool.is_managed() && backend.inner.pool.is_fresh());
+        assert_eq!(
+            loops.attached(),
+            vec![dir.path().join("data"), dir.path().join("metadata")]
+        );
+        let (target, table) = dm.status(POOL, true).expect("the pool is active");
+        assert_eq!(target, "thin-pool");
+        // The metadata device (second attach, loop1) comes first in the table.
+        assert!(table.starts_with("7:1 7:0 128 "), "{table}");
+        assert!(!table.contains("no_discard_passdown"), "{table}");
+    }
+
+    #[test]
+    fn shutdown_takes_a_managed_pool_down_when_nothing_is_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dm = RecordingDm::default();
+        let (backend, _loops) = managed(&dm, dir.path());
+        stage(&backend, 1, Kind::Active, &[]);
+        dm.forget_calls();
+        backend.shutdown();
+        assert_eq!(
+            dm.calls(),
+            vec![
+                DmCall::Deactivate("test-1".into()),
+                DmCall::Deactivate("test-base".into()),
+                DmCall::Deactivate(POOL.into()),
+            ]
+        );
+        assert!(!dm.is_active(POOL));
+    }
+
+    #[test]
+    fn shutdown_leaves_a_mounted_device_and_its_pool_active() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dm = RecordingDm::default();
+        let (backend, _loops) = managed(&dm, dir.path());
+        stage(&backend, 1, Kind::Active, &[]);
+        stage(&backend, 2, Kind::Active, &[]);
+        dm.set_open("test-2", 1);
+        backend.shutdown();
+        assert!(!dm.is_active("test-1"));
+        assert!(dm.is_active("test-2"));
+        assert!(dm.is_active(POOL));
+    }
+
+    #[test]
+    fn an_existing_pool_is_never_taken_down() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        backend.shutdown();
+        assert!(dm.is_active(POOL));
+    }
+}

@@ -9,6 +9,8 @@ mod dm;
 mod error;
 mod pool;
 mod preflight;
+#[cfg(test)]
+mod recording_dm;
 mod size;
 
 pub use backend::{DevmapperBackend, DevmapperOptions, device_prefix};
