@@ -124,3 +124,67 @@ pub fn write_durably(path: &Path, contents: &[u8]) -> Result<()> {
         .and_then(|d| d.sync_all())
         .map_err(Error::io("sync", dir))
 }
+
+#[cfg(test)]
+mod tests {
+    use rustlayer_mount::{MountCall, RecordingMounter};
+
+    use super::*;
+
+    #[test]
+    fn empty_root_mounts_the_new_ext4_filesystem_once_and_unmounts_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mountpoint = dir.path().join("base.mnt");
+        let mounter = RecordingMounter::default();
+        empty_root(&mounter, FsType::Ext4, Path::new("/dev/dm-7"), &mountpoint)
+            .expect("empty_root succeeds");
+        assert_eq!(
+            mounter.calls(),
+            vec![
+                MountCall::Mount {
+                    mount: Mount {
+                        fs_type: "ext4".into(),
+                        source: "/dev/dm-7".into(),
+                        options: Vec::new(),
+                    },
+                    target: mountpoint.clone(),
+                },
+                MountCall::Unmount {
+                    target: mountpoint.clone(),
+                    lazy: false,
+                },
+            ]
+        );
+        assert!(!mountpoint.exists(), "the mountpoint is removed afterwards");
+    }
+
+    #[test]
+    fn xfs_has_no_lost_found_to_remove() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounter = RecordingMounter::default();
+        empty_root(
+            &mounter,
+            FsType::Xfs,
+            Path::new("/dev/dm-7"),
+            &dir.path().join("base.mnt"),
+        )
+        .expect("empty_root succeeds");
+        assert_eq!(mounter.calls(), vec![]);
+    }
+
+    #[test]
+    fn the_marker_says_whether_and_how_the_base_was_made() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("base");
+        let wanted = marker_contents(FsType::Ext4, 16 << 20);
+        assert!(!is_made(&marker, &wanted, false).expect("no marker yet"));
+        write_durably(&marker, wanted.as_bytes()).expect("marker written");
+        assert!(is_made(&marker, &wanted, false).expect("marker matches"));
+        let other = marker_contents(FsType::Xfs, 16 << 20);
+        let err = is_made(&marker, &other, false).expect_err("fs_type cannot change");
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        // A fresh pool has no base device, whatever the marker says.
+        assert!(!is_made(&marker, &other, true).expect("fresh pool"));
+        assert!(!marker.exists());
+    }
+}
