@@ -85,7 +85,7 @@ pub fn device_prefix(root: &Path) -> String {
 impl DevmapperBackend {
     pub fn open(options: &DevmapperOptions) -> Result<DevmapperBackend> {
         let config = options.config.clone();
-        config.validate().map_err(Error::Config)?;
+        config.validate()?;
         let root = fs::canonicalize(&options.root).map_err(Error::io("resolve", &options.root))?;
         let prefix = device_prefix(&root);
         let dm = Dm::open()?;

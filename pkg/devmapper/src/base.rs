@@ -39,9 +39,10 @@ pub fn make_filesystem(fs: FsType, device: &Path, extra: &[String]) -> Result<()
             .args(extra)
             .arg(device)
             .output()
-            .map_err(|err| Error::Mkfs {
-                command: program.clone(),
-                detail: format!("cannot run it ({err}); install {}", fs.tools_package()),
+            .map_err(|source| Error::MkfsMissing {
+                program: program.clone(),
+                package: fs.tools_package(),
+                source,
             })?;
         if output.status.success() {
             info!(fs = %fs, device = %device.display(), "base filesystem made");

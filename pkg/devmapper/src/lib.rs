@@ -14,10 +14,10 @@ mod recording_dm;
 mod size;
 
 pub use backend::{DevmapperBackend, DevmapperOptions, device_prefix};
-pub use config::{DEFAULT_TOML, DevmapperConfig, FsType};
+pub use config::{DEFAULT_TOML, DevmapperConfig, FsType, InvalidConfig};
 pub use error::{Error, Result};
 pub use preflight::preflight;
-pub use size::ByteSize;
+pub use size::{ByteSize, SizeError};
 
 /// Whether this kernel has device-mapper at all, for a clear start-up error. The
 /// thin-pool target itself is loaded on demand when the pool's table is loaded.
