@@ -1,7 +1,10 @@
 //! Everything rustlayer asks of the kernel about mounts and filesystems lives here,
 //! behind the [`Mounter`] trait, so the logic above (which mounts, in what order,
 //! with what options) is tested without root through [`RecordingMounter`], and the
-//! real calls are exercised once, in root-only tests.
+//! real calls are exercised once, in root-only tests. Loop devices (for devmapper's
+//! self-managed pool) are attached here too, behind [`LoopAttacher`], with
+//! [`RecordingLoopAttacher`] for tests: raw ioctls belong with the rest of the
+//! unsafe code.
 
 mod error;
 mod fsinfo;
