@@ -18,6 +18,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("/dev/mapper/control is missing: the kernel has no device-mapper (modprobe dm_mod)")]
+    NoDeviceMapper,
     #[error("thin pool: {0}")]
     Pool(String),
     /// The pool is too full for a new snapshot.

@@ -21,12 +21,9 @@ pub use size::{ByteSize, SizeError};
 
 /// Whether this kernel has device-mapper at all, for a clear start-up error. The
 /// thin-pool target itself is loaded on demand when the pool's table is loaded.
-pub fn kernel_support() -> std::result::Result<(), String> {
+pub fn kernel_support() -> Result<()> {
     if !std::path::Path::new("/dev/mapper/control").exists() {
-        return Err(
-            "/dev/mapper/control is missing: the kernel has no device-mapper (modprobe dm_mod)"
-                .into(),
-        );
+        return Err(Error::NoDeviceMapper);
     }
     Ok(())
 }

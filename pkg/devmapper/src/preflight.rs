@@ -16,9 +16,7 @@ use crate::pool::Pool;
 /// made yet.
 pub fn preflight(root: &Path, config: &DevmapperConfig) -> Vec<Check> {
     let mut checks = Vec::new();
-    let dm = crate::kernel_support()
-        .map_err(Error::Config)
-        .and_then(|()| Dm::open());
+    let dm = crate::kernel_support().and_then(|()| Dm::open());
     match dm {
         Ok(dm) => {
             checks.push(Check {
