@@ -737,6 +737,20 @@ mod tests {
         assert!(dm.has_thin(0), "the base device is never cleaned up");
     }
 
+    #[test]
+    fn cleanup_counts_only_suspects_it_found() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        let removed = backend
+            .cleanup(&|_| true, &[SnapshotId::new(9)])
+            .expect("an absent suspect is fine");
+        assert_eq!(removed, 0);
+        assert_eq!(
+            dm.calls(),
+            vec![DmCall::Deactivate("test-9".into()), message("delete 9")]
+        );
+    }
+
     fn managed(dm: &RecordingDm, dir: &Path) -> (DevmapperBackend, RecordingLoopAttacher) {
         let loops = RecordingLoopAttacher::default();
         let pool = Pool::open_managed(
