@@ -105,20 +105,25 @@ impl DevmapperBackend {
                 },
             )?,
         };
-        let mut backend = DevmapperBackend::assemble(Box::new(dm), pool, prefix, config)?;
-        backend
-            .inner
-            .ensure_base(&LinuxMounter, &dir.join("base"))?;
-        backend.remap_ids = options.remap_ids;
-        Ok(backend)
+        let marker = dir.join("base");
+        DevmapperBackend::assemble(
+            Box::new(dm),
+            pool,
+            prefix,
+            config,
+            options.remap_ids,
+            |inner| inner.ensure_base(&LinuxMounter, &marker),
+        )
     }
 
-    /// The backend over an opened pool, before its base device is ensured.
+    /// The backend over an opened pool; `ensure_base` runs before any removal can.
     fn assemble(
         dm: Box<dyn DeviceMapper>,
         pool: Pool,
         prefix: String,
         config: DevmapperConfig,
+        remap_ids: bool,
+        ensure_base: impl FnOnce(&Inner) -> Result<()>,
     ) -> Result<DevmapperBackend> {
         let sectors = config.base_image_size.get().div_ceil(4096) * 4096 / SECTOR;
         let inner = Arc::new(Inner {
@@ -129,6 +134,7 @@ impl DevmapperBackend {
             config,
             lock: Mutex::new(()),
         });
+        ensure_base(&inner)?;
         let reaper = if inner.config.async_remove {
             Some(Reaper::start(Arc::clone(&inner))?)
         } else {
@@ -145,7 +151,7 @@ impl DevmapperBackend {
         Ok(DevmapperBackend {
             inner,
             reaper: Mutex::new(reaper),
-            remap_ids: false,
+            remap_ids,
         })
     }
 
@@ -581,8 +587,15 @@ mod tests {
     fn backend(dm: &RecordingDm) -> DevmapperBackend {
         dm.add_thin(0);
         let pool = Pool::open_existing(dm, POOL).expect("the pool opens");
-        DevmapperBackend::assemble(Box::new(dm.clone()), pool, PREFIX.into(), config())
-            .expect("the backend assembles")
+        DevmapperBackend::assemble(
+            Box::new(dm.clone()),
+            pool,
+            PREFIX.into(),
+            config(),
+            false,
+            |_| Ok(()),
+        )
+        .expect("the backend assembles")
     }
 
     fn message(text: &str) -> DmCall {
@@ -767,9 +780,15 @@ mod tests {
         .expect("the managed pool is made");
         dm.set_pool_usage(POOL, 0, 1024);
         dm.add_thin(0);
-        let backend =
-            DevmapperBackend::assemble(Box::new(dm.clone()), pool, PREFIX.into(), config())
-                .expect("the backend assembles");
+        let backend = DevmapperBackend::assemble(
+            Box::new(dm.clone()),
+            pool,
+            PREFIX.into(),
+            config(),
+            false,
+            |_| Ok(()),
+        )
+        .expect("the backend assembles");
         (backend, loops)
     }
 
