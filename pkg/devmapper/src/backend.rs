@@ -4,7 +4,6 @@
 //! empty filesystem.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,13 +13,13 @@ use devicemapper::Device;
 use rustlayer_core::{
     Backend, IdMapping, Kind, Labels, Mount, PoolStats, SnapshotId, SnapshotRef, Staged, Usage,
 };
-use rustlayer_mount::{LinuxMounter, Mounter};
+use rustlayer_mount::{LinuxLoopAttacher, LinuxMounter, Mounter};
 use tracing::{debug, info, warn};
 
+use crate::base;
 use crate::config::{DevmapperConfig, FsType};
-use crate::dm::{Deactivated, Dm};
+use crate::dm::{Deactivated, DeviceMapper, Dm};
 use crate::error::{Error, Result};
-use crate::mkfs::make_filesystem;
 use crate::pool::{Deleted, ManagedPool, Pool, ThinId};
 
 /// Thin id 0 is the base device; the store never hands out snapshot id 0.
@@ -46,7 +45,7 @@ pub struct DevmapperBackend {
 }
 
 struct Inner {
-    dm: Dm,
+    dm: Box<dyn DeviceMapper>,
     pool: Pool,
     /// Every device this daemon activates is named `<prefix>-<id>`: unique per root,
     /// so two daemons on one node never touch each other's devices.
@@ -86,7 +85,7 @@ pub fn device_prefix(root: &Path) -> String {
 impl DevmapperBackend {
     pub fn open(options: &DevmapperOptions) -> Result<DevmapperBackend> {
         let config = options.config.clone();
-        config.validate().map_err(Error::Config)?;
+        config.validate()?;
         let root = fs::canonicalize(&options.root).map_err(Error::io("resolve", &options.root))?;
         let prefix = device_prefix(&root);
         let dm = Dm::open()?;
@@ -96,6 +95,7 @@ impl DevmapperBackend {
             Some(name) => Pool::open_existing(&dm, name)?,
             None => Pool::open_managed(
                 &dm,
+                &LinuxLoopAttacher,
                 &format!("{prefix}-pool"),
                 &ManagedPool {
                     dir: &dir,
@@ -105,6 +105,26 @@ impl DevmapperBackend {
                 },
             )?,
         };
+        let marker = dir.join("base");
+        DevmapperBackend::assemble(
+            Box::new(dm),
+            pool,
+            prefix,
+            config,
+            options.remap_ids,
+            |inner| inner.ensure_base(&LinuxMounter, &marker),
+        )
+    }
+
+    /// The backend over an opened pool; `ensure_base` runs before any removal can.
+    fn assemble(
+        dm: Box<dyn DeviceMapper>,
+        pool: Pool,
+        prefix: String,
+        config: DevmapperConfig,
+        remap_ids: bool,
+        ensure_base: impl FnOnce(&Inner) -> Result<()>,
+    ) -> Result<DevmapperBackend> {
         let sectors = config.base_image_size.get().div_ceil(4096) * 4096 / SECTOR;
         let inner = Arc::new(Inner {
             dm,
@@ -114,7 +134,7 @@ impl DevmapperBackend {
             config,
             lock: Mutex::new(()),
         });
-        inner.ensure_base(&dir.join("base"))?;
+        ensure_base(&inner)?;
         let reaper = if inner.config.async_remove {
             Some(Reaper::start(Arc::clone(&inner))?)
         } else {
@@ -131,7 +151,7 @@ impl DevmapperBackend {
         Ok(DevmapperBackend {
             inner,
             reaper: Mutex::new(reaper),
-            remap_ids: options.remap_ids,
+            remap_ids,
         })
     }
 
@@ -201,51 +221,40 @@ impl Inner {
     fn delete(&self, id: ThinId) -> Result<Deleted> {
         let _guard = lock(&self.lock);
         self.deactivate(id)?;
-        let deleted = self.pool.delete(&self.dm, id)?;
+        let deleted = self.pool.delete(&*self.dm, id)?;
         debug!(thin = id.get(), ?deleted, "thin device deleted");
         Ok(deleted)
     }
 
     /// Makes the base device and its filesystem the first time a pool is used; a
     /// marker file records it was finished, so a crash midway starts over.
-    fn ensure_base(&self, marker: &Path) -> Result<()> {
-        let wanted = format!(
-            "fs_type={} size={}\n",
-            self.config.fs_type,
-            self.sectors * SECTOR
-        );
-        if self.pool.is_fresh() {
-            let _ = fs::remove_file(marker);
-        }
-        match fs::read_to_string(marker) {
-            Ok(found) if found == wanted => return Ok(()),
-            Ok(found) => {
-                return Err(Error::Config(format!(
-                    "the base device under this root was made with {}, but the configuration asks for {}; fs_type and base_image_size cannot change for an existing root",
-                    found.trim(),
-                    wanted.trim()
-                )));
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(Error::io("read", marker)(err)),
+    fn ensure_base(&self, mounter: &dyn Mounter, marker: &Path) -> Result<()> {
+        let wanted = base::marker_contents(self.config.fs_type, self.sectors * SECTOR);
+        if base::is_made(marker, &wanted, self.pool.is_fresh())? {
+            return Ok(());
         }
         let _guard = lock(&self.lock);
         self.deactivate(BASE)?;
-        self.pool.delete(&self.dm, BASE)?;
-        self.pool.create_thin(&self.dm, BASE)?;
+        self.pool.delete(&*self.dm, BASE)?;
+        self.pool.create_thin(&*self.dm, BASE)?;
         let device = self.activate(BASE, false)?;
         let made = node(device).and_then(|path| {
-            make_filesystem(self.config.fs_type, &path, &self.config.fs_options)?;
-            empty_root(self.config.fs_type, &path, &marker.with_extension("mnt"))
+            base::make_filesystem(self.config.fs_type, &path, &self.config.fs_options)?;
+            base::empty_root(
+                mounter,
+                self.config.fs_type,
+                &path,
+                &marker.with_extension("mnt"),
+            )
         });
         self.deactivate(BASE)?;
         made?;
-        write_durably(marker, wanted.as_bytes())?;
+        base::write_durably(marker, wanted.as_bytes())?;
         Ok(())
     }
 
     fn check_space(&self) -> Result<()> {
-        let usage = self.pool.usage(&self.dm)?;
+        let usage = self.pool.usage(&*self.dm)?;
         match usage.refusal(self.pool.name(), self.config.min_free_percent) {
             Some(err) => Err(err),
             None => Ok(()),
@@ -260,13 +269,13 @@ impl Inner {
         if active_origin {
             self.dm.suspend(&origin_name)?;
         }
-        let created = match self.pool.create_snapshot(&self.dm, id, origin) {
+        let created = match self.pool.create_snapshot(&*self.dm, id, origin) {
             // Debris of an id whose cleanup never ran: the store says it is free.
             Err(err) if err.errno() == Some(libc::EEXIST) => {
                 warn!(thin = id.get(), "replacing a stale thin device");
                 self.deactivate(id)
-                    .and_then(|()| self.pool.delete(&self.dm, id))
-                    .and_then(|_| self.pool.create_snapshot(&self.dm, id, origin))
+                    .and_then(|()| self.pool.delete(&*self.dm, id))
+                    .and_then(|_| self.pool.create_snapshot(&*self.dm, id, origin))
             }
             other => other,
         };
@@ -375,7 +384,7 @@ impl Backend for DevmapperBackend {
         if kind != Kind::Committed
             && let Err(err) = inner.activate(thin, kind == Kind::View)
         {
-            let _ = inner.pool.delete(&inner.dm, thin);
+            let _ = inner.pool.delete(&*inner.dm, thin);
             return Err(err.into());
         }
         Ok(Staged::new(id.get().to_string()))
@@ -509,7 +518,7 @@ impl Backend for DevmapperBackend {
             }
         }
         if inner.pool.is_managed() && busy == 0 {
-            match inner.pool.deactivate(&inner.dm) {
+            match inner.pool.deactivate(&*inner.dm) {
                 Ok(_) => info!(pool = inner.pool.name(), "thin pool deactivated"),
                 Err(err) => warn!(%err, "thin pool left active"),
             }
@@ -520,7 +529,7 @@ impl Backend for DevmapperBackend {
 
     fn pool_stats(&self) -> rustlayer_core::Result<Option<PoolStats>> {
         let inner = &self.inner;
-        let usage = inner.pool.usage(&inner.dm)?;
+        let usage = inner.pool.usage(&*inner.dm)?;
         Ok(Some(PoolStats {
             pool: inner.pool.name().to_owned(),
             data_used_bytes: usage.data_used_bytes,
@@ -551,50 +560,293 @@ fn node(device: Device) -> Result<PathBuf> {
     }
 }
 
-/// mke2fs leaves `lost+found` in the root; the first layer of every image must
-/// start from an empty directory, as it does on overlay.
-fn empty_root(fs: FsType, device: &Path, mountpoint: &Path) -> Result<()> {
-    if fs != FsType::Ext4 {
-        return Ok(());
-    }
-    fs::create_dir_all(mountpoint).map_err(Error::io("create", mountpoint))?;
-    let mount = Mount {
-        fs_type: fs.as_str().to_owned(),
-        source: device.to_string_lossy().into_owned(),
-        options: Vec::new(),
-    };
-    LinuxMounter
-        .mount(&mount, mountpoint)
-        .map_err(|err| Error::Pool(format!("cannot mount the new base filesystem: {err}")))?;
-    let lost = mountpoint.join("lost+found");
-    let removed = match fs::remove_dir(&lost) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            Err(Error::io("remove", &lost)(err))
-        }
-        _ => Ok(()),
-    };
-    LinuxMounter
-        .unmount(mountpoint, false)
-        .map_err(|err| Error::Pool(format!("cannot unmount the new base filesystem: {err}")))?;
-    let _ = fs::remove_dir(mountpoint);
-    removed
-}
-
-fn write_durably(path: &Path, contents: &[u8]) -> Result<()> {
-    let temp = path.with_extension("tmp");
-    let mut file = fs::File::create(&temp).map_err(Error::io("create", &temp))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(Error::io("write", &temp))?;
-    fs::rename(&temp, path).map_err(Error::io("rename", path))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("sync", dir))
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use rustlayer_mount::RecordingLoopAttacher;
+
+    use super::*;
+    use crate::recording_dm::{DmCall, RecordingDm};
+
+    const POOL: &str = "test-pool";
+    const PREFIX: &str = "test";
+
+    fn config() -> DevmapperConfig {
+        DevmapperConfig {
+            async_remove: false,
+            ..DevmapperConfig::default()
+        }
+    }
+
+    /// A backend over an existing pool with the base device made (thin id 0).
+    fn backend(dm: &RecordingDm) -> DevmapperBackend {
+        dm.add_thin(0);
+        let pool = Pool::open_existing(dm, POOL).expect("the pool opens");
+        DevmapperBackend::assemble(
+            Box::new(dm.clone()),
+            pool,
+            PREFIX.into(),
+            config(),
+            false,
+            |_| Ok(()),
+        )
+        .expect("the backend assembles")
+    }
+
+    fn message(text: &str) -> DmCall {
+        DmCall::Message {
+            device: POOL.into(),
+            message: text.into(),
+        }
+    }
+
+    fn activate(device: &str) -> DmCall {
+        DmCall::Activate {
+            device: device.into(),
+            read_only: false,
+        }
+    }
+
+    fn stage(backend: &DevmapperBackend, id: u64, kind: Kind, parents: &[u64]) {
+        let parents: Vec<SnapshotId> = parents.iter().copied().map(SnapshotId::new).collect();
+        backend
+            .stage(SnapshotId::new(id), kind, &parents, &Labels::new())
+            .expect("stage succeeds");
+    }
+
+    #[test]
+    fn a_layer_without_parent_is_a_snapshot_of_the_base() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 1, Kind::Active, &[]);
+        assert_eq!(
+            dm.calls(),
+            vec![message("create_snap 1 0"), activate("test-1")]
+        );
+        assert!(dm.has_thin(1));
+    }
+
+    #[test]
+    fn a_committed_layer_is_left_inactive() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 1, Kind::Committed, &[]);
+        assert_eq!(dm.calls(), vec![message("create_snap 1 0")]);
+        assert!(!dm.is_active("test-1"));
+    }
+
+    #[test]
+    fn a_stale_thin_device_under_a_free_id_is_replaced() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        dm.add_thin(5);
+        stage(&backend, 5, Kind::Committed, &[]);
+        assert_eq!(
+            dm.calls(),
+            vec![
+                message("create_snap 5 0"),
+                DmCall::Deactivate("test-5".into()),
+                message("delete 5"),
+                message("create_snap 5 0"),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_active_origin_is_suspended_around_the_snapshot() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 3, Kind::Active, &[]);
+        dm.set_open("test-3", 1);
+        dm.forget_calls();
+        stage(&backend, 4, Kind::Active, &[3]);
+        assert_eq!(
+            dm.calls(),
+            vec![
+                DmCall::Suspend("test-3".into()),
+                message("create_snap 4 3"),
+                DmCall::Resume("test-3".into()),
+                activate("test-4"),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_inactive_origin_is_not_suspended() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 3, Kind::Committed, &[]);
+        dm.forget_calls();
+        stage(&backend, 4, Kind::View, &[3]);
+        assert_eq!(
+            dm.calls(),
+            vec![
+                message("create_snap 4 3"),
+                DmCall::Activate {
+                    device: "test-4".into(),
+                    read_only: true,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_nearly_full_pool_refuses_new_snapshots_and_changes_nothing() {
+        let dm = RecordingDm::with_pool(POOL, 95, 100);
+        let backend = backend(&dm);
+        let err = backend
+            .stage(SnapshotId::new(1), Kind::Active, &[], &Labels::new())
+            .expect_err("a pool 95% full refuses with min_free_percent 10");
+        assert!(
+            matches!(err, rustlayer_core::Error::ResourceExhausted(_)),
+            "{err:?}"
+        );
+        assert_eq!(dm.calls(), vec![]);
+        assert!(!dm.has_thin(1));
+        dm.set_pool_usage(POOL, 89, 100);
+        stage(&backend, 1, Kind::Active, &[]);
+        assert!(dm.has_thin(1));
+    }
+
+    #[test]
+    fn remove_refuses_a_mounted_device_and_keeps_it() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 1, Kind::Active, &[]);
+        dm.set_open("test-1", 1);
+        let err = backend
+            .remove(SnapshotId::new(1))
+            .expect_err("a mounted device cannot go");
+        assert!(
+            matches!(err, rustlayer_core::Error::FailedPrecondition(_)),
+            "{err:?}"
+        );
+        assert!(dm.has_thin(1));
+        dm.set_open("test-1", 0);
+        backend.remove(SnapshotId::new(1)).expect("remove succeeds");
+        assert!(!dm.has_thin(1));
+        assert!(!dm.is_active("test-1"));
+    }
+
+    #[test]
+    fn cleanup_deletes_unknown_active_devices_and_suspects() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 1, Kind::Active, &[]);
+        stage(&backend, 2, Kind::Active, &[]);
+        stage(&backend, 3, Kind::Committed, &[]);
+        let removed = backend
+            .cleanup(&|id| id.get() == 1, &[SnapshotId::new(3)])
+            .expect("cleanup succeeds");
+        assert_eq!(removed, 2);
+        assert!(dm.has_thin(1) && dm.is_active("test-1"));
+        assert!(!dm.has_thin(2) && !dm.is_active("test-2"));
+        assert!(!dm.has_thin(3));
+        assert!(dm.has_thin(0), "the base device is never cleaned up");
+    }
+
+    #[test]
+    fn cleanup_counts_only_suspects_it_found() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        let removed = backend
+            .cleanup(&|_| true, &[SnapshotId::new(9)])
+            .expect("an absent suspect is fine");
+        assert_eq!(removed, 0);
+        assert_eq!(
+            dm.calls(),
+            vec![DmCall::Deactivate("test-9".into()), message("delete 9")]
+        );
+    }
+
+    fn managed(dm: &RecordingDm, dir: &Path) -> (DevmapperBackend, RecordingLoopAttacher) {
+        let loops = RecordingLoopAttacher::default();
+        let pool = Pool::open_managed(
+            dm,
+            &loops,
+            POOL,
+            &ManagedPool {
+                dir,
+                data_bytes: 64 << 20,
+                metadata_bytes: 4 << 20,
+                discard_passdown: true,
+            },
+        )
+        .expect("the managed pool is made");
+        dm.set_pool_usage(POOL, 0, 1024);
+        dm.add_thin(0);
+        let backend = DevmapperBackend::assemble(
+            Box::new(dm.clone()),
+            pool,
+            PREFIX.into(),
+            config(),
+            false,
+            |_| Ok(()),
+        )
+        .expect("the backend assembles");
+        (backend, loops)
+    }
+
+    #[test]
+    fn a_managed_pool_sits_on_its_metadata_and_data_loop_devices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dm = RecordingDm::default();
+        let (backend, loops) = managed(&dm, dir.path());
+        assert!(backend.inner.pool.is_managed() && backend.inner.pool.is_fresh());
+        assert_eq!(
+            loops.attached(),
+            vec![dir.path().join("data"), dir.path().join("metadata")]
+        );
+        let (target, table) = dm.status(POOL, true).expect("the pool is active");
+        assert_eq!(target, "thin-pool");
+        // The metadata device (second attach, loop1) comes first in the table.
+        assert!(table.starts_with("7:1 7:0 128 "), "{table}");
+        assert!(!table.contains("no_discard_passdown"), "{table}");
+    }
+
+    #[test]
+    fn shutdown_takes_a_managed_pool_down_when_nothing_is_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dm = RecordingDm::default();
+        let (backend, _loops) = managed(&dm, dir.path());
+        stage(&backend, 1, Kind::Active, &[]);
+        dm.forget_calls();
+        backend.shutdown();
+        assert_eq!(
+            dm.calls(),
+            vec![
+                DmCall::Deactivate("test-1".into()),
+                DmCall::Deactivate("test-base".into()),
+                DmCall::Deactivate(POOL.into()),
+            ]
+        );
+        assert!(!dm.is_active(POOL));
+    }
+
+    #[test]
+    fn shutdown_leaves_a_mounted_device_and_its_pool_active() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dm = RecordingDm::default();
+        let (backend, _loops) = managed(&dm, dir.path());
+        stage(&backend, 1, Kind::Active, &[]);
+        stage(&backend, 2, Kind::Active, &[]);
+        dm.set_open("test-2", 1);
+        backend.shutdown();
+        assert!(!dm.is_active("test-1"));
+        assert!(dm.is_active("test-2"));
+        assert!(dm.is_active(POOL));
+    }
+
+    #[test]
+    fn an_existing_pool_is_never_taken_down() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        backend.shutdown();
+        assert!(dm.is_active(POOL));
+    }
 }

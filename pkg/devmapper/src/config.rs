@@ -78,25 +78,27 @@ impl Default for DevmapperConfig {
     }
 }
 
+/// A `[devmapper]` setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidConfig {
+    #[error("min_free_percent = {0} leaves no space to use; pick 0 to 99")]
+    MinFreePercent(u8),
+    #[error("base_image_size = {0} is too small for a filesystem (at least 16MiB)")]
+    BaseImageTooSmall(ByteSize),
+    #[error("pool_metadata_size = {0} is too small (at least 2MiB)")]
+    PoolMetadataTooSmall(ByteSize),
+}
+
 impl DevmapperConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.min_free_percent > 99 {
-            return Err(format!(
-                "min_free_percent = {} leaves no space to use; pick 0 to 99",
-                self.min_free_percent
-            ));
+            return Err(InvalidConfig::MinFreePercent(self.min_free_percent));
         }
         if self.base_image_size.get() < 16 << 20 {
-            return Err(format!(
-                "base_image_size = {} is too small for a filesystem (at least 16MiB)",
-                self.base_image_size
-            ));
+            return Err(InvalidConfig::BaseImageTooSmall(self.base_image_size));
         }
         if self.pool_name.is_none() && self.pool_metadata_size.get() < 2 << 20 {
-            return Err(format!(
-                "pool_metadata_size = {} is too small (at least 2MiB)",
-                self.pool_metadata_size
-            ));
+            return Err(InvalidConfig::PoolMetadataTooSmall(self.pool_metadata_size));
         }
         Ok(())
     }
@@ -156,6 +158,11 @@ mod tests {
         assert_eq!(c.fs_type, FsType::Xfs);
         assert!(toml::from_str::<DevmapperConfig>("base_size = 1").is_err());
         let tiny: DevmapperConfig = toml::from_str("base_image_size = 4096").unwrap();
-        assert!(tiny.validate().unwrap_err().contains("too small"));
+        assert!(
+            tiny.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("too small")
+        );
     }
 }

@@ -1,9 +1,17 @@
-//! The device-mapper calls the backend makes, through the `devicemapper` crate's
+//! The device-mapper calls the backend makes, behind [`DeviceMapper`] so the
+//! backend's sequencing (suspending an active origin around a snapshot, replacing
+//! stale devices, cleanup, shutdown) is unit-tested without root against a
+//! recording fake. The real implementation goes through the `devicemapper` crate's
 //! ioctl interface (no dmsetup), with errors reduced to what callers decide on.
+//!
+//! The trait lives here, not in the mount crate: that crate holds the project's
+//! unsafe and raw ioctl code, and the `devicemapper` crate is a safe API already, so
+//! nothing here needs unsafe; only the loop devices under a self-managed pool (raw
+//! ioctls) come from the mount crate.
 
-use devicemapper::{DM, DevId, Device, DmError, DmFlags, DmName, DmNameBuf, DmOptions, errors};
+use devicemapper::{DM, DevId, Device, DmFlags, DmName, DmNameBuf, DmOptions};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, dm_errno as errno};
 
 /// Whether a device could be deactivated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +23,28 @@ pub enum Deactivated {
     Busy,
 }
 
+/// What the backend and pool ask of device-mapper, by device name.
+pub trait DeviceMapper: Send + Sync {
+    /// The device number and open count of an active device, or None.
+    fn device(&self, device: &str) -> Result<Option<(Device, i32)>>;
+    fn activate(
+        &self,
+        device: &str,
+        sectors: u64,
+        target: &str,
+        params: &str,
+        read_only: bool,
+    ) -> Result<Device>;
+    fn deactivate(&self, device: &str) -> Result<Deactivated>;
+    fn suspend(&self, device: &str) -> Result<()>;
+    fn resume(&self, device: &str) -> Result<()>;
+    fn message(&self, device: &str, message: &str) -> Result<()>;
+    /// The single target's (type, status line), or its table line with `table`.
+    fn status(&self, device: &str, table: bool) -> Result<(String, String)>;
+    fn names_with_prefix(&self, prefix: &str) -> Result<Vec<String>>;
+}
+
+/// Device-mapper through /dev/mapper/control.
 pub struct Dm {
     dm: DM,
 }
@@ -22,14 +52,6 @@ pub struct Dm {
 impl std::fmt::Debug for Dm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Dm")
-    }
-}
-
-/// The errno behind a failed ioctl, if that is what failed.
-pub fn errno(err: &DmError) -> Option<i32> {
-    match err {
-        DmError::Core(errors::Error::Ioctl(_, _, _, errno)) => Some(**errno as i32),
-        _ => None,
     }
 }
 
@@ -48,9 +70,10 @@ impl Dm {
         let dm = DM::new().map_err(|err| Error::dm("open /dev/mapper/control", err))?;
         Ok(Dm { dm })
     }
+}
 
-    /// The device number of an active device, or None.
-    pub fn device(&self, device: &str) -> Result<Option<(Device, i32)>> {
+impl DeviceMapper for Dm {
+    fn device(&self, device: &str) -> Result<Option<(Device, i32)>> {
         match self.dm.device_info(&DevId::Name(name(device)?)) {
             Ok(info) => Ok(Some((info.device(), info.open_count()))),
             Err(err) if errno(&err) == Some(libc::ENXIO) => Ok(None),
@@ -58,8 +81,7 @@ impl Dm {
         }
     }
 
-    /// Creates and resumes a device with a one-target table.
-    pub fn activate(
+    fn activate(
         &self,
         device: &str,
         sectors: u64,
@@ -90,7 +112,7 @@ impl Dm {
         Ok(created.device())
     }
 
-    pub fn deactivate(&self, device: &str) -> Result<Deactivated> {
+    fn deactivate(&self, device: &str) -> Result<Deactivated> {
         let id = DevId::Name(name(device)?);
         match self.device(device)? {
             None => return Ok(Deactivated::Absent),
@@ -105,7 +127,7 @@ impl Dm {
         }
     }
 
-    pub fn suspend(&self, device: &str) -> Result<()> {
+    fn suspend(&self, device: &str) -> Result<()> {
         self.dm
             .device_suspend(
                 &DevId::Name(name(device)?),
@@ -115,23 +137,21 @@ impl Dm {
             .map_err(|err| Error::dm(format!("suspend {device}"), err))
     }
 
-    pub fn resume(&self, device: &str) -> Result<()> {
+    fn resume(&self, device: &str) -> Result<()> {
         self.dm
             .device_suspend(&DevId::Name(name(device)?), options())
             .map(|_| ())
             .map_err(|err| Error::dm(format!("resume {device}"), err))
     }
 
-    /// Sends a message to a target (thin-pool: create_thin, create_snap, delete).
-    pub fn message(&self, device: &str, message: &str) -> Result<()> {
+    fn message(&self, device: &str, message: &str) -> Result<()> {
         self.dm
             .target_msg(&DevId::Name(name(device)?), None, message)
             .map(|_| ())
             .map_err(|err| Error::dm(format!("message {message:?} to {device}"), err))
     }
 
-    /// The single target's status line, or its table line with `table`.
-    pub fn status(&self, device: &str, table: bool) -> Result<(String, String)> {
+    fn status(&self, device: &str, table: bool) -> Result<(String, String)> {
         let flags = if table {
             DmFlags::DM_STATUS_TABLE
         } else {
@@ -147,8 +167,7 @@ impl Dm {
         }
     }
 
-    /// Names of all active devices starting with `prefix`.
-    pub fn names_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+    fn names_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
         let devices = self
             .dm
             .list_devices()

@@ -3,29 +3,27 @@
 //! `devicemapper` crate); the only program run is mkfs, once per pool.
 
 mod backend;
+mod base;
 mod config;
 mod dm;
 mod error;
-mod loopdev;
-mod mkfs;
 mod pool;
 mod preflight;
+#[cfg(test)]
+mod recording_dm;
 mod size;
 
 pub use backend::{DevmapperBackend, DevmapperOptions, device_prefix};
-pub use config::{DEFAULT_TOML, DevmapperConfig, FsType};
+pub use config::{DEFAULT_TOML, DevmapperConfig, FsType, InvalidConfig};
 pub use error::{Error, Result};
 pub use preflight::preflight;
-pub use size::ByteSize;
+pub use size::{ByteSize, SizeError};
 
 /// Whether this kernel has device-mapper at all, for a clear start-up error. The
 /// thin-pool target itself is loaded on demand when the pool's table is loaded.
-pub fn kernel_support() -> std::result::Result<(), String> {
+pub fn kernel_support() -> Result<()> {
     if !std::path::Path::new("/dev/mapper/control").exists() {
-        return Err(
-            "/dev/mapper/control is missing: the kernel has no device-mapper (modprobe dm_mod)"
-                .into(),
-        );
+        return Err(Error::NoDeviceMapper);
     }
     Ok(())
 }

@@ -9,9 +9,10 @@ use std::str::FromStr;
 use devicemapper::{Device, ThinPoolStatus, ThinPoolStatusSummary};
 use tracing::info;
 
-use crate::dm::{Deactivated, Dm};
+use rustlayer_mount::LoopAttacher;
+
+use crate::dm::{Deactivated, DeviceMapper};
 use crate::error::{Error, Result};
-use crate::loopdev::{self, LoopDevice};
 
 const SECTOR: u64 = 512;
 /// dm-thin's metadata block size.
@@ -156,7 +157,7 @@ pub struct Pool {
 
 impl Pool {
     /// A pool that already exists, e.g. an LVM thin pool's `-tpool` device.
-    pub fn open_existing(dm: &Dm, name: &str) -> Result<Pool> {
+    pub fn open_existing(dm: &dyn DeviceMapper, name: &str) -> Result<Pool> {
         let Some((device, _)) = dm.device(name)? else {
             return Err(Error::Config(format!(
                 "thin pool {name:?} does not exist; create it (lvcreate --type thin-pool, or a dm thin-pool table) or leave pool_name unset for a loop-backed pool"
@@ -167,7 +168,12 @@ impl Pool {
 
     /// The self-managed pool named `name`, made on sparse files under `dir` unless
     /// it is active already (a restart).
-    pub fn open_managed(dm: &Dm, name: &str, spec: &ManagedPool<'_>) -> Result<Pool> {
+    pub fn open_managed(
+        dm: &dyn DeviceMapper,
+        loops: &dyn LoopAttacher,
+        name: &str,
+        spec: &ManagedPool<'_>,
+    ) -> Result<Pool> {
         if let Some((device, _)) = dm.device(name)? {
             return Pool::describe(dm, name, device, true);
         }
@@ -181,8 +187,8 @@ impl Pool {
         }
         let data = sparse_file(&data_path, spec.data_bytes)?;
         let metadata = sparse_file(&metadata_path, spec.metadata_bytes)?;
-        let data_loop = attach(&data, &data_path)?;
-        let metadata_loop = attach(&metadata, &metadata_path)?;
+        let data_loop = loops.attach(&data, &data_path)?;
+        let metadata_loop = loops.attach(&metadata, &metadata_path)?;
         let data_sectors = data
             .metadata()
             .map_err(Error::io("stat", &data_path))?
@@ -198,8 +204,8 @@ impl Pool {
         let low_water_blocks = (data_sectors / DATA_BLOCK_SECTORS / 20).max(1);
         let params = format!(
             "{} {} {DATA_BLOCK_SECTORS} {low_water_blocks} {} {}",
-            metadata_loop.device(),
-            data_loop.device(),
+            loop_device(&metadata_loop),
+            loop_device(&data_loop),
             features.len(),
             features.join(" ")
         );
@@ -219,7 +225,7 @@ impl Pool {
         Ok(pool)
     }
 
-    fn describe(dm: &Dm, name: &str, device: Device, managed: bool) -> Result<Pool> {
+    fn describe(dm: &dyn DeviceMapper, name: &str, device: Device, managed: bool) -> Result<Pool> {
         let (target, params) = dm.status(name, true)?;
         if target != "thin-pool" {
             return Err(Error::Config(format!(
@@ -258,7 +264,7 @@ impl Pool {
         format!("{} {}", self.device, id.get())
     }
 
-    pub fn usage(&self, dm: &Dm) -> Result<PoolUsage> {
+    pub fn usage(&self, dm: &dyn DeviceMapper) -> Result<PoolUsage> {
         let (_, status) = dm.status(&self.name, false)?;
         let status = ThinPoolStatus::from_str(&status)
             .map_err(|err| Error::dm(format!("parse status of {}", self.name), err))?;
@@ -290,19 +296,19 @@ impl Pool {
         })
     }
 
-    pub fn create_thin(&self, dm: &Dm, id: ThinId) -> Result<()> {
+    pub fn create_thin(&self, dm: &dyn DeviceMapper, id: ThinId) -> Result<()> {
         dm.message(&self.name, &format!("create_thin {}", id.get()))
     }
 
     /// `origin` must not be active (or must be suspended) while this runs.
-    pub fn create_snapshot(&self, dm: &Dm, id: ThinId, origin: ThinId) -> Result<()> {
+    pub fn create_snapshot(&self, dm: &dyn DeviceMapper, id: ThinId, origin: ThinId) -> Result<()> {
         dm.message(
             &self.name,
             &format!("create_snap {} {}", id.get(), origin.get()),
         )
     }
 
-    pub fn delete(&self, dm: &Dm, id: ThinId) -> Result<Deleted> {
+    pub fn delete(&self, dm: &dyn DeviceMapper, id: ThinId) -> Result<Deleted> {
         match dm.message(&self.name, &format!("delete {}", id.get())) {
             Ok(()) => Ok(Deleted::Done),
             Err(err) if err.errno() == Some(libc::ENODATA) => Ok(Deleted::Absent),
@@ -311,7 +317,7 @@ impl Pool {
     }
 
     /// Takes a self-managed pool down; its loop devices then detach by themselves.
-    pub fn deactivate(&self, dm: &Dm) -> Result<Deactivated> {
+    pub fn deactivate(&self, dm: &dyn DeviceMapper) -> Result<Deactivated> {
         dm.deactivate(&self.name)
     }
 }
@@ -333,6 +339,7 @@ fn sparse_file(path: &Path, bytes: u64) -> Result<File> {
     Ok(file)
 }
 
-fn attach(file: &File, path: &Path) -> Result<LoopDevice> {
-    loopdev::attach(file, path).map_err(Error::io("attach a loop device to", path))
+fn loop_device(device: &rustlayer_mount::LoopDevice) -> Device {
+    let (major, minor) = device.number();
+    Device { major, minor }
 }

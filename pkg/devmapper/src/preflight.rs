@@ -7,7 +7,7 @@ use rustlayer_core::Check;
 
 use crate::backend::device_prefix;
 use crate::config::{DevmapperConfig, FsType};
-use crate::dm::Dm;
+use crate::dm::{DeviceMapper, Dm};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 
@@ -16,9 +16,7 @@ use crate::pool::Pool;
 /// made yet.
 pub fn preflight(root: &Path, config: &DevmapperConfig) -> Vec<Check> {
     let mut checks = Vec::new();
-    let dm = crate::kernel_support()
-        .map_err(Error::Config)
-        .and_then(|()| Dm::open());
+    let dm = crate::kernel_support().and_then(|()| Dm::open());
     match dm {
         Ok(dm) => {
             checks.push(Check {

@@ -31,10 +31,21 @@ impl ByteSize {
     }
 }
 
-impl FromStr for ByteSize {
-    type Err = String;
+/// Why a configured size was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("{0:?} is not a size like \"10GiB\"")]
+    NotASize(String),
+    #[error("{text:?}: unknown unit {unit:?} (use KiB, MiB, GiB or TiB)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
 
-    fn from_str(text: &str) -> Result<Self, String> {
+impl FromStr for ByteSize {
+    type Err = SizeError;
+
+    fn from_str(text: &str) -> Result<Self, SizeError> {
         let text = text.trim();
         let split = text
             .find(|c: char| !c.is_ascii_digit())
@@ -42,7 +53,7 @@ impl FromStr for ByteSize {
         let (digits, unit) = text.split_at(split);
         let n: u64 = digits
             .parse()
-            .map_err(|_| format!("{text:?} is not a size like \"10GiB\""))?;
+            .map_err(|_| SizeError::NotASize(text.to_owned()))?;
         let unit = unit.trim();
         // Decimal-looking units are read as binary ones: "10G" in a storage config
         // means what lvcreate and Docker mean by it.
@@ -53,14 +64,15 @@ impl FromStr for ByteSize {
             "G" | "GB" | "GiB" => 1 << 30,
             "T" | "TB" | "TiB" => 1 << 40,
             _ => {
-                return Err(format!(
-                    "{text:?}: unknown unit {unit:?} (use KiB, MiB, GiB or TiB)"
-                ));
+                return Err(SizeError::UnknownUnit {
+                    text: text.to_owned(),
+                    unit: unit.to_owned(),
+                });
             }
         };
         n.checked_mul(multiplier)
             .map(ByteSize)
-            .ok_or_else(|| format!("{text:?} is too large"))
+            .ok_or_else(|| SizeError::TooLarge(text.to_owned()))
     }
 }
 

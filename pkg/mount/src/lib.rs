@@ -1,12 +1,16 @@
 //! Everything rustlayer asks of the kernel about mounts and filesystems lives here,
 //! behind the [`Mounter`] trait, so the logic above (which mounts, in what order,
 //! with what options) is tested without root through [`RecordingMounter`], and the
-//! real calls are exercised once, in root-only tests.
+//! real calls are exercised once, in root-only tests. Loop devices (for devmapper's
+//! self-managed pool) are attached here too, behind [`LoopAttacher`], with
+//! [`RecordingLoopAttacher`] for tests: raw ioctls belong with the rest of the
+//! unsafe code.
 
 mod error;
 mod fsinfo;
 mod idmap;
 mod linux;
+mod loopdev;
 mod options;
 mod recording;
 
@@ -14,6 +18,7 @@ pub use error::{Error, Result};
 pub use fsinfo::{FsStats, filesystem_registered, fs_stats, supports_d_type, sync_filesystem};
 pub use idmap::{UserNamespace, idmapped_clone};
 pub use linux::LinuxMounter;
+pub use loopdev::{LinuxLoopAttacher, LoopAttacher, LoopDevice, RecordingLoopAttacher};
 pub use options::{
     IdMapOptions, MountFlags, OverlayData, lowers_common_dir, parse_options, split_id_maps,
 };

@@ -1,13 +1,15 @@
-//! Attaching a file to a loop device, for the self-managed pool. The only unsafe code
-//! in this crate: two ioctls rustix does not wrap.
+//! Attaching a file to a loop device, for devmapper's self-managed pool: two ioctls
+//! rustix does not wrap, behind [`LoopAttacher`] so the pool's setup is tested
+//! without root through [`RecordingLoopAttacher`].
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use devicemapper::Device;
+use crate::error::{Error, Result};
 
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
@@ -46,8 +48,11 @@ struct LoopConfig {
 #[derive(Debug)]
 pub struct LoopDevice {
     path: PathBuf,
-    device: Device,
-    _handle: File,
+    major: u32,
+    minor: u32,
+    /// Holds the device until the caller (the thin pool) has its own reference;
+    /// None for a recorded attach.
+    _handle: Option<File>,
 }
 
 impl LoopDevice {
@@ -55,13 +60,63 @@ impl LoopDevice {
         &self.path
     }
 
-    pub fn device(&self) -> Device {
-        self.device
+    /// The device number as (major, minor).
+    pub fn number(&self) -> (u32, u32) {
+        (self.major, self.minor)
     }
 }
 
-/// Attaches `backing` to a free loop device.
-pub fn attach(backing: &File, name: &Path) -> io::Result<LoopDevice> {
+pub trait LoopAttacher: Send + Sync {
+    /// Attaches `backing` (opened read-write) to a free loop device; `name` is what
+    /// the device reports as its backing file.
+    fn attach(&self, backing: &File, name: &Path) -> Result<LoopDevice>;
+}
+
+/// Attaches with LOOP_CTL_GET_FREE and LOOP_CONFIGURE (Linux 5.8+), auto-clearing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxLoopAttacher;
+
+impl LoopAttacher for LinuxLoopAttacher {
+    fn attach(&self, backing: &File, name: &Path) -> Result<LoopDevice> {
+        attach(backing, name).map_err(|source| Error::Fs {
+            what: "attach a loop device to",
+            path: name.to_owned(),
+            source,
+        })
+    }
+}
+
+/// A [`LoopAttacher`] that hands out made-up loop devices (major 7, minors from
+/// 0) and remembers the backing names, for tests without root.
+#[derive(Debug, Default)]
+pub struct RecordingLoopAttacher {
+    attached: Mutex<Vec<PathBuf>>,
+}
+
+impl RecordingLoopAttacher {
+    pub fn attached(&self) -> Vec<PathBuf> {
+        self.attached.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+}
+
+impl LoopAttacher for RecordingLoopAttacher {
+    fn attach(&self, _backing: &File, name: &Path) -> Result<LoopDevice> {
+        let mut attached = self
+            .attached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let minor = u32::try_from(attached.len()).unwrap_or(u32::MAX);
+        attached.push(name.to_owned());
+        Ok(LoopDevice {
+            path: PathBuf::from(format!("/dev/loop{minor}")),
+            major: 7,
+            minor,
+            _handle: None,
+        })
+    }
+}
+
+fn attach(backing: &File, name: &Path) -> io::Result<LoopDevice> {
     let control = OpenOptions::new()
         .read(true)
         .write(true)
@@ -110,14 +165,11 @@ pub fn attach(backing: &File, name: &Path) -> io::Result<LoopDevice> {
         };
         if rc == 0 {
             let stat = rustix::fs::fstat(&handle)?;
-            let device = Device {
-                major: rustix::fs::major(stat.st_rdev),
-                minor: rustix::fs::minor(stat.st_rdev),
-            };
             return Ok(LoopDevice {
                 path,
-                device,
-                _handle: handle,
+                major: rustix::fs::major(stat.st_rdev),
+                minor: rustix::fs::minor(stat.st_rdev),
+                _handle: Some(handle),
             });
         }
         last = io::Error::last_os_error();

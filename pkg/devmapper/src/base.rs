@@ -1,0 +1,191 @@
+//! The base device's filesystem, made once per pool: every first layer is a
+//! snapshot of it. mkfs is the one program the backend runs: writing a filesystem
+//! is not something to reimplement. A marker file, written durably once the
+//! filesystem is finished, records how it was made.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use rustlayer_core::Mount;
+use rustlayer_mount::Mounter;
+use tracing::info;
+
+use crate::config::FsType;
+use crate::error::{Error, Result};
+
+pub fn make_filesystem(fs: FsType, device: &Path, extra: &[String]) -> Result<()> {
+    let attempts: Vec<Vec<String>> = match fs {
+        // Thin devices read unwritten blocks as zeros, so ext4 need not zero its
+        // inode tables; lazily zeroing them would instead write them again in
+        // every snapshot. Older mke2fs lacks the option: zero them eagerly, once.
+        FsType::Ext4 => vec![
+            args(&["-q", "-F", "-E", "nodiscard,assume_storage_prezeroed=1"]),
+            args(&[
+                "-q",
+                "-F",
+                "-E",
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+            ]),
+        ],
+        FsType::Xfs => vec![args(&["-q", "-f", "-K"])],
+    };
+    let program = format!("mkfs.{fs}");
+    let mut last = String::new();
+    for base in attempts {
+        let output = Command::new(&program)
+            .args(&base)
+            .args(extra)
+            .arg(device)
+            .output()
+            .map_err(|source| Error::MkfsMissing {
+                program: program.clone(),
+                package: fs.tools_package(),
+                source,
+            })?;
+        if output.status.success() {
+            info!(fs = %fs, device = %device.display(), "base filesystem made");
+            return Ok(());
+        }
+        last = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    }
+    Err(Error::Mkfs {
+        command: format!("{program} {}", device.display()),
+        detail: last,
+    })
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// What the marker records: what cannot change for an existing root.
+pub fn marker_contents(fs: FsType, bytes: u64) -> String {
+    format!("fs_type={fs} size={bytes}\n")
+}
+
+/// Whether the base filesystem was finished as `wanted`; an error if it was made
+/// otherwise. A `fresh` pool has no base device, whatever the marker says.
+pub fn is_made(marker: &Path, wanted: &str, fresh: bool) -> Result<bool> {
+    if fresh {
+        let _ = fs::remove_file(marker);
+    }
+    match fs::read_to_string(marker) {
+        Ok(found) if found == wanted => Ok(true),
+        Ok(found) => Err(Error::Config(format!(
+            "the base device under this root was made with {}, but the configuration asks for {}; fs_type and base_image_size cannot change for an existing root",
+            found.trim(),
+            wanted.trim()
+        ))),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(Error::io("read", marker)(err)),
+    }
+}
+
+/// mke2fs leaves `lost+found` in the root; the first layer of every image must
+/// start from an empty directory, as it does on overlay.
+pub fn empty_root(
+    mounter: &dyn Mounter,
+    fs: FsType,
+    device: &Path,
+    mountpoint: &Path,
+) -> Result<()> {
+    if fs != FsType::Ext4 {
+        return Ok(());
+    }
+    fs::create_dir_all(mountpoint).map_err(Error::io("create", mountpoint))?;
+    let mount = Mount {
+        fs_type: fs.as_str().to_owned(),
+        source: device.to_string_lossy().into_owned(),
+        options: Vec::new(),
+    };
+    mounter.mount(&mount, mountpoint)?;
+    let lost = mountpoint.join("lost+found");
+    let removed = match fs::remove_dir(&lost) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io("remove", &lost)(err))
+        }
+        _ => Ok(()),
+    };
+    mounter.unmount(mountpoint, false)?;
+    let _ = fs::remove_dir(mountpoint);
+    removed
+}
+
+pub fn write_durably(path: &Path, contents: &[u8]) -> Result<()> {
+    let temp = path.with_extension("tmp");
+    let mut file = fs::File::create(&temp).map_err(Error::io("create", &temp))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(Error::io("write", &temp))?;
+    fs::rename(&temp, path).map_err(Error::io("rename", path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("sync", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use rustlayer_mount::{MountCall, RecordingMounter};
+
+    use super::*;
+
+    #[test]
+    fn empty_root_mounts_the_new_ext4_filesystem_once_and_unmounts_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mountpoint = dir.path().join("base.mnt");
+        let mounter = RecordingMounter::default();
+        empty_root(&mounter, FsType::Ext4, Path::new("/dev/dm-7"), &mountpoint)
+            .expect("empty_root succeeds");
+        assert_eq!(
+            mounter.calls(),
+            vec![
+                MountCall::Mount {
+                    mount: Mount {
+                        fs_type: "ext4".into(),
+                        source: "/dev/dm-7".into(),
+                        options: Vec::new(),
+                    },
+                    target: mountpoint.clone(),
+                },
+                MountCall::Unmount {
+                    target: mountpoint.clone(),
+                    lazy: false,
+                },
+            ]
+        );
+        assert!(!mountpoint.exists(), "the mountpoint is removed afterwards");
+    }
+
+    #[test]
+    fn xfs_has_no_lost_found_to_remove() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounter = RecordingMounter::default();
+        empty_root(
+            &mounter,
+            FsType::Xfs,
+            Path::new("/dev/dm-7"),
+            &dir.path().join("base.mnt"),
+        )
+        .expect("empty_root succeeds");
+        assert_eq!(mounter.calls(), vec![]);
+    }
+
+    #[test]
+    fn the_marker_says_whether_and_how_the_base_was_made() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("base");
+        let wanted = marker_contents(FsType::Ext4, 16 << 20);
+        assert!(!is_made(&marker, &wanted, false).expect("no marker yet"));
+        write_durably(&marker, wanted.as_bytes()).expect("marker written");
+        assert!(is_made(&marker, &wanted, false).expect("marker matches"));
+        let other = marker_contents(FsType::Xfs, 16 << 20);
+        let err = is_made(&marker, &other, false).expect_err("fs_type cannot change");
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        // A fresh pool has no base device, whatever the marker says.
+        assert!(!is_made(&marker, &other, true).expect("fresh pool"));
+        assert!(!marker.exists());
+    }
+}
