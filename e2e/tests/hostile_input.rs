@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use rustlayer_api::snapshots as pb;
 use rustlayer_e2e::support::{Rng, labels, sorted_infos, storage_matches_metadata, trash_drains};
-use rustlayer_e2e::{Client, Daemon, Labels, Mounted, privileged};
+use rustlayer_e2e::{Client, Daemon, Labels, Mounted, require_root};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -281,10 +281,9 @@ async fn populate(c: &Client) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn refusals_carry_exact_codes_and_change_nothing() {
-    if !privileged("refusals_carry_exact_codes_and_change_nothing") {
-        return;
-    }
+    require_root();
     let mut daemon = Daemon::start();
     let c = daemon.client().await;
     populate(&c).await;
@@ -563,10 +562,9 @@ async fn refusals_carry_exact_codes_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn malformed_filters_are_invalid_argument() {
-    if !privileged("malformed_filters_are_invalid_argument") {
-        return;
-    }
+    require_root();
     let mut daemon = Daemon::start();
     let c = daemon.client().await;
     populate(&c).await;
@@ -634,10 +632,9 @@ async fn malformed_filters_are_invalid_argument() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn keys_that_look_like_paths_stay_inside_the_root() {
-    if !privileged("keys_that_look_like_paths_stay_inside_the_root") {
-        return;
-    }
+    require_root();
     let mut daemon = Daemon::start();
     let c = daemon.client().await;
     let before_tree = tree(&daemon.root);
@@ -939,10 +936,9 @@ fn random_request(rng: &mut Rng, names: &[String]) -> Req {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn random_inputs_never_crash_or_change_state_when_refused() {
-    if !privileged("random_inputs_never_crash_or_change_state_when_refused") {
-        return;
-    }
+    require_root();
     let total: usize = std::env::var("RUSTLAYER_HOSTILE_INPUTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -11,6 +11,8 @@ mod mkfs;
 mod pool;
 mod preflight;
 mod size;
+#[doc(hidden)]
+pub mod testing;
 
 pub use backend::{DevmapperBackend, DevmapperOptions, device_prefix};
 pub use config::{DEFAULT_TOML, DevmapperConfig, FsType};

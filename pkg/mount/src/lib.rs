@@ -9,6 +9,8 @@ mod idmap;
 mod linux;
 mod options;
 mod recording;
+#[doc(hidden)]
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use fsinfo::{FsStats, filesystem_registered, fs_stats, supports_d_type, sync_filesystem};
