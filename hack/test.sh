@@ -23,8 +23,6 @@ step "dependencies"
 hack/deps.sh
 
 export CARGO_TERM_COLOR=never
-# Root runs the privileged tiers for real: a skip there would hide a failure.
-if [[ $(id -u) -eq 0 ]]; then export RUSTLAYER_REQUIRE_PRIVILEGED=1; fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -41,8 +39,14 @@ step "cargo build"
 cargo build --workspace --all-targets --locked
 export RUSTLAYER_BIN="$repo/target/debug/rustlayer"
 
+# Tests that need root are ignored by a plain cargo test; here, as root, they run
+# and fail if what they need is missing. Those that need device-mapper are the VM
+# tier's (hack/vm-test.sh: pkg/devmapper's thin_pool tests and the crash torture
+# on devmapper), the CRI one is hack/cri-e2e.sh's, both steps below.
 step "cargo test (unit, gRPC contract, real mounts)"
-cargo test --workspace --locked
+cargo test --workspace --exclude rustlayer-devmapper --locked -- --include-ignored \
+  --skip kubelet_runs_a_pod_on_rustlayer --skip _on_devmapper
+cargo test -p rustlayer-devmapper --locked
 
 if [[ $mode == quick ]]; then
   step "done (quick)"

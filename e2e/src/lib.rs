@@ -1,9 +1,10 @@
 //! Harness for tests that run the real `rustlayer` binary: start a private daemon on
 //! a temporary root, talk to it over its socket, stop it and check how it exited.
 //!
-//! The daemon mounts overlayfs at start, so these tests need root. Without root
-//! they skip with a line saying so, unless `RUSTLAYER_REQUIRE_PRIVILEGED=1` (set by
-//! the test script, and so in CI), which turns a skip into a failure.
+//! The daemon mounts overlayfs at start, so these tests need root: each is
+//! `#[ignore = "needs root: ..."]`, listed as ignored by a plain `cargo test`, and
+//! run by the test script as root with `--include-ignored`, where it starts with
+//! [`require_root`], which fails it if root or the binary is missing.
 
 pub mod support;
 
@@ -31,24 +32,15 @@ pub fn binary() -> PathBuf {
     }
 }
 
-/// True when the test may go on; prints why not otherwise.
-pub fn privileged(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        assert!(
-            binary().exists(),
-            "{} is missing: build it first (cargo build -p rustlayer)",
-            binary().display()
-        );
-        return true;
-    }
-    if std::env::var("RUSTLAYER_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!(
-            "{test}: needs root (overlay mounts) but runs as uid {}",
-            rustix::process::geteuid().as_raw()
-        );
-    }
-    eprintln!("skipped {test}: needs root to mount overlayfs");
-    false
+/// Fails the test unless it runs as root with the daemon's binary built.
+#[track_caller]
+pub fn require_root() {
+    rustlayer_mount::testing::require_root("the daemon mounts overlayfs");
+    assert!(
+        binary().exists(),
+        "{} is missing: build it first (cargo build -p rustlayer)",
+        binary().display()
+    );
 }
 
 pub struct Daemon {

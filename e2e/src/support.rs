@@ -277,19 +277,10 @@ fn thin_ids_in_pool(pool: &str) -> Vec<u64> {
     ids
 }
 
-/// Whether device-mapper tests can run here; a required run (the VM tier) fails
-/// instead of skipping.
-pub fn device_mapper(test: &str) -> bool {
-    match rustlayer_devmapper::kernel_support() {
-        Ok(()) => true,
-        Err(why) if std::env::var("RUSTLAYER_REQUIRE_DM").as_deref() == Ok("1") => {
-            panic!("{test}: device-mapper is required here but missing: {why}")
-        }
-        Err(why) => {
-            eprintln!(
-                "skipped {test}: {why}; hack/vm-test.sh runs it in a VM with Debian's kernel"
-            );
-            false
-        }
-    }
+/// Fails the test unless it runs as root on a kernel with device-mapper, with the
+/// daemon's binary built.
+#[track_caller]
+pub fn require_device_mapper() {
+    crate::require_root();
+    rustlayer_devmapper::testing::require_device_mapper("the daemon makes a dm-thin pool");
 }

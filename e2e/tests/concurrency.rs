@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rustlayer_api::snapshots as pb;
 use rustlayer_e2e::support::{Rng, code_of, count_entries, env_or, sorted_infos, trash_drains};
-use rustlayer_e2e::{Client, Daemon, Labels, Mounted, privileged};
+use rustlayer_e2e::{Client, Daemon, Labels, Mounted, require_root};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use tonic::Code;
@@ -126,10 +126,9 @@ async fn consistent(c: &Client, root: &Path, when: &str) -> Vec<pb::Info> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn racing_clients_get_exactly_one_winner() {
-    if !privileged("racing_clients_get_exactly_one_winner") {
-        return;
-    }
+    require_root();
     let rounds = env_or("RUSTLAYER_CONCURRENCY_ROUNDS", 12) as usize;
     let mut daemon = Daemon::start();
     let pid = daemon.pid();
@@ -318,10 +317,9 @@ async fn racing_clients_get_exactly_one_winner() {
 /// still there or gone (NotFound), never a storage error from the half-second
 /// in which its directory moved to the trash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn requests_racing_a_remove_see_it_there_or_gone() {
-    if !privileged("requests_racing_a_remove_see_it_there_or_gone") {
-        return;
-    }
+    require_root();
     let rounds = env_or("RUSTLAYER_CONCURRENCY_ROUNDS", 12) as usize;
     let mut daemon = Daemon::start();
     let root = daemon.root.clone();
@@ -596,10 +594,9 @@ async fn mixed_op(c: &Client, rng: &mut Rng) -> (&'static str, Code, String, Vec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn mixed_workload_has_no_deadlock_no_stray_codes_no_debris() {
-    if !privileged("mixed_workload_has_no_deadlock_no_stray_codes_no_debris") {
-        return;
-    }
+    require_root();
     let secs = env_or("RUSTLAYER_MIXED_SECS", 10);
     let mut daemon = Daemon::start();
     let pid = daemon.pid();

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use rustlayer_api::snapshots as pb;
 use rustlayer_e2e::support::{
-    Rng, device_mapper, env_or, storage_matches_metadata, thin_pool_matches_metadata,
+    Rng, env_or, require_device_mapper, storage_matches_metadata, thin_pool_matches_metadata,
 };
-use rustlayer_e2e::{Client, Daemon, Mounted, privileged};
+use rustlayer_e2e::{Client, Daemon, Mounted, require_root};
 use tonic::Code;
 
 const WORKERS: usize = 4;
@@ -551,21 +551,18 @@ async fn check(c: &Client, root: &Path, storage: Storage, model: &Mutex<Model>, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn sigkill_at_random_instants_loses_nothing_acknowledged() {
-    if !privileged("sigkill_at_random_instants_loses_nothing_acknowledged") {
-        return;
-    }
+    require_root();
     torture(Daemon::start(), Storage::Overlay).await;
 }
 
 /// The same on dm-thin: a self-managed pool on loop devices that outlives every
 /// kill (the kernel keeps the pool and the devices; the restarted daemon finds them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root and device-mapper (dm_thin_pool): the daemon makes a thin pool on loop devices"]
 async fn sigkill_at_random_instants_loses_nothing_acknowledged_on_devmapper() {
-    let test = "sigkill_at_random_instants_loses_nothing_acknowledged_on_devmapper";
-    if !privileged(test) || !device_mapper(test) {
-        return;
-    }
+    require_device_mapper();
     let config = tempfile::NamedTempFile::new().expect("config file");
     // A small base keeps mkfs quick; the pool's files are sparse.
     fs::write(

@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rustlayer_e2e::{Client, Daemon, PbKind, privileged};
+use rustlayer_e2e::{Client, Daemon, PbKind, require_root};
 use rustlayer_e2e_cri::v1::image_service_client::ImageServiceClient;
 use rustlayer_e2e_cri::v1::runtime_service_client::RuntimeServiceClient;
 use rustlayer_e2e_cri::v1::{self as cri, ContainerState, NamespaceMode};
@@ -874,19 +874,15 @@ fn assert_one_active_root(added: &[(String, i32)], id: &str, what: &str) -> Stri
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs containerd's CRI plugin; hack/cri-e2e.sh runs it"]
+#[ignore = "needs root, containerd's CRI plugin and a local registry: hack/cri-e2e.sh runs it"]
 async fn kubelet_runs_a_pod_on_rustlayer() {
-    if !privileged("kubelet_runs_a_pod_on_rustlayer") {
-        return;
-    }
+    require_root();
     let missing = missing_tools();
     if !missing.is_empty() {
-        let why = format!("needs {}", missing.join(", "));
-        if std::env::var("RUSTLAYER_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            panic!("kubelet_runs_a_pod_on_rustlayer: {why}");
-        }
-        eprintln!("skipped kubelet_runs_a_pod_on_rustlayer: {why}");
-        return;
+        panic!(
+            "kubelet_runs_a_pod_on_rustlayer: needs {}",
+            missing.join(", ")
+        );
     }
     let release = Release::of_containerd_on_path();
 

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Output};
 
 use rustix::process::Signal;
-use rustlayer_e2e::{Daemon, binary, privileged};
+use rustlayer_e2e::{Daemon, binary, require_root};
 
 fn serve(args: &[&str]) -> Output {
     Command::new(binary())
@@ -18,10 +18,9 @@ fn serve(args: &[&str]) -> Output {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn socket_is_private_and_removed_on_sigterm() {
-    if !privileged("socket_is_private_and_removed_on_sigterm") {
-        return;
-    }
+    require_root();
     let mut daemon = Daemon::start();
     let meta = std::fs::symlink_metadata(&daemon.socket).unwrap();
     assert!(meta.file_type().is_socket());
@@ -33,10 +32,9 @@ async fn socket_is_private_and_removed_on_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn state_survives_sigkill_and_the_stale_socket_is_replaced() {
-    if !privileged("state_survives_sigkill_and_the_stale_socket_is_replaced") {
-        return;
-    }
+    require_root();
     let mut daemon = Daemon::start();
     {
         let c = daemon.client().await;
@@ -56,10 +54,9 @@ async fn state_survives_sigkill_and_the_stale_socket_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn a_live_socket_is_not_stolen() {
-    if !privileged("a_live_socket_is_not_stolen") {
-        return;
-    }
+    require_root();
     let daemon = Daemon::start();
     let other_root = daemon.dir.path().join("other");
     let out = serve(&[
@@ -79,10 +76,9 @@ async fn a_live_socket_is_not_stolen() {
 }
 
 #[test]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 fn unsafe_roots_are_refused() {
-    if !privileged("unsafe_roots_are_refused") {
-        return;
-    }
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let real = dir.path().join("real");
     std::fs::create_dir(&real).unwrap();
@@ -111,10 +107,9 @@ fn unsafe_roots_are_refused() {
 }
 
 #[test]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 fn corrupt_metadata_stops_the_daemon_with_a_clear_error() {
-    if !privileged("corrupt_metadata_stops_the_daemon_with_a_clear_error") {
-        return;
-    }
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
@@ -137,10 +132,9 @@ fn corrupt_metadata_stops_the_daemon_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn config_file_settings_and_flags_that_override_them() {
-    if !privileged("config_file_settings_and_flags_that_override_them") {
-        return;
-    }
+    require_root();
     let defaults = Command::new(binary())
         .args(["config", "default"])
         .output()
@@ -184,10 +178,9 @@ async fn config_file_settings_and_flags_that_override_them() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn garbage_on_the_socket_does_not_hurt_the_daemon() {
-    if !privileged("garbage_on_the_socket_does_not_hurt_the_daemon") {
-        return;
-    }
+    require_root();
     let mut daemon = Daemon::start();
     let mut seed = 0x9e3779b97f4a7c15u64;
     for round in 0..32 {
@@ -213,10 +206,9 @@ async fn garbage_on_the_socket_does_not_hurt_the_daemon() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn the_socket_group_is_configurable() {
-    if !privileged("the_socket_group_is_configurable") {
-        return;
-    }
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     // Any gid works for the check; 4242 needs no group entry to exist.

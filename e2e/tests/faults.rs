@@ -16,7 +16,7 @@ use rustlayer_api::snapshots as pb;
 use rustlayer_e2e::support::{
     code_of, count_entries, labels, sorted_infos, storage_matches_metadata, trash_drains,
 };
-use rustlayer_e2e::{Client, Mounted, binary, privileged};
+use rustlayer_e2e::{Client, Mounted, binary, require_root};
 use tonic::Code;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -226,10 +226,9 @@ async fn on_full_disk<T>(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn a_full_filesystem_gives_resource_exhausted_and_recovers() {
-    if !privileged("a_full_filesystem_gives_resource_exhausted_and_recovers") {
-        return;
-    }
+    require_root();
     let tmpfs = Tmpfs::new("size=8m,nr_inodes=2000,mode=0755");
     let root = tmpfs.path.join("root");
     let socket = tmpfs.dir.path().join("rl.sock");
@@ -459,10 +458,9 @@ async fn a_full_filesystem_gives_resource_exhausted_and_recovers() {
 /// containerd's garbage collector frees space only through Remove: on a full disk,
 /// Remove must work, and Prepare must work again once the trash is reaped.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn remove_frees_space_on_a_full_filesystem() {
-    if !privileged("remove_frees_space_on_a_full_filesystem") {
-        return;
-    }
+    require_root();
     let tmpfs = Tmpfs::new("size=8m,nr_inodes=2000,mode=0755");
     let root = tmpfs.path.join("root");
     let socket = tmpfs.dir.path().join("rl.sock");
@@ -519,10 +517,9 @@ async fn remove_frees_space_on_a_full_filesystem() {
 /// write-ahead log, so the daemon exits cleanly (a checkpoint that cannot grow the
 /// main file is no reason to fail) and a restart, once there is room, has it all.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn sigterm_on_a_full_disk_exits_cleanly_and_loses_nothing() {
-    if !privileged("sigterm_on_a_full_disk_exits_cleanly_and_loses_nothing") {
-        return;
-    }
+    require_root();
     let tmpfs = Tmpfs::new("size=8m,nr_inodes=2000,mode=0755");
     let root = tmpfs.path.join("root");
     let socket = tmpfs.dir.path().join("rl.sock");
@@ -594,10 +591,9 @@ async fn sigterm_on_a_full_disk_exits_cleanly_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn a_read_only_root_stops_the_daemon_at_start() {
-    if !privileged("a_read_only_root_stops_the_daemon_at_start") {
-        return;
-    }
+    require_root();
     let tmpfs = Tmpfs::new("size=8m,mode=0755");
     let root = tmpfs.path.join("root");
     let socket = tmpfs.dir.path().join("rl.sock");

@@ -21,7 +21,7 @@ use bytes::{Buf, BufMut};
 use prost::Message;
 use rustlayer_api::snapshots as pb;
 use rustlayer_e2e::support::{Rng, env_or, labels, sorted_infos, storage_matches_metadata};
-use rustlayer_e2e::{Client, Daemon, privileged};
+use rustlayer_e2e::{Client, Daemon, require_root};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -502,12 +502,9 @@ fn difference(before: &[pb::Info], after: &[pb::Info]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn mutated_protobuf_requests_get_precise_answers_and_change_nothing_outside_the_root() {
-    if !privileged(
-        "mutated_protobuf_requests_get_precise_answers_and_change_nothing_outside_the_root",
-    ) {
-        return;
-    }
+    require_root();
     let seconds = env_or("RUSTLAYER_FUZZ_SECONDS", 20);
     let seed = env_or("RUSTLAYER_FUZZ_SEED", 0xf022_u64);
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);

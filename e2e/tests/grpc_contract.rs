@@ -3,7 +3,7 @@
 
 use rustlayer_api::snapshots as pb;
 use rustlayer_e2e::support::labels;
-use rustlayer_e2e::{Daemon, PbKind, privileged};
+use rustlayer_e2e::{Daemon, PbKind, require_root};
 use tonic::Code;
 
 fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
@@ -11,10 +11,9 @@ fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn lifecycle_over_grpc() {
-    if !privileged("lifecycle_over_grpc") {
-        return;
-    }
+    require_root();
     let daemon = Daemon::start();
     let c = daemon.client().await;
 
@@ -74,10 +73,9 @@ async fn lifecycle_over_grpc() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn refusals_carry_containerds_codes() {
-    if !privileged("refusals_carry_containerds_codes") {
-        return;
-    }
+    require_root();
     let daemon = Daemon::start();
     let c = daemon.client().await;
     c.prepare("a", "").await.unwrap();
@@ -157,10 +155,9 @@ async fn refusals_carry_containerds_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn update_and_filters() {
-    if !privileged("update_and_filters") {
-        return;
-    }
+    require_root();
     let daemon = Daemon::start();
     let c = daemon.client().await;
     c.prepare_labeled(
@@ -217,11 +214,10 @@ async fn update_and_filters() {
 /// and its pid namespace, with no deprecations; `Plugins` and `PluginInfo` describe
 /// what the socket serves, with containerd's filters and codes.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn introspection_answers_as_containerds_does() {
     use rustlayer_api::introspection::{self as ipb, introspection_client::IntrospectionClient};
-    if !privileged("introspection_answers_as_containerds_does") {
-        return;
-    }
+    require_root();
     let mut daemon = Daemon::start();
     let connect = |socket: std::path::PathBuf| async move {
         IntrospectionClient::new(rustlayer_server::channel(&socket).await.unwrap())
@@ -351,10 +347,9 @@ async fn introspection_answers_as_containerds_does() {
 /// containerd: it lists the snapshots, and from 1.7 on, where it asks the
 /// Introspection service before each command, it warns of nothing.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn ctr_uses_the_socket_without_warnings() {
-    if !privileged("ctr_uses_the_socket_without_warnings") {
-        return;
-    }
+    require_root();
     let mut ctrs = vec![std::path::PathBuf::from("/usr/bin/ctr")];
     let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/containerd");
     if let Ok(versions) = std::fs::read_dir(&cache) {
@@ -446,12 +441,11 @@ async fn read_frame(socket: &mut tokio::net::UnixStream) -> Frame {
 /// does, with the authority indexed by the first request and referred to by the
 /// second: both get their answer.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn a_socket_path_as_authority_gets_a_normal_answer() {
     use prost::Message;
     use tokio::io::AsyncWriteExt;
-    if !privileged("a_socket_path_as_authority_gets_a_normal_answer") {
-        return;
-    }
+    require_root();
     let daemon = Daemon::start();
     let expected_uuid = {
         let channel = rustlayer_server::channel(&daemon.socket).await.unwrap();

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
-use rustlayer_e2e::{Daemon, privileged};
+use rustlayer_e2e::{Daemon, require_root};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -39,10 +39,9 @@ fn value(text: &str, series: &str) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn metrics_follow_requests() {
-    if !privileged("metrics_follow_requests") {
-        return;
-    }
+    require_root();
     let port = free_port();
     let address = format!("127.0.0.1:{port}");
     let mut daemon = Daemon::start_with(&["--metrics-address", &address]);
@@ -90,10 +89,9 @@ async fn metrics_follow_requests() {
 }
 
 #[test]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 fn a_taken_metrics_port_fails_the_start() {
-    if !privileged("a_taken_metrics_port_fails_the_start") {
-        return;
-    }
+    require_root();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 use std::fs;
 use std::process::{Command, Output};
 
-use rustlayer_e2e::{Daemon, Mounted, binary, privileged};
+use rustlayer_e2e::{Daemon, Mounted, binary, require_root};
 
 fn run(args: &[&str]) -> Output {
     Command::new(binary())
@@ -23,10 +23,9 @@ fn stdout(out: &Output) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn inspect_a_running_daemon() {
-    if !privileged("inspect_a_running_daemon") {
-        return;
-    }
+    require_root();
     let mut daemon = Daemon::start();
     let sock = daemon.socket.to_str().unwrap().to_owned();
     {

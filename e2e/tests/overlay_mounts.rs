@@ -5,17 +5,16 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use rustlayer_e2e::{Daemon, Mounted, privileged};
+use rustlayer_e2e::{Daemon, Mounted, require_root};
 
 fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn deletions_and_opaque_dirs_live_in_the_layer() {
-    if !privileged("deletions_and_opaque_dirs_live_in_the_layer") {
-        return;
-    }
+    require_root();
     let daemon = Daemon::start();
     let c = daemon.client().await;
 
@@ -87,10 +86,9 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn a_500_layer_chain_mounts() {
-    if !privileged("a_500_layer_chain_mounts") {
-        return;
-    }
+    require_root();
     let daemon = Daemon::start();
     let c = daemon.client().await;
     let mut parent = String::new();
@@ -245,11 +243,9 @@ fn merged_view(root: &Path) -> Vec<String> {
 /// its whiteouts hide the parent's files and its opaque directories the parent's
 /// contents. And a bottom layer's whiteouts, which hide nothing, show nowhere.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn a_layer_unpacked_without_its_parent_then_rebased_merges_as_one_unpacked_on_it() {
-    if !privileged("a_layer_unpacked_without_its_parent_then_rebased_merges_as_one_unpacked_on_it")
-    {
-        return;
-    }
+    require_root();
     let daemon = Daemon::start();
     let c = daemon.client().await;
     use Entry::*;

@@ -14,7 +14,7 @@ use std::process::Command;
 use rustlayer_api::snapshots as pb;
 use rustlayer_core::{GID_MAPPING_LABEL, Mount, UID_MAPPING_LABEL};
 use rustlayer_e2e::support::{code_of, count_entries, labels};
-use rustlayer_e2e::{Client, Daemon, Labels, Mounted, privileged};
+use rustlayer_e2e::{Client, Daemon, Labels, Mounted, require_root};
 use rustlayer_mount::{LinuxMounter, Mounter};
 use tonic::Code;
 
@@ -84,10 +84,9 @@ fn upper(mount: &Mount) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn the_container_root_owns_its_layer_through_idmapped_lowers() {
-    if !privileged("the_container_root_owns_its_layer_through_idmapped_lowers") {
-        return;
-    }
+    require_root();
     let (_config, daemon) = remapping_daemon();
     assert!(
         daemon
@@ -167,10 +166,9 @@ async fn the_container_root_owns_its_layer_through_idmapped_lowers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn without_remap_ids_mounts_stay_plain_and_the_upper_is_still_root_s() {
-    if !privileged("without_remap_ids_mounts_stay_plain_and_the_upper_is_still_root_s") {
-        return;
-    }
+    require_root();
     // containerd without the capability unpacks a chowned copy of the image and
     // prepares on it with the labels still set: mapping it again would be wrong.
     let daemon = Daemon::start();
@@ -212,12 +210,9 @@ async fn without_remap_ids_mounts_stay_plain_and_the_upper_is_still_root_s() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn a_parentless_snapshot_is_an_idmapped_overlay_whose_upper_the_container_root_owns() {
-    if !privileged(
-        "a_parentless_snapshot_is_an_idmapped_overlay_whose_upper_the_container_root_owns",
-    ) {
-        return;
-    }
+    require_root();
     let (_config, daemon) = remapping_daemon();
     let c = daemon.client().await;
     let mounts = c
@@ -258,10 +253,9 @@ async fn a_parentless_snapshot_is_an_idmapped_overlay_whose_upper_the_container_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn a_mapping_change_on_a_chain_maps_every_layer_with_the_new_mapping() {
-    if !privileged("a_mapping_change_on_a_chain_maps_every_layer_with_the_new_mapping") {
-        return;
-    }
+    require_root();
     // As containerd's own overlay snapshotter: only the new snapshot's labels count.
     // A layer committed from a container with another mapping holds that mapping's
     // host ids, which the new mapping does not cover: they show as the overflow id.
@@ -306,10 +300,9 @@ async fn a_mapping_change_on_a_chain_maps_every_layer_with_the_new_mapping() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn a_500_layer_chain_mounts_on_idmapped_lowers() {
-    if !privileged("a_500_layer_chain_mounts_on_idmapped_lowers") {
-        return;
-    }
+    require_root();
     // Real directory names are longer than the short links: the options fit a page
     // only once the lowers are relative to their idmapped copy, as containerd makes
     // them.
@@ -348,10 +341,9 @@ async fn a_500_layer_chain_mounts_on_idmapped_lowers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn bad_mapping_labels_are_refused_and_change_nothing() {
-    if !privileged("bad_mapping_labels_are_refused_and_change_nothing") {
-        return;
-    }
+    require_root();
     let (_config, daemon) = remapping_daemon();
     let c = daemon.client().await;
     image(&c).await;
@@ -446,10 +438,9 @@ async fn bad_mapping_labels_are_refused_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: the daemon mounts overlayfs"]
 async fn ext4_and_xfs_mounts_are_idmapped_whole_as_containerd_does_for_devmapper() {
-    if !privileged("ext4_and_xfs_mounts_are_idmapped_whole_as_containerd_does_for_devmapper") {
-        return;
-    }
+    require_root();
     // What containerd 2.x does with a devmapper snapshot's uidmap=/gidmap=: mount the
     // device, then idmap the mount as a whole. On a loop device here; the thin
     // devices of the devmapper tier are block devices the same way.

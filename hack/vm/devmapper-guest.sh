@@ -15,18 +15,20 @@ cd "$(dirname "$0")/../.." || exit 1
 out=$1
 thin_tests=$2
 torture_tests=$3
-export DM_DISABLE_UDEV=1 RUSTLAYER_REQUIRE_DM=1 RUSTLAYER_REQUIRE_PRIVILEGED=1
+export DM_DISABLE_UDEV=1
 start=$(date +%s)
 failed=()
 section() { printf '\n=== %s (%ss)\n' "$*" "$(($(date +%s) - start))"; }
 
 section "devmapper backend: Rust tests on real thin pools"
-"$thin_tests" --test-threads=2 2>&1 | tee "$out/thin-pool-tests.log"
+# Each needs root and device-mapper, so is ignored unless asked for; asked for,
+# a missing prerequisite fails it.
+"$thin_tests" --include-ignored --test-threads=2 2>&1 | tee "$out/thin-pool-tests.log"
 ((PIPESTATUS[0] == 0)) || failed+=("rust tests")
 
 section "crash torture on devmapper: SIGKILL at random instants"
 "$torture_tests" --exact sigkill_at_random_instants_loses_nothing_acknowledged_on_devmapper \
-  --nocapture 2>&1 | tee "$out/crash-torture.log"
+  --include-ignored --nocapture 2>&1 | tee "$out/crash-torture.log"
 ((PIPESTATUS[0] == 0)) || failed+=("crash torture")
 
 section "containerd conformance suite, --backend devmapper"

@@ -12,6 +12,8 @@ mod preflight;
 #[cfg(test)]
 mod recording_dm;
 mod size;
+#[doc(hidden)]
+pub mod testing;
 
 pub use backend::{DevmapperBackend, DevmapperOptions, device_prefix};
 pub use config::{DEFAULT_TOML, DevmapperConfig, FsType, InvalidConfig};

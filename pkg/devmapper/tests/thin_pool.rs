@@ -1,9 +1,9 @@
 //! The devmapper backend on a real dm-thin pool (loop-backed, under a temporary
 //! root), driven through the snapshotter as the daemon drives it, with real mounts.
 //!
-//! Needs root and a kernel with device-mapper. Where either is missing the tests say
-//! so and pass; with RUSTLAYER_REQUIRE_DM=1 (set by hack/vm-test.sh, which runs them
-//! in a VM booting Debian's kernel) a missing prerequisite is a failure instead.
+//! Needs root and a kernel with device-mapper, so every test is ignored by a plain
+//! `cargo test`; hack/vm-test.sh runs them with `--include-ignored` in a VM booting
+//! Debian's kernel, where a missing prerequisite fails the test.
 
 use std::fs;
 use std::io::Write;
@@ -14,30 +14,13 @@ use std::process::Command;
 use std::sync::Arc;
 
 use rustlayer_core::{Backend, Check, Code, Kind, Labels, SnapshotId};
+use rustlayer_devmapper::testing::require_device_mapper;
 use rustlayer_devmapper::{
     ByteSize, DevmapperBackend, DevmapperConfig, DevmapperOptions, FsType, device_prefix, preflight,
 };
 use rustlayer_metastore::{Store, StoreOptions};
 use rustlayer_mount::{LinuxMounter, Mounter, mount_all};
 use rustlayer_snapshotter::Snapshotter;
-
-fn dm_available() -> bool {
-    let root = rustix::process::geteuid().is_root();
-    let control = Path::new("/dev/mapper/control").exists();
-    if root && control {
-        return true;
-    }
-    let why = if root {
-        "the kernel has no device-mapper (/dev/mapper/control is missing)"
-    } else {
-        "not running as root"
-    };
-    if std::env::var_os("RUSTLAYER_REQUIRE_DM").is_some() {
-        panic!("device-mapper tests are required here but cannot run: {why}");
-    }
-    eprintln!("skipped: {why}; hack/vm-test.sh runs these in a VM with Debian's kernel");
-    false
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -148,10 +131,9 @@ fn none() -> Labels {
 }
 
 #[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
 fn layers_stack_by_copy_on_write_and_views_are_read_only() {
-    if !dm_available() {
-        return;
-    }
+    require_device_mapper("a thin pool on loop devices");
     let f = fixture(small_pool());
     let mnt = f.dir.path().join("mnt");
 
@@ -235,10 +217,9 @@ fn preflight_check(root: &Path, config: &DevmapperConfig, name: &str) -> Check {
 }
 
 #[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
 fn check_reports_what_start_will_make_then_the_pool_and_its_figures() {
-    if !dm_available() {
-        return;
-    }
+    require_device_mapper("a thin pool on loop devices");
     let (_dir, root) = new_root();
     let config = small_pool();
     let before = preflight(&root, &config);
@@ -277,10 +258,9 @@ fn check_reports_what_start_will_make_then_the_pool_and_its_figures() {
 }
 
 #[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
 fn a_nearly_full_pool_refuses_new_snapshots_until_space_is_freed() {
-    if !dm_available() {
-        return;
-    }
+    require_device_mapper("a thin pool on loop devices");
     // Overprovisioned, as thin pools are: each filesystem could outgrow the pool.
     let config = DevmapperConfig {
         pool_data_size: ByteSize::bytes(32 << 20),
@@ -335,10 +315,9 @@ fn a_nearly_full_pool_refuses_new_snapshots_until_space_is_freed() {
 }
 
 #[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
 fn restart_deactivates_then_reactivates_what_containerd_still_needs() {
-    if !dm_available() {
-        return;
-    }
+    require_device_mapper("a thin pool on loop devices");
     let (dir, root) = new_root();
     let mnt = dir.path().join("mnt");
     let prefix = canonical_prefix(&root);
@@ -378,10 +357,9 @@ fn restart_deactivates_then_reactivates_what_containerd_still_needs() {
 /// layer below; a thin device cannot be moved onto another's blocks, so the Commit
 /// is refused as not implemented and the layer stays the active snapshot it was.
 #[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
 fn a_layer_cannot_be_rebased_onto_another_thin_device() {
-    if !dm_available() {
-        return;
-    }
+    require_device_mapper("a thin pool on loop devices");
     let f = fixture(small_pool());
     assert!(!f.backend.supports_rebase());
     f.s.prepare("a", "", &none()).unwrap();
@@ -397,10 +375,9 @@ fn a_layer_cannot_be_rebased_onto_another_thin_device() {
 }
 
 #[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
 fn a_device_left_by_a_crash_before_its_metadata_is_deleted_at_start() {
-    if !dm_available() {
-        return;
-    }
+    require_device_mapper("a thin pool on loop devices");
     let (_dir, root) = new_root();
     let prefix = canonical_prefix(&root);
     let config = small_pool();
@@ -447,10 +424,9 @@ fn a_device_left_by_a_crash_before_its_metadata_is_deleted_at_start() {
 }
 
 #[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
 fn xfs_snapshots_of_one_base_mount_side_by_side() {
-    if !dm_available() {
-        return;
-    }
+    require_device_mapper("a thin pool on loop devices");
     // mkfs.xfs refuses filesystems under 300 MiB.
     let f = fixture(DevmapperConfig {
         fs_type: FsType::Xfs,
@@ -473,10 +449,9 @@ fn xfs_snapshots_of_one_base_mount_side_by_side() {
 }
 
 #[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
 fn user_namespaced_snapshots_are_idmapped_whole_with_remap_ids() {
-    if !dm_available() {
-        return;
-    }
+    require_device_mapper("a thin pool on loop devices");
     // containerd 2.x idmaps any mount but overlay as a whole when it carries both
     // uidmap= and gidmap=; the thin device stays as unpacked, owned by root.
     let map = "0:100000:65536";

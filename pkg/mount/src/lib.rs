@@ -13,6 +13,8 @@ mod linux;
 mod loopdev;
 mod options;
 mod recording;
+#[doc(hidden)]
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use fsinfo::{FsStats, filesystem_registered, fs_stats, supports_d_type, sync_filesystem};

@@ -27,20 +27,3 @@ pub use backend::{OverlayBackend, OverlayOptions};
 pub use error::{Error, Result};
 pub use preflight::{IDMAPPED_LAYERS, PreflightReport, preflight};
 pub use usage::disk_usage;
-
-/// Whiteouts are character devices, which only root may make: without root a test
-/// that needs them skips, unless `RUSTLAYER_REQUIRE_PRIVILEGED=1` (the test script
-/// as root) makes that a failure.
-#[cfg(test)]
-pub(crate) fn can_make_whiteouts() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert_ne!(
-        std::env::var("RUSTLAYER_REQUIRE_PRIVILEGED").as_deref(),
-        Ok("1"),
-        "making whiteouts (mknod) needs root"
-    );
-    eprintln!("skipped: making whiteouts (mknod) needs root");
-    false
-}
