@@ -234,12 +234,27 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
         });
     }
     if version < schema::VERSION {
+        let has_storage_column: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('snapshots') WHERE name = 'storage'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| corrupt_or(path, e))?;
+        let upgrade = if has_storage_column {
+            schema::UPGRADE_FROM_2
+        } else {
+            ""
+        };
         conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {} PRAGMA user_version = {}; COMMIT;",
+            "BEGIN IMMEDIATE; {} {upgrade} PRAGMA user_version = {}; COMMIT;",
             schema::CREATE,
             schema::VERSION
         ))
         .map_err(|e| classify(path, e))?;
+        if version > 0 {
+            info!(path = %path.display(), from = version, to = schema::VERSION, "metadata schema upgraded");
+        }
     }
     Ok(())
 }

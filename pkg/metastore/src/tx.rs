@@ -17,8 +17,6 @@ pub struct Record {
     pub updated: SystemTime,
     /// Cached at Commit; `None` for snapshots whose layer may still change.
     pub usage: Option<Usage>,
-    /// Backend-private data recorded with the snapshot.
-    pub storage: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -29,7 +27,6 @@ pub struct NewSnapshot<'a> {
     pub parent: Option<SnapshotId>,
     pub kind: Kind,
     pub labels: &'a Labels,
-    pub storage: Option<&'a str>,
     pub now: SystemTime,
 }
 
@@ -55,8 +52,7 @@ pub struct Tx<'c> {
     txn: &'c Transaction<'c>,
 }
 
-const RECORD_COLUMNS: &str =
-    "id, key, parent_id, kind, created_ns, updated_ns, size_bytes, inodes, storage";
+const RECORD_COLUMNS: &str = "id, key, parent_id, kind, created_ns, updated_ns, size_bytes, inodes";
 
 impl<'c> Tx<'c> {
     pub(crate) fn new(txn: &'c Transaction<'c>) -> Self {
@@ -242,16 +238,15 @@ impl<'c> Tx<'c> {
     pub fn insert(&self, new: &NewSnapshot<'_>) -> Result<SnapshotId> {
         let now = time_to_sql(new.now);
         let mut stmt = self.txn.prepare_cached(
-            "INSERT INTO snapshots (id, key, parent_id, kind, created_ns, updated_ns, storage)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+            "INSERT INTO snapshots (id, key, parent_id, kind, created_ns, updated_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
         )?;
         stmt.execute(params![
             sql_id(new.id),
             new.key,
             new.parent.map(sql_id),
             new.kind.as_str(),
-            now,
-            new.storage
+            now
         ])?;
         let id = new.id;
         self.release_ids(&[id])?;
@@ -470,7 +465,6 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Record>> {
     let updated: i64 = row.get(5)?;
     let size: Option<i64> = row.get(6)?;
     let inodes: Option<i64> = row.get(7)?;
-    let storage: Option<String> = row.get(8)?;
     Ok((|| {
         Ok(Record {
             id: id_from_sql(id)?,
@@ -486,7 +480,6 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Record>> {
                 }),
                 _ => None,
             },
-            storage,
         })
     })())
 }

@@ -29,7 +29,6 @@ fn insert(store: &Store, id: SnapshotId, key: &str) {
                 parent: None,
                 kind: Kind::Active,
                 labels: &Labels::new(),
-                storage: None,
                 now: SystemTime::now(),
             })
             .map(|_| ())

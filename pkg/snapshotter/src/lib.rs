@@ -197,7 +197,6 @@ impl Snapshotter {
                 parent: chain.first().copied(),
                 kind,
                 labels,
-                storage: None,
                 now: SystemTime::now(),
             })?;
             self.backend.publish(&staged, id)?;
