@@ -122,13 +122,6 @@ impl Filters {
                 .iter()
                 .any(|all| all.iter().all(|selector| selector.matches(subject)))
     }
-
-    /// True when the filters impose no constraint at all (no filters, or an empty
-    /// one among them), so a caller may skip evaluating them. Filters that merely
-    /// happen to accept every subject, like `name`, still return false.
-    pub fn matches_everything(&self) -> bool {
-        self.alternatives.is_empty() || self.alternatives.iter().any(Vec::is_empty)
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -1253,11 +1246,9 @@ mod tests {
         let subject = info("a", None, Kind::Active, &[]);
         for filters in [&none[..], &[""], &["", ""], &["name==other", ""]] {
             let f = Filters::parse(filters).expect("parses");
-            assert!(f.matches_everything(), "{filters:?}");
             assert!(f.matches(&subject), "{filters:?}");
         }
-        assert!(Filters::default().matches_everything());
-        assert!(!parse("name").matches_everything());
+        assert!(Filters::default().matches(&subject));
         assert!(!parse("name==other").matches(&subject));
     }
 

@@ -30,15 +30,6 @@ pub struct NewSnapshot<'a> {
     pub now: SystemTime,
 }
 
-/// Why an id is reserved without a snapshot row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reservation {
-    /// Handed to a Prepare that may be creating storage under it.
-    Staging,
-    /// Its snapshot was removed; its storage may not be deleted yet.
-    Removed,
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KindCounts {
     pub view: u64,
@@ -321,27 +312,14 @@ impl<'c> Tx<'c> {
         Ok(free)
     }
 
-    /// Every reserved id with why it is reserved, in id order.
-    pub fn reserved_ids(&self) -> Result<Vec<(SnapshotId, Reservation)>> {
+    /// Every reserved id, in id order. Why each is reserved is kept in the file for
+    /// whoever reads it by hand; Cleanup treats both reasons alike.
+    pub fn reserved_ids(&self) -> Result<Vec<SnapshotId>> {
         let mut stmt = self
             .txn
-            .prepare_cached("SELECT id, reason FROM reserved_ids ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        rows.map(|row| {
-            let (id, reason) = row?;
-            let reason = match reason.as_str() {
-                "staging" => Reservation::Staging,
-                "removed" => Reservation::Removed,
-                other => {
-                    return Err(Error::Invalid {
-                        what: "reservation",
-                        value: other.to_owned(),
-                    });
-                }
-            };
-            Ok((id_from_sql(id)?, reason))
-        })
-        .collect()
+            .prepare_cached("SELECT id FROM reserved_ids ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        rows.map(|row| id_from_sql(row?)).collect()
     }
 
     /// Ends reservations: the id names a snapshot now, or its old storage is gone.

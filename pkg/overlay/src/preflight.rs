@@ -16,10 +16,6 @@ pub struct PreflightReport {
 }
 
 impl PreflightReport {
-    pub fn passed(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
-    }
-
     /// Turns the first failed check into an error naming it.
     pub fn ensure(&self) -> Result<()> {
         match self.checks.iter().find(|c| !c.ok) {

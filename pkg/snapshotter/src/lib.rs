@@ -542,7 +542,6 @@ impl Snapshotter {
             let suspects: Vec<SnapshotId> = tx
                 .reserved_ids()?
                 .into_iter()
-                .map(|(id, _)| id)
                 .filter(|id| !known.contains(id))
                 .collect();
             let removed = self.backend.cleanup(&|id| known.contains(&id), &suspects)?;
