@@ -72,8 +72,8 @@ pub async fn check(config: &Config, output: Output) -> Result<bool> {
     let base = existing_base(&config.root);
     match config.backend {
         BackendKind::Overlay => {
-            let report = rustlayer_overlay::preflight(&base, &LinuxMounter, config.remap_ids);
-            results.extend(report.checks.into_iter().map(CheckResult::from));
+            let checks = rustlayer_overlay::preflight(&base, &LinuxMounter, config.remap_ids);
+            results.extend(checks.into_iter().map(CheckResult::from));
         }
         BackendKind::Devmapper => {
             let checks = rustlayer_devmapper::preflight(&config.root, &config.devmapper);

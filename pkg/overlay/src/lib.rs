@@ -25,7 +25,7 @@ mod usage;
 
 pub use backend::{OverlayBackend, OverlayOptions};
 pub use error::{Error, Result};
-pub use preflight::{IDMAPPED_LAYERS, PreflightReport, preflight};
+pub use preflight::{IDMAPPED_LAYERS, ensure as ensure_preflight, preflight};
 pub use usage::disk_usage;
 
 /// Whiteouts are character devices, which only root may make: without root a test
