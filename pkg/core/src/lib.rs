@@ -12,6 +12,7 @@ mod error;
 pub mod filter;
 mod idmap;
 mod model;
+mod observe;
 pub mod validate;
 
 pub use backend::{Backend, PoolStats, SnapshotRef, Staged};
@@ -20,3 +21,4 @@ pub use error::{Code, Error, IoContext, LayerError, Result};
 pub use filter::Filters;
 pub use idmap::{GID_MAPPING_LABEL, IdMapping, IdRange, IdRanges, UID_MAPPING_LABEL};
 pub use model::{Info, Kind, Labels, Mount, SnapshotId, Usage};
+pub use observe::{Method, NoopObserver, RequestObserver};

@@ -5,17 +5,11 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use rustlayer_core::{Kind, PoolStats, Usage};
+use rustlayer_core::{Method, RequestObserver};
 use rustlayer_mount::FsStats;
-use rustlayer_server::RequestObserver;
 use rustlayer_snapshotter::SnapshotCounts;
 
 use crate::error::Result;
-
-/// The RPCs of containerd's snapshots service, so every series exists from the start
-/// and rate() has a zero to start from.
-pub const METHODS: [&str; 10] = [
-    "Prepare", "View", "Mounts", "Commit", "Remove", "Stat", "Update", "Usage", "List", "Cleanup",
-];
 
 /// From 0.5 ms (a Stat) to 30 s (a Commit measuring a huge layer).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -90,9 +84,10 @@ impl Metrics {
             &["method"],
         )?;
         registry.register(Box::new(latency.clone()))?;
-        for method in METHODS {
-            requests.with_label_values(&[method, "OK"]);
-            latency.with_label_values(&[method]);
+        // Every series exists from the start, so rate() has a zero to start from.
+        for method in Method::ALL {
+            requests.with_label_values(&[method.as_str(), "OK"]);
+            latency.with_label_values(&[method.as_str()]);
         }
 
         let snapshots = IntGaugeVec::new(
@@ -238,37 +233,13 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// gRPC's canonical code names, as `grpc-go` and containerd print them.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "Canceled",
-        Unknown => "Unknown",
-        InvalidArgument => "InvalidArgument",
-        DeadlineExceeded => "DeadlineExceeded",
-        NotFound => "NotFound",
-        AlreadyExists => "AlreadyExists",
-        PermissionDenied => "PermissionDenied",
-        ResourceExhausted => "ResourceExhausted",
-        FailedPrecondition => "FailedPrecondition",
-        Aborted => "Aborted",
-        OutOfRange => "OutOfRange",
-        Unimplemented => "Unimplemented",
-        Internal => "Internal",
-        Unavailable => "Unavailable",
-        DataLoss => "DataLoss",
-        Unauthenticated => "Unauthenticated",
-    }
-}
-
 impl RequestObserver for Metrics {
-    fn observe(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
+    fn observe(&self, method: Method, code: &'static str, elapsed: Duration) {
         self.requests
-            .with_label_values(&[method, code_name(code)])
+            .with_label_values(&[method.as_str(), code])
             .inc();
         self.latency
-            .with_label_values(&[method])
+            .with_label_values(&[method.as_str()])
             .observe(elapsed.as_secs_f64());
     }
 }
