@@ -1,10 +1,11 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rustlayer_core::sync::lock;
 use tracing::{debug, info};
 
 use crate::error::{Error, Result};
@@ -185,12 +186,6 @@ fn allocate(path: &Path, len: u64) -> std::io::Result<()> {
         .open(path)?;
     rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len)?;
     file.sync_all()
-}
-
-/// A panic while holding the lock leaves no half-done transaction behind (rusqlite
-/// rolls back on drop), so a poisoned lock is safe to keep using.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
