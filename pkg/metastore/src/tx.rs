@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use rustlayer_core::{Info, Kind, Labels, SnapshotId, Usage};
+use rustlayer_core::{Info, Kind, Labels, SnapshotId, Usage, saturating_i64};
 
 use crate::error::{Error, Result};
 
@@ -358,8 +358,8 @@ impl<'c> Tx<'c> {
             sql_id(id),
             name,
             now,
-            i64::try_from(usage.bytes).unwrap_or(i64::MAX),
-            i64::try_from(usage.inodes).unwrap_or(i64::MAX),
+            saturating_i64(usage.bytes),
+            saturating_i64(usage.inodes),
             rebase_onto.map(sql_id)
         ])?;
         self.clear_labels(id)?;
@@ -464,7 +464,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Record>> {
 
 fn sql_id(id: SnapshotId) -> i64 {
     // Ids only ever come from SQLite's rowids, which are positive i64.
-    i64::try_from(id.get()).unwrap_or(i64::MAX)
+    saturating_i64(id.get())
 }
 
 fn id_from_sql(raw: i64) -> Result<SnapshotId> {
@@ -487,7 +487,7 @@ fn kind_from_sql(raw: &str) -> Result<Kind> {
 
 fn time_to_sql(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .map(|d| saturating_i64(d.as_nanos()))
         .unwrap_or(0)
 }
 

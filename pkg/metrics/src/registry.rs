@@ -4,8 +4,7 @@ use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use rustlayer_core::{Kind, PoolStats, Usage};
-use rustlayer_core::{Method, RequestObserver};
+use rustlayer_core::{Kind, Method, PoolStats, RequestObserver, Usage, saturating_i64};
 use rustlayer_mount::FsStats;
 use rustlayer_snapshotter::SnapshotCounts;
 
@@ -188,49 +187,45 @@ impl Metrics {
             };
             self.snapshots
                 .with_label_values(&[kind.as_str()])
-                .set(clamp(n));
+                .set(saturating_i64(n));
         }
     }
 
     pub fn set_committed_usage(&self, usage: Usage) {
-        self.committed_bytes.set(clamp(usage.bytes));
-        self.committed_inodes.set(clamp(usage.inodes));
+        self.committed_bytes.set(saturating_i64(usage.bytes));
+        self.committed_inodes.set(saturating_i64(usage.inodes));
     }
 
     pub fn set_root_filesystem(&self, fs: FsStats) {
-        self.root_size.set(clamp(fs.bytes_total));
-        self.root_free.set(clamp(fs.bytes_free));
-        self.root_available.set(clamp(fs.bytes_available));
-        self.root_inodes.set(clamp(fs.inodes_total));
-        self.root_inodes_free.set(clamp(fs.inodes_free));
+        self.root_size.set(saturating_i64(fs.bytes_total));
+        self.root_free.set(saturating_i64(fs.bytes_free));
+        self.root_available.set(saturating_i64(fs.bytes_available));
+        self.root_inodes.set(saturating_i64(fs.inodes_total));
+        self.root_inodes_free.set(saturating_i64(fs.inodes_free));
     }
 
     pub fn set_pool(&self, pool: &PoolStats) {
         let l = [pool.pool.as_str()];
         self.pool_data_used
             .with_label_values(&l)
-            .set(clamp(pool.data_used_bytes));
+            .set(saturating_i64(pool.data_used_bytes));
         self.pool_data_size
             .with_label_values(&l)
-            .set(clamp(pool.data_size_bytes));
+            .set(saturating_i64(pool.data_size_bytes));
         self.pool_metadata_used
             .with_label_values(&l)
-            .set(clamp(pool.metadata_used_bytes));
+            .set(saturating_i64(pool.metadata_used_bytes));
         self.pool_metadata_size
             .with_label_values(&l)
-            .set(clamp(pool.metadata_size_bytes));
+            .set(saturating_i64(pool.metadata_size_bytes));
         self.thin_devices
             .with_label_values(&l)
-            .set(clamp(pool.thin_devices));
+            .set(saturating_i64(pool.thin_devices));
     }
 
     pub fn mark_collected(&self, unix_seconds: f64) {
         self.last_collection.set(unix_seconds);
     }
-}
-
-fn clamp(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl RequestObserver for Metrics {
