@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustlayer_api::snapshots::{self as pb, snapshots_server::Snapshots};
+use rustlayer_core::validate::truncate;
 use rustlayer_core::{Code, Error, Filters, Method, RequestObserver};
 use rustlayer_snapshotter::{InfoUpdate, Snapshotter, UsageSource};
 use tokio_stream::Stream;
@@ -169,14 +170,6 @@ fn log_and_convert(err: &Error) -> Status {
 /// precise refusal into a protocol error.
 const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
 const MAX_LOGGED_KEY_BYTES: usize = 256;
-
-fn truncate(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
 
 type ListStream = Pin<Box<dyn Stream<Item = Result<pb::ListSnapshotsResponse, Status>> + Send>>;
 
