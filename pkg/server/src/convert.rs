@@ -26,6 +26,16 @@ pub fn kind(kind: Kind) -> pb::Kind {
     }
 }
 
+/// The kind a client reads off the wire; None for a value the API does not define.
+pub fn kind_from_pb(kind: i32) -> Option<Kind> {
+    match pb::Kind::try_from(kind).ok()? {
+        pb::Kind::View => Some(Kind::View),
+        pb::Kind::Active => Some(Kind::Active),
+        pb::Kind::Committed => Some(Kind::Committed),
+        pb::Kind::Unknown => None,
+    }
+}
+
 pub fn info(info: Info) -> pb::Info {
     pb::Info {
         name: info.name,
