@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use rustlayer_core::Check;
+use rustlayer_core::{Check, saturating_i64};
 use rustlayer_mount::{LinuxMounter, fs_stats};
 use serde::Serialize;
 
@@ -72,8 +72,8 @@ pub async fn check(config: &Config, output: Output) -> Result<bool> {
     let base = existing_base(&config.root);
     match config.backend {
         BackendKind::Overlay => {
-            let report = rustlayer_overlay::preflight(&base, &LinuxMounter, config.remap_ids);
-            results.extend(report.checks.into_iter().map(CheckResult::from));
+            let checks = rustlayer_overlay::preflight(&base, &LinuxMounter, config.remap_ids);
+            results.extend(checks.into_iter().map(CheckResult::from));
         }
         BackendKind::Devmapper => {
             let checks = rustlayer_devmapper::preflight(&config.root, &config.devmapper);
@@ -110,8 +110,8 @@ fn filesystem(path: &Path) -> Result<String, String> {
     let inodes = ratio(st.inodes_free, st.inodes_total);
     let detail = format!(
         "{} of {} available ({:.0}%), {} of {} inodes free ({:.0}%)",
-        human_bytes(i64::try_from(st.bytes_available).unwrap_or(i64::MAX)),
-        human_bytes(i64::try_from(st.bytes_total).unwrap_or(i64::MAX)),
+        human_bytes(saturating_i64(st.bytes_available)),
+        human_bytes(saturating_i64(st.bytes_total)),
         space * 100.0,
         st.inodes_free,
         st.inodes_total,

@@ -7,6 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use rustlayer_api::snapshots::{self as pb, snapshots_client::SnapshotsClient};
+use rustlayer_core::Kind;
 use serde::Serialize;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -76,12 +77,7 @@ async fn usage(client: &mut SnapshotsClient<Channel>, key: &str) -> Result<pb::U
 }
 
 fn kind_name(kind: i32) -> &'static str {
-    match pb::Kind::try_from(kind) {
-        Ok(pb::Kind::View) => "view",
-        Ok(pb::Kind::Active) => "active",
-        Ok(pb::Kind::Committed) => "committed",
-        _ => "unknown",
-    }
+    rustlayer_server::kind_from_pb(kind).map_or("unknown", Kind::as_str)
 }
 
 fn time(ts: Option<prost_types::Timestamp>) -> String {

@@ -8,7 +8,7 @@ use rustlayer_core::Backend;
 use rustlayer_devmapper::{DevmapperBackend, DevmapperOptions};
 use rustlayer_metrics::{Collector, DEFAULT_INTERVAL, Health, Metrics};
 use rustlayer_mount::LinuxMounter;
-use rustlayer_overlay::{OverlayBackend, OverlayOptions, preflight};
+use rustlayer_overlay::{OverlayBackend, OverlayOptions, ensure_preflight, preflight};
 use rustlayer_server::{NoopObserver, RequestObserver, SocketOptions, bind_socket};
 use rustlayer_snapshotter::Snapshotter;
 use tokio::signal::unix::{SignalKind, signal};
@@ -85,11 +85,11 @@ fn prepare_root(root: &Path) -> Result<()> {
 fn open_backend(config: &Config) -> Result<Arc<dyn Backend>> {
     match config.backend {
         BackendKind::Overlay => {
-            let report = preflight(&config.root, &LinuxMounter, config.remap_ids);
-            for check in &report.checks {
+            let checks = preflight(&config.root, &LinuxMounter, config.remap_ids);
+            for check in &checks {
                 info!(check = check.name, ok = check.ok, detail = %check.detail, "preflight");
             }
-            report.ensure().with_context(|| {
+            ensure_preflight(&checks).with_context(|| {
                 format!("root {} cannot hold overlay layers", config.root.display())
             })?;
             let backend = OverlayBackend::open(&OverlayOptions {

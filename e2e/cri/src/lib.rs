@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 pub mod runtime {
     pub mod v1 {
@@ -17,13 +15,6 @@ pub mod runtime {
 pub use runtime::v1;
 
 /// A channel to a CRI endpoint on a unix socket (containerd's main socket).
-pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = socket.to_owned();
-    // The URI is never resolved; the connector ignores it.
-    Endpoint::from_static("http://cri.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
+pub async fn connect(socket: &Path) -> Result<Channel, rustlayer_server::Error> {
+    rustlayer_server::channel(socket).await
 }

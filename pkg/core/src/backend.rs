@@ -2,6 +2,12 @@ use crate::{Kind, Labels, Mount, Result, SnapshotId, Usage};
 
 /// Storage made for a snapshot before the metadata knows its id. Only the backend
 /// that staged it can interpret the name.
+///
+/// Both backends stage straight under the reserved id (overlay's directory, the thin
+/// device's id), so their [`publish`](Backend::publish) only confirms it; the two
+/// phases are for a backend that must stage under a temporary name and move it into
+/// place inside the transaction, and `publish` is where tests inject a failure
+/// between the row and the commit.
 #[derive(Debug)]
 pub struct Staged {
     name: String,

@@ -65,8 +65,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("metadata store: {0}")]
-    Metadata(String),
+    /// A lower layer's own error (the metadata store, a storage driver), kept whole.
+    #[error(transparent)]
+    Layer(LayerError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -91,8 +92,55 @@ impl Error {
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Io { source, .. } => io_code(source),
-            Error::Metadata(_) | Error::Internal(_) => Code::Internal,
+            Error::Layer(err) => err.code(),
+            Error::Internal(_) => Code::Internal,
         }
+    }
+}
+
+/// An error of a lower layer with the class containerd should see: the error itself
+/// is kept, not its text, so its cause chain survives to the logs and a caller may
+/// still downcast it.
+#[derive(Debug)]
+pub struct LayerError {
+    code: Code,
+    inner: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl LayerError {
+    pub fn new(code: Code, err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        LayerError {
+            code,
+            inner: Box::new(err),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The lower layer's error, for a caller that knows its type.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.inner.as_ref()
+    }
+}
+
+impl std::fmt::Display for LayerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl std::error::Error for LayerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source()
+    }
+}
+
+impl Error {
+    /// Wraps a lower layer's error whole, as `code`.
+    pub fn layer(code: Code, err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Layer(LayerError::new(code, err))
     }
 }
 
@@ -129,5 +177,29 @@ mod tests {
         assert_eq!(err.code(), Code::FailedPrecondition);
         let err = Error::io("write", io::Error::from_raw_os_error(5));
         assert_eq!(err.code(), Code::Internal);
+    }
+
+    #[test]
+    fn a_layer_error_keeps_its_class_text_and_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("store full")]
+        struct Full(#[source] io::Error);
+        let err = Error::layer(
+            Code::ResourceExhausted,
+            Full(io::Error::from_raw_os_error(28)),
+        );
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert_eq!(err.to_string(), "store full");
+        let cause = std::error::Error::source(&err).expect("the cause survives");
+        assert_eq!(
+            cause
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error),
+            Some(28)
+        );
+        let Error::Layer(layer) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(layer.get_ref().downcast_ref::<Full>().is_some());
     }
 }

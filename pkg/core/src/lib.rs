@@ -12,11 +12,14 @@ mod error;
 pub mod filter;
 mod idmap;
 mod model;
+mod observe;
+pub mod sync;
 pub mod validate;
 
 pub use backend::{Backend, PoolStats, SnapshotRef, Staged};
 pub use check::Check;
-pub use error::{Code, Error, IoContext, Result};
+pub use error::{Code, Error, IoContext, LayerError, Result};
 pub use filter::Filters;
 pub use idmap::{GID_MAPPING_LABEL, IdMapping, IdRange, IdRanges, UID_MAPPING_LABEL};
-pub use model::{Info, Kind, Labels, Mount, SnapshotId, Usage};
+pub use model::{Info, Kind, Labels, Mount, SnapshotId, Usage, saturating_i64};
+pub use observe::{Method, NoopObserver, RequestObserver};

@@ -123,6 +123,12 @@ pub struct Mount {
     pub options: Vec<String>,
 }
 
+/// A count or size for a signed field (SQLite's integers, the API's int64, gauges),
+/// pinned at `i64::MAX` rather than wrapped negative.
+pub fn saturating_i64(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,17 +72,23 @@ pub fn id_mapping(labels: &Labels) -> Result<Option<IdMapping>> {
     IdMapping::from_labels(labels)
 }
 
+/// The longest start of `text` of at most `max` bytes that does not split a
+/// character: what a log line or an error message shows of unbounded input.
+pub fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Echoing a megabyte of hostile input back in an error helps nobody.
 fn truncated(s: &str) -> String {
     const SHOWN: usize = 64;
     if s.len() <= SHOWN {
         return s.to_owned();
     }
-    let mut end = SHOWN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    format!("{}…", truncate(s, SHOWN))
 }
 
 #[cfg(test)]

@@ -53,21 +53,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<Error> for rustlayer_core::Error {
     fn from(err: Error) -> Self {
         use rusqlite::ffi::ErrorCode;
-        match &err {
-            Error::Full { .. } => rustlayer_core::Error::ResourceExhausted(err.to_string()),
-            Error::ReadOnly { .. } => rustlayer_core::Error::FailedPrecondition(err.to_string()),
-            Error::IdsExhausted { .. } => rustlayer_core::Error::ResourceExhausted(err.to_string()),
+        use rustlayer_core::Code;
+        let code = match &err {
+            Error::Full { .. } | Error::IdsExhausted { .. } => Code::ResourceExhausted,
+            Error::ReadOnly { .. } => Code::FailedPrecondition,
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == ErrorCode::DiskFull =>
             {
-                rustlayer_core::Error::ResourceExhausted(err.to_string())
+                Code::ResourceExhausted
             }
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == ErrorCode::ReadOnly =>
             {
-                rustlayer_core::Error::FailedPrecondition(err.to_string())
+                Code::FailedPrecondition
             }
-            _ => rustlayer_core::Error::Metadata(err.to_string()),
-        }
+            _ => Code::Internal,
+        };
+        rustlayer_core::Error::layer(code, err)
     }
 }

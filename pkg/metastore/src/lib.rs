@@ -13,4 +13,4 @@ mod tx;
 
 pub use error::{Error, Result};
 pub use store::{Store, StoreOptions};
-pub use tx::{KindCounts, NewSnapshot, Record, Reservation, Tx};
+pub use tx::{KindCounts, NewSnapshot, Record, Tx};

@@ -1,7 +1,7 @@
 //! The on-disk layout. `user_version` records the schema so that an older binary
 //! refuses a newer file instead of misreading it.
 
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// Ids are handed out by the store before any storage exists (see `reserved_ids`),
 /// lowest free first, so they stay small enough to name thin devices (24 bits). An id
@@ -15,8 +15,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created_ns  INTEGER NOT NULL,
     updated_ns  INTEGER NOT NULL,
     size_bytes  INTEGER,
-    inodes      INTEGER,
-    storage     TEXT
+    inodes      INTEGER
 );
 CREATE INDEX IF NOT EXISTS snapshots_by_parent ON snapshots(parent_id);
 CREATE TABLE IF NOT EXISTS labels (
@@ -37,3 +36,8 @@ CREATE TABLE IF NOT EXISTS settings (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 ";
+
+/// Brings a file of an older version up to [`VERSION`], after [`CREATE`] has added
+/// the tables it lacked. Version 2 and older had a `storage` column on `snapshots`
+/// that no backend ever wrote.
+pub const UPGRADE_FROM_2: &str = "ALTER TABLE snapshots DROP COLUMN storage;";

@@ -1,10 +1,11 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rustlayer_core::sync::lock;
 use tracing::{debug, info};
 
 use crate::error::{Error, Result};
@@ -187,12 +188,6 @@ fn allocate(path: &Path, len: u64) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// A panic while holding the lock leaves no half-done transaction behind (rusqlite
-/// rolls back on drop), so a poisoned lock is safe to keep using.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(30))?;
     // WAL lets readers proceed during writes; FULL makes every commit fsync the log,
@@ -234,12 +229,27 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
         });
     }
     if version < schema::VERSION {
+        let has_storage_column: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('snapshots') WHERE name = 'storage'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| corrupt_or(path, e))?;
+        let upgrade = if has_storage_column {
+            schema::UPGRADE_FROM_2
+        } else {
+            ""
+        };
         conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {} PRAGMA user_version = {}; COMMIT;",
+            "BEGIN IMMEDIATE; {} {upgrade} PRAGMA user_version = {}; COMMIT;",
             schema::CREATE,
             schema::VERSION
         ))
         .map_err(|e| classify(path, e))?;
+        if version > 0 {
+            info!(path = %path.display(), from = version, to = schema::VERSION, "metadata schema upgraded");
+        }
     }
     Ok(())
 }

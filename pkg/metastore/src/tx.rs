@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use rustlayer_core::{Info, Kind, Labels, SnapshotId, Usage};
+use rustlayer_core::{Info, Kind, Labels, SnapshotId, Usage, saturating_i64};
 
 use crate::error::{Error, Result};
 
@@ -17,8 +17,6 @@ pub struct Record {
     pub updated: SystemTime,
     /// Cached at Commit; `None` for snapshots whose layer may still change.
     pub usage: Option<Usage>,
-    /// Backend-private data recorded with the snapshot.
-    pub storage: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -29,17 +27,7 @@ pub struct NewSnapshot<'a> {
     pub parent: Option<SnapshotId>,
     pub kind: Kind,
     pub labels: &'a Labels,
-    pub storage: Option<&'a str>,
     pub now: SystemTime,
-}
-
-/// Why an id is reserved without a snapshot row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reservation {
-    /// Handed to a Prepare that may be creating storage under it.
-    Staging,
-    /// Its snapshot was removed; its storage may not be deleted yet.
-    Removed,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,8 +43,7 @@ pub struct Tx<'c> {
     txn: &'c Transaction<'c>,
 }
 
-const RECORD_COLUMNS: &str =
-    "id, key, parent_id, kind, created_ns, updated_ns, size_bytes, inodes, storage";
+const RECORD_COLUMNS: &str = "id, key, parent_id, kind, created_ns, updated_ns, size_bytes, inodes";
 
 impl<'c> Tx<'c> {
     pub(crate) fn new(txn: &'c Transaction<'c>) -> Self {
@@ -242,16 +229,15 @@ impl<'c> Tx<'c> {
     pub fn insert(&self, new: &NewSnapshot<'_>) -> Result<SnapshotId> {
         let now = time_to_sql(new.now);
         let mut stmt = self.txn.prepare_cached(
-            "INSERT INTO snapshots (id, key, parent_id, kind, created_ns, updated_ns, storage)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+            "INSERT INTO snapshots (id, key, parent_id, kind, created_ns, updated_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
         )?;
         stmt.execute(params![
             sql_id(new.id),
             new.key,
             new.parent.map(sql_id),
             new.kind.as_str(),
-            now,
-            new.storage
+            now
         ])?;
         let id = new.id;
         self.release_ids(&[id])?;
@@ -326,27 +312,14 @@ impl<'c> Tx<'c> {
         Ok(free)
     }
 
-    /// Every reserved id with why it is reserved, in id order.
-    pub fn reserved_ids(&self) -> Result<Vec<(SnapshotId, Reservation)>> {
+    /// Every reserved id, in id order. Why each is reserved is kept in the file for
+    /// whoever reads it by hand; Cleanup treats both reasons alike.
+    pub fn reserved_ids(&self) -> Result<Vec<SnapshotId>> {
         let mut stmt = self
             .txn
-            .prepare_cached("SELECT id, reason FROM reserved_ids ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        rows.map(|row| {
-            let (id, reason) = row?;
-            let reason = match reason.as_str() {
-                "staging" => Reservation::Staging,
-                "removed" => Reservation::Removed,
-                other => {
-                    return Err(Error::Invalid {
-                        what: "reservation",
-                        value: other.to_owned(),
-                    });
-                }
-            };
-            Ok((id_from_sql(id)?, reason))
-        })
-        .collect()
+            .prepare_cached("SELECT id FROM reserved_ids ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        rows.map(|row| id_from_sql(row?)).collect()
     }
 
     /// Ends reservations: the id names a snapshot now, or its old storage is gone.
@@ -385,8 +358,8 @@ impl<'c> Tx<'c> {
             sql_id(id),
             name,
             now,
-            i64::try_from(usage.bytes).unwrap_or(i64::MAX),
-            i64::try_from(usage.inodes).unwrap_or(i64::MAX),
+            saturating_i64(usage.bytes),
+            saturating_i64(usage.inodes),
             rebase_onto.map(sql_id)
         ])?;
         self.clear_labels(id)?;
@@ -470,7 +443,6 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Record>> {
     let updated: i64 = row.get(5)?;
     let size: Option<i64> = row.get(6)?;
     let inodes: Option<i64> = row.get(7)?;
-    let storage: Option<String> = row.get(8)?;
     Ok((|| {
         Ok(Record {
             id: id_from_sql(id)?,
@@ -486,14 +458,13 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Record>> {
                 }),
                 _ => None,
             },
-            storage,
         })
     })())
 }
 
 fn sql_id(id: SnapshotId) -> i64 {
     // Ids only ever come from SQLite's rowids, which are positive i64.
-    i64::try_from(id.get()).unwrap_or(i64::MAX)
+    saturating_i64(id.get())
 }
 
 fn id_from_sql(raw: i64) -> Result<SnapshotId> {
@@ -516,7 +487,7 @@ fn kind_from_sql(raw: &str) -> Result<Kind> {
 
 fn time_to_sql(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .map(|d| saturating_i64(d.as_nanos()))
         .unwrap_or(0)
 }
 

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use rustlayer_core::{Kind, Labels, SnapshotId};
-use rustlayer_metastore::{Error, NewSnapshot, Reservation, Store, StoreOptions};
+use rustlayer_metastore::{Error, NewSnapshot, Store, StoreOptions};
 
 fn store(dir: &tempfile::TempDir) -> Store {
     Store::open(
@@ -29,7 +29,6 @@ fn insert(store: &Store, id: SnapshotId, key: &str) {
                 parent: None,
                 kind: Kind::Active,
                 labels: &Labels::new(),
-                storage: None,
                 now: SystemTime::now(),
             })
             .map(|_| ())
@@ -50,7 +49,7 @@ fn reservations_fill_gaps_and_survive_until_released() {
     insert(&store, first[2], "c");
     // Inserting ends a reservation; 2 is still reserved (a Prepare that failed).
     let reserved = store.read(|tx| tx.reserved_ids()).unwrap();
-    assert_eq!(reserved, vec![(SnapshotId::new(2), Reservation::Staging)]);
+    assert_eq!(reserved, ids(&[2]));
     assert_eq!(
         store
             .write(|tx| tx.reserve_ids(2, SnapshotId::MIN, max))
@@ -64,7 +63,7 @@ fn reservations_fill_gaps_and_survive_until_released() {
         store
             .read(|tx| tx.reserved_ids())
             .unwrap()
-            .contains(&(SnapshotId::new(1), Reservation::Removed))
+            .contains(&SnapshotId::new(1))
     );
     assert_eq!(
         store

@@ -40,7 +40,6 @@ fn every_snapshot_lists_with_exactly_its_own_labels() {
                     parent: None,
                     kind: Kind::Active,
                     labels: &labels,
-                    storage: None,
                     now: SystemTime::now(),
                 })
                 .map(|_| ())

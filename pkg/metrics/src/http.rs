@@ -33,12 +33,21 @@ impl Health {
         self.serving.store(serving, Ordering::SeqCst);
     }
 
-    fn alive(&self) -> std::result::Result<(), String> {
+    fn alive(&self) -> std::result::Result<(), Unhealthy> {
         self.snapshotter
             .counts()
             .map(drop)
-            .map_err(|err| format!("metadata unreadable: {err}"))
+            .map_err(Unhealthy::MetadataUnreadable)
     }
+}
+
+/// Why a probe answers 503; its text is the probe's body.
+#[derive(Debug, thiserror::Error)]
+enum Unhealthy {
+    #[error("metadata unreadable: {0}")]
+    MetadataUnreadable(#[source] rustlayer_core::Error),
+    #[error("gRPC socket not serving")]
+    NotServing,
 }
 
 #[derive(Clone)]
@@ -88,7 +97,7 @@ async fn probe(health: Arc<Health>, need_serving: bool) -> (StatusCode, String) 
     let checked = tokio::task::spawn_blocking(move || {
         health.alive()?;
         if need_serving && !health.serving.load(Ordering::SeqCst) {
-            return Err("gRPC socket not serving".to_owned());
+            return Err(Unhealthy::NotServing);
         }
         Ok(())
     })

@@ -4,18 +4,11 @@ use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use rustlayer_core::{Kind, PoolStats, Usage};
+use rustlayer_core::{Kind, Method, PoolStats, RequestObserver, Usage, saturating_i64};
 use rustlayer_mount::FsStats;
-use rustlayer_server::RequestObserver;
 use rustlayer_snapshotter::SnapshotCounts;
 
 use crate::error::Result;
-
-/// The RPCs of containerd's snapshots service, so every series exists from the start
-/// and rate() has a zero to start from.
-pub const METHODS: [&str; 10] = [
-    "Prepare", "View", "Mounts", "Commit", "Remove", "Stat", "Update", "Usage", "List", "Cleanup",
-];
 
 /// From 0.5 ms (a Stat) to 30 s (a Commit measuring a huge layer).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -90,9 +83,10 @@ impl Metrics {
             &["method"],
         )?;
         registry.register(Box::new(latency.clone()))?;
-        for method in METHODS {
-            requests.with_label_values(&[method, "OK"]);
-            latency.with_label_values(&[method]);
+        // Every series exists from the start, so rate() has a zero to start from.
+        for method in Method::ALL {
+            requests.with_label_values(&[method.as_str(), "OK"]);
+            latency.with_label_values(&[method.as_str()]);
         }
 
         let snapshots = IntGaugeVec::new(
@@ -193,40 +187,40 @@ impl Metrics {
             };
             self.snapshots
                 .with_label_values(&[kind.as_str()])
-                .set(clamp(n));
+                .set(saturating_i64(n));
         }
     }
 
     pub fn set_committed_usage(&self, usage: Usage) {
-        self.committed_bytes.set(clamp(usage.bytes));
-        self.committed_inodes.set(clamp(usage.inodes));
+        self.committed_bytes.set(saturating_i64(usage.bytes));
+        self.committed_inodes.set(saturating_i64(usage.inodes));
     }
 
     pub fn set_root_filesystem(&self, fs: FsStats) {
-        self.root_size.set(clamp(fs.bytes_total));
-        self.root_free.set(clamp(fs.bytes_free));
-        self.root_available.set(clamp(fs.bytes_available));
-        self.root_inodes.set(clamp(fs.inodes_total));
-        self.root_inodes_free.set(clamp(fs.inodes_free));
+        self.root_size.set(saturating_i64(fs.bytes_total));
+        self.root_free.set(saturating_i64(fs.bytes_free));
+        self.root_available.set(saturating_i64(fs.bytes_available));
+        self.root_inodes.set(saturating_i64(fs.inodes_total));
+        self.root_inodes_free.set(saturating_i64(fs.inodes_free));
     }
 
     pub fn set_pool(&self, pool: &PoolStats) {
         let l = [pool.pool.as_str()];
         self.pool_data_used
             .with_label_values(&l)
-            .set(clamp(pool.data_used_bytes));
+            .set(saturating_i64(pool.data_used_bytes));
         self.pool_data_size
             .with_label_values(&l)
-            .set(clamp(pool.data_size_bytes));
+            .set(saturating_i64(pool.data_size_bytes));
         self.pool_metadata_used
             .with_label_values(&l)
-            .set(clamp(pool.metadata_used_bytes));
+            .set(saturating_i64(pool.metadata_used_bytes));
         self.pool_metadata_size
             .with_label_values(&l)
-            .set(clamp(pool.metadata_size_bytes));
+            .set(saturating_i64(pool.metadata_size_bytes));
         self.thin_devices
             .with_label_values(&l)
-            .set(clamp(pool.thin_devices));
+            .set(saturating_i64(pool.thin_devices));
     }
 
     pub fn mark_collected(&self, unix_seconds: f64) {
@@ -234,41 +228,13 @@ impl Metrics {
     }
 }
 
-fn clamp(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// gRPC's canonical code names, as `grpc-go` and containerd print them.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "Canceled",
-        Unknown => "Unknown",
-        InvalidArgument => "InvalidArgument",
-        DeadlineExceeded => "DeadlineExceeded",
-        NotFound => "NotFound",
-        AlreadyExists => "AlreadyExists",
-        PermissionDenied => "PermissionDenied",
-        ResourceExhausted => "ResourceExhausted",
-        FailedPrecondition => "FailedPrecondition",
-        Aborted => "Aborted",
-        OutOfRange => "OutOfRange",
-        Unimplemented => "Unimplemented",
-        Internal => "Internal",
-        Unavailable => "Unavailable",
-        DataLoss => "DataLoss",
-        Unauthenticated => "Unauthenticated",
-    }
-}
-
 impl RequestObserver for Metrics {
-    fn observe(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
+    fn observe(&self, method: Method, code: &'static str, elapsed: Duration) {
         self.requests
-            .with_label_values(&[method, code_name(code)])
+            .with_label_values(&[method.as_str(), code])
             .inc();
         self.latency
-            .with_label_values(&[method])
+            .with_label_values(&[method.as_str()])
             .observe(elapsed.as_secs_f64());
     }
 }

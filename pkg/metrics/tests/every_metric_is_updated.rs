@@ -8,9 +8,9 @@ use std::time::Duration;
 use rustlayer_core::{
     Backend, Kind, Labels, Mount, PoolStats, SnapshotId, SnapshotRef, Staged, Usage,
 };
+use rustlayer_core::{Method, RequestObserver};
 use rustlayer_metrics::{Collector, Metrics};
 use rustlayer_overlay::{OverlayBackend, OverlayOptions};
-use rustlayer_server::RequestObserver;
 use rustlayer_snapshotter::Snapshotter;
 
 /// The overlay backend plus fixed pool figures, standing in for a thin pool so the
@@ -103,12 +103,8 @@ fn every_declared_metric_has_a_sample_after_real_work() {
     snapshotter.view("v", "c", &Labels::new()).unwrap();
 
     let metrics = Arc::new(Metrics::new("test", "overlay").unwrap());
-    metrics.observe("Prepare", tonic::Code::Ok, Duration::from_millis(3));
-    metrics.observe(
-        "Prepare",
-        tonic::Code::AlreadyExists,
-        Duration::from_millis(1),
-    );
+    metrics.observe(Method::Prepare, "OK", Duration::from_millis(3));
+    metrics.observe(Method::Prepare, "AlreadyExists", Duration::from_millis(1));
     let collector = Collector::new(Arc::clone(&metrics), snapshotter, root);
     assert!(collector.collect_once());
 

@@ -121,9 +121,7 @@ impl OverlayBackend {
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.staging_live
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        rustlayer_core::sync::lock(&self.staging_live)
     }
 
     /// Makes the new snapshot's directories straight under its reserved id: nothing

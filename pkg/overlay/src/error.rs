@@ -34,7 +34,9 @@ impl From<Error> for rustlayer_core::Error {
                 CoreError::io(format!("{what} {}", path.display()), source)
             }
             Error::Mount(err) => err.into(),
-            err @ Error::Preflight(_) => CoreError::FailedPrecondition(err.to_string()),
+            err @ Error::Preflight(_) => {
+                CoreError::layer(rustlayer_core::Code::FailedPrecondition, err)
+            }
         }
     }
 }

@@ -25,5 +25,5 @@ mod usage;
 
 pub use backend::{OverlayBackend, OverlayOptions};
 pub use error::{Error, Result};
-pub use preflight::{IDMAPPED_LAYERS, PreflightReport, preflight};
+pub use preflight::{IDMAPPED_LAYERS, ensure as ensure_preflight, preflight};
 pub use usage::disk_usage;

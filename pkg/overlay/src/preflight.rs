@@ -10,26 +10,11 @@ use rustlayer_mount::{Mounter, supports_d_type};
 
 use crate::error::{Error, Result, io_err};
 
-#[derive(Debug, Clone, Default)]
-pub struct PreflightReport {
-    pub checks: Vec<Check>,
-}
-
-impl PreflightReport {
-    pub fn passed(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
-    }
-
-    /// Turns the first failed check into an error naming it.
-    pub fn ensure(&self) -> Result<()> {
-        match self.checks.iter().find(|c| !c.ok) {
-            Some(c) => Err(Error::Preflight(format!("{}: {}", c.name, c.detail))),
-            None => Ok(()),
-        }
-    }
-
-    fn record(&mut self, name: &'static str, outcome: Result<String>) {
-        self.checks.push(Check::new(name, outcome));
+/// Turns the first failed check of a [`preflight`] into an error naming it.
+pub fn ensure(checks: &[Check]) -> Result<()> {
+    match checks.iter().find(|c| !c.ok) {
+        Some(c) => Err(Error::Preflight(format!("{}: {}", c.name, c.detail))),
+        None => Ok(()),
     }
 }
 
@@ -44,14 +29,12 @@ const PROBE_HOST_ID: u32 = 1_000_000;
 /// probes whether overlay mounts on idmapped lower layers there, as containerd 2.x
 /// mounts user-namespaced snapshots with `remap_ids`; that check fails only when
 /// `remap_ids` is set, and otherwise reports what the node could do.
-pub fn preflight(root: &Path, mounter: &dyn Mounter, remap_ids: bool) -> PreflightReport {
-    let mut report = PreflightReport::default();
-    report.record("d_type", check_d_type(root));
-    report.record("overlay mount", check_overlay_mount(root, mounter));
-    report
-        .checks
-        .push(idmapped_layers(root, mounter, remap_ids));
-    report
+pub fn preflight(root: &Path, mounter: &dyn Mounter, remap_ids: bool) -> Vec<Check> {
+    vec![
+        Check::new("d_type", check_d_type(root)),
+        Check::new("overlay mount", check_overlay_mount(root, mounter)),
+        idmapped_layers(root, mounter, remap_ids),
+    ]
 }
 
 fn idmapped_layers(root: &Path, mounter: &dyn Mounter, remap_ids: bool) -> Check {
@@ -214,12 +197,9 @@ mod tests {
     fn idmapped_check(remap_ids: bool) -> (Check, Vec<MountCall>) {
         let dir = tempfile::tempdir().unwrap();
         let mounter = RecordingMounter::default();
-        let report = preflight(dir.path(), &mounter, remap_ids);
-        let check = report
-            .checks
-            .iter()
+        let check = preflight(dir.path(), &mounter, remap_ids)
+            .into_iter()
             .find(|c| c.name == IDMAPPED_LAYERS)
-            .cloned()
             .expect("the idmap probe reports");
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
+use rustlayer_core::sync::{lock, wait};
 use tracing::{debug, warn};
 
 #[derive(Debug, Default)]
@@ -46,11 +47,7 @@ impl Reaper {
     pub fn wait_idle(&self) {
         let mut busy = lock(&self.signal.busy);
         while *busy || *lock(&self.signal.wake) {
-            busy = self
-                .signal
-                .idle
-                .wait(busy)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            busy = wait(&self.signal.idle, busy);
         }
     }
 }
@@ -62,19 +59,12 @@ impl Drop for Reaper {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn run(trash: &Path, signal: &Signal) {
     loop {
         {
             let mut wake = lock(&signal.wake);
             while !*wake {
-                wake = signal
-                    .cond
-                    .wait(wake)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                wake = wait(&signal.cond, wake);
             }
             *wake = false;
             *lock(&signal.busy) = true;

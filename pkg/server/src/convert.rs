@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustlayer_api::snapshots as pb;
 use rustlayer_api::types as pbtypes;
-use rustlayer_core::{Info, Kind, Mount, Usage};
+use rustlayer_core::{Info, Kind, Mount, Usage, saturating_i64};
 
 pub fn mounts(mounts: Vec<Mount>) -> Vec<pbtypes::Mount> {
     mounts
@@ -26,6 +26,16 @@ pub fn kind(kind: Kind) -> pb::Kind {
     }
 }
 
+/// The kind a client reads off the wire; None for a value the API does not define.
+pub fn kind_from_pb(kind: i32) -> Option<Kind> {
+    match pb::Kind::try_from(kind).ok()? {
+        pb::Kind::View => Some(Kind::View),
+        pb::Kind::Active => Some(Kind::Active),
+        pb::Kind::Committed => Some(Kind::Committed),
+        pb::Kind::Unknown => None,
+    }
+}
+
 pub fn info(info: Info) -> pb::Info {
     pb::Info {
         name: info.name,
@@ -39,15 +49,15 @@ pub fn info(info: Info) -> pb::Info {
 
 pub fn usage(usage: Usage) -> pb::UsageResponse {
     pb::UsageResponse {
-        size: i64::try_from(usage.bytes).unwrap_or(i64::MAX),
-        inodes: i64::try_from(usage.inodes).unwrap_or(i64::MAX),
+        size: saturating_i64(usage.bytes),
+        inodes: saturating_i64(usage.inodes),
     }
 }
 
 fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     prost_types::Timestamp {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        seconds: saturating_i64(d.as_secs()),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
     }
 }

@@ -13,9 +13,11 @@ mod socket;
 
 pub use authority::AuthorityFix;
 pub use client::{channel, connect};
+pub use convert::kind_from_pb;
 pub use error::{Error, Result};
 pub use introspection::{IntrospectionService, SNAPSHOTTER_ID};
-pub use service::{NoopObserver, RequestObserver, SnapshotService, status_from};
+pub use rustlayer_core::{NoopObserver, RequestObserver};
+pub use service::{SnapshotService, status_from};
 pub use socket::{SocketOptions, bind_socket};
 
 use std::future::Future;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustlayer_api::snapshots::{self as pb, snapshots_server::Snapshots};
-use rustlayer_core::{Code, Error, Filters};
+use rustlayer_core::validate::truncate;
+use rustlayer_core::{Code, Error, Filters, Method, RequestObserver};
 use rustlayer_snapshotter::{InfoUpdate, Snapshotter, UsageSource};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -16,18 +17,6 @@ use crate::convert;
 /// How many infos go in one List message: containerd's client reads a stream, and
 /// batching keeps each message small whatever the number of snapshots.
 const LIST_BATCH: usize = 100;
-
-/// Sees every request's outcome; the metrics exporter implements it.
-pub trait RequestObserver: Send + Sync {
-    fn observe(&self, method: &'static str, code: tonic::Code, elapsed: Duration);
-}
-
-#[derive(Debug, Default)]
-pub struct NoopObserver;
-
-impl RequestObserver for NoopObserver {
-    fn observe(&self, _: &'static str, _: tonic::Code, _: Duration) {}
-}
 
 pub struct SnapshotService {
     snapshotter: Arc<Snapshotter>,
@@ -44,13 +33,7 @@ impl SnapshotService {
 
     /// Runs one snapshotter call where `runs` says, inside a span naming the method
     /// and key, and reports its outcome to the observer.
-    async fn call<T, F>(
-        &self,
-        method: &'static str,
-        key: &str,
-        runs: Runs,
-        f: F,
-    ) -> Result<T, Status>
+    async fn call<T, F>(&self, method: Method, key: &str, runs: Runs, f: F) -> Result<T, Status>
     where
         T: Send + 'static,
         F: FnOnce(&Snapshotter) -> rustlayer_core::Result<T> + Send + 'static,
@@ -61,17 +44,19 @@ impl SnapshotService {
     /// One request's work, however many calls it takes, as one span and one outcome.
     async fn observed<T>(
         &self,
-        method: &'static str,
+        method: Method,
         key: &str,
         work: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
         let started = Instant::now();
-        let span = info_span!("rpc", method, key = %truncate(key, MAX_LOGGED_KEY_BYTES));
+        let span =
+            info_span!("rpc", method = method.as_str(), key = %truncate(key, MAX_LOGGED_KEY_BYTES));
         let result = work.instrument(span).await;
         let code = result
             .as_ref()
             .map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.observer.observe(method, code, started.elapsed());
+        self.observer
+            .observe(method, code_name(code), started.elapsed());
         result
     }
 
@@ -121,6 +106,30 @@ enum Runs {
     Inline,
 }
 
+/// gRPC's canonical code names, as `grpc-go` and containerd print them.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
 /// The gRPC status for a snapshotter error; containerd's client turns these back
 /// into its errdefs classes, so the codes must be exact.
 pub fn status_from(err: &Error) -> Status {
@@ -162,14 +171,6 @@ fn log_and_convert(err: &Error) -> Status {
 const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
 const MAX_LOGGED_KEY_BYTES: usize = 256;
 
-fn truncate(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 type ListStream = Pin<Box<dyn Stream<Item = Result<pb::ListSnapshotsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -182,7 +183,7 @@ impl Snapshots for SnapshotService {
         let key = r.key.clone();
         let labels = r.labels;
         let mounts = self
-            .call("Prepare", &key, Runs::OnBlockingPool, move |s| {
+            .call(Method::Prepare, &key, Runs::OnBlockingPool, move |s| {
                 s.prepare(&r.key, &r.parent, &labels)
             })
             .await?;
@@ -199,7 +200,7 @@ impl Snapshots for SnapshotService {
         let key = r.key.clone();
         let labels = r.labels;
         let mounts = self
-            .call("View", &key, Runs::OnBlockingPool, move |s| {
+            .call(Method::View, &key, Runs::OnBlockingPool, move |s| {
                 s.view(&r.key, &r.parent, &labels)
             })
             .await?;
@@ -215,7 +216,9 @@ impl Snapshots for SnapshotService {
         let r = request.into_inner();
         let key = r.key.clone();
         let mounts = self
-            .call("Mounts", &key, self.mounts_run(), move |s| s.mounts(&r.key))
+            .call(Method::Mounts, &key, self.mounts_run(), move |s| {
+                s.mounts(&r.key)
+            })
             .await?;
         Ok(Response::new(pb::MountsResponse {
             mounts: convert::mounts(mounts),
@@ -229,7 +232,7 @@ impl Snapshots for SnapshotService {
         let r = request.into_inner();
         let key = r.key.clone();
         let labels = r.labels;
-        self.call("Commit", &key, Runs::OnBlockingPool, move |s| {
+        self.call(Method::Commit, &key, Runs::OnBlockingPool, move |s| {
             s.commit(&r.name, &r.key, &r.parent, &labels)
         })
         .await?;
@@ -242,7 +245,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
         let key = r.key.clone();
-        self.call("Remove", &key, Runs::OnBlockingPool, move |s| {
+        self.call(Method::Remove, &key, Runs::OnBlockingPool, move |s| {
             s.remove(&r.key)
         })
         .await?;
@@ -256,7 +259,7 @@ impl Snapshots for SnapshotService {
         let r = request.into_inner();
         let key = r.key.clone();
         let info = self
-            .call("Stat", &key, Runs::Inline, move |s| s.stat(&r.key))
+            .call(Method::Stat, &key, Runs::Inline, move |s| s.stat(&r.key))
             .await?;
         Ok(Response::new(pb::StatSnapshotResponse {
             info: Some(convert::info(info)),
@@ -270,8 +273,11 @@ impl Snapshots for SnapshotService {
         let r = request.into_inner();
         let Some(info) = r.info else {
             let err = Error::InvalidArgument("update carries no snapshot info".into());
-            self.observer
-                .observe("Update", tonic::Code::InvalidArgument, Duration::ZERO);
+            self.observer.observe(
+                Method::Update,
+                code_name(tonic::Code::InvalidArgument),
+                Duration::ZERO,
+            );
             return Err(status_from(&err));
         };
         let update = InfoUpdate {
@@ -281,7 +287,7 @@ impl Snapshots for SnapshotService {
         };
         let key = update.name.clone();
         let info = self
-            .call("Update", &key, Runs::OnBlockingPool, move |s| {
+            .call(Method::Update, &key, Runs::OnBlockingPool, move |s| {
                 s.update(&update)
             })
             .await?;
@@ -298,7 +304,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<Self::ListStream>, Status> {
         let r = request.into_inner();
         let infos = self
-            .call("List", "", Runs::OnBlockingPool, move |s| {
+            .call(Method::List, "", Runs::OnBlockingPool, move |s| {
                 let filters = Filters::parse(&r.filters)?;
                 let mut infos = Vec::new();
                 s.list(&filters, |info| infos.push(convert::info(info)))?;
@@ -323,7 +329,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::UsageResponse>, Status> {
         let key = request.into_inner().key;
         let usage = self
-            .observed("Usage", &key, async {
+            .observed(Method::Usage, &key, async {
                 let probe = key.clone();
                 match self
                     .run(Runs::Inline, move |s| s.usage_source(&probe))
@@ -343,7 +349,7 @@ impl Snapshots for SnapshotService {
     }
 
     async fn cleanup(&self, _request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
-        self.call("Cleanup", "", Runs::OnBlockingPool, |s| {
+        self.call(Method::Cleanup, "", Runs::OnBlockingPool, |s| {
             s.cleanup().map(|_| ())
         })
         .await?;

@@ -8,10 +8,11 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rustlayer_core::filter::Fields;
+use rustlayer_core::sync::lock;
 use rustlayer_core::{
     Backend, Code, Error, Filters, Info, Kind, Labels, Mount, Result, SnapshotId, SnapshotRef,
     Usage, validate,
@@ -197,7 +198,6 @@ impl Snapshotter {
                 parent: chain.first().copied(),
                 kind,
                 labels,
-                storage: None,
                 now: SystemTime::now(),
             })?;
             self.backend.publish(&staged, id)?;
@@ -543,7 +543,6 @@ impl Snapshotter {
             let suspects: Vec<SnapshotId> = tx
                 .reserved_ids()?
                 .into_iter()
-                .map(|(id, _)| id)
                 .filter(|id| !known.contains(id))
                 .collect();
             let removed = self.backend.cleanup(&|id| known.contains(&id), &suspects)?;
@@ -588,10 +587,6 @@ fn take_free(pool: &mut IdPool) -> Option<SnapshotId> {
     let id = pool.free.pop()?;
     pool.in_flight.insert(id);
     Some(id)
-}
-
-fn lock(pool: &Mutex<IdPool>) -> MutexGuard<'_, IdPool> {
-    pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn get(tx: &Tx<'_>, key: &str) -> Result<Record> {
