@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 mode=${1:-all}
 start=$(date +%s)
+# shellcheck source=hack/lib/machine.sh
+source hack/lib/machine.sh
+cargo_on_path test.sh
 
 step() { printf '\n=== %s (%ss)\n' "$*" "$(($(date +%s) - start))"; }
 
