@@ -124,7 +124,10 @@ abort() {
   aborting=1
   exit 1
 }
-log_tail() { # log_tail FILE: its last lines, for a failure's detail
+log_tail() { # log_tail FILE: its first error (cargo's, apt's) and last lines, for a failure's detail
+  local first
+  first=$(grep -m 1 -E '^(error|E:)' "$1" || true)
+  if [[ -n $first ]]; then echo "first error: $first"; fi
   echo "(last 40 lines of $1)"
   tail -n 40 "$1"
 }
