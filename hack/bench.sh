@@ -42,7 +42,7 @@
 # Builds `cargo build --release --locked -p rustlayer -p rustlayer-bench` into
 # $CARGO_TARGET_DIR (default target/), unless RUSTLAYER_BIN and RUSTLAYER_BENCH_BIN
 # name binaries to use. The image's root filesystem is debootstrap'd once from
-# Debian's archive (DEBIAN_MIRROR, default http://deb.debian.org/debian) and cached
+# the Debian archive this machine's apt uses (or DEBIAN_MIRROR) and cached
 # with the image under .cache/bench/. BENCH_DIR picks the scratch directory
 # (default: a new one under /var/tmp, so on disk like /var/lib, not tmpfs);
 # BENCH_KEEP=1 keeps it. Both snapshotters' roots go under it, on its filesystem;
@@ -66,6 +66,8 @@ repo=$(pwd)
 source hack/lib/containerd.sh
 # shellcheck source=hack/bench/lib.sh
 source hack/bench/lib.sh
+# shellcheck source=hack/lib/machine.sh
+source hack/lib/machine.sh
 me=bench
 
 mode=full
@@ -153,8 +155,7 @@ if [[ -n ${RUSTLAYER_BIN-} && -n ${RUSTLAYER_BENCH_BIN-} ]]; then
   bin=$RUSTLAYER_BIN bench=$RUSTLAYER_BENCH_BIN
 else
   say "cargo build --release"
-  command -v cargo >/dev/null ||
-    die "cargo not in PATH (sudo resets it: try sudo env PATH=\"\$PATH\" hack/bench.sh, or set RUSTLAYER_BIN and RUSTLAYER_BENCH_BIN)"
+  cargo_on_path "$me" || die "or set RUSTLAYER_BIN and RUSTLAYER_BENCH_BIN"
   cargo build --release --locked -p rustlayer -p rustlayer-bench
   target_dir=${CARGO_TARGET_DIR:-$repo/target}
   bin=$target_dir/release/rustlayer bench=$target_dir/release/rustlayer-bench
@@ -168,9 +169,10 @@ cache=$repo/.cache/bench
 mkdir -p "$cache"
 rootfs=$cache/rootfs-bookworm-minbase
 if [[ ! -e $rootfs.complete ]]; then
-  say "debootstrap --variant=minbase bookworm (once; cached in $rootfs)"
+  mirror=$(debian_mirror bookworm) || die "no Debian archive to debootstrap from"
+  say "debootstrap --variant=minbase bookworm from $mirror (once; cached in $rootfs)"
   rm -rf "$rootfs" "$rootfs.tmp"
-  debootstrap --variant=minbase bookworm "$rootfs.tmp" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
+  debootstrap --variant=minbase bookworm "$rootfs.tmp" "$mirror" \
     >"$cache/debootstrap.log" 2>&1 || {
     tail -n 20 "$cache/debootstrap.log" >&2
     die "debootstrap failed; the whole log is $cache/debootstrap.log"

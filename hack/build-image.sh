@@ -7,7 +7,8 @@
 #
 #   .cache/image/rustlayer.oci.tar     named ghcr.io/rustlayer/rustlayer:<version>
 #
-# The base layer (debootstrap --variant=minbase from deb.debian.org, slimmed) is
+# The base layer (debootstrap --variant=minbase, slimmed, from the Debian archive
+# this machine's apt uses, or DEBIAN_MIRROR) is
 # built once and kept under .cache/image/base/; delete that directory, or set
 # REBUILD_BASE=1, to take newer Debian packages. Needs root the first time
 # (debootstrap runs the packages' scripts in a chroot).
@@ -17,19 +18,20 @@
 #   RUSTLAYER_BIN=path hack/build-image.sh       skip the cargo build
 #
 # Debian packages it relies on: debootstrap, python3, binutils (strip), git (for
-# the revision label).
+# the revision label), and, to build the binary, those of `hack/deps.sh build`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 me=build-image
 start=$SECONDS
+# shellcheck source=hack/lib/machine.sh
+source hack/lib/machine.sh
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 [[ -n $version ]] || { echo "$me: no version in Cargo.toml" >&2; exit 1; }
 image=${IMAGE:-ghcr.io/rustlayer/rustlayer:$version}
 out=$repo/.cache/image
 suite=bookworm
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # What the runtime needs beyond minbase: mount(8) for long overlay chains, mkfs
 # for thin devices, libdevmapper for the devmapper backend the binary links.
 packages=(mount e2fsprogs xfsprogs libdevmapper1.02.1)
@@ -74,6 +76,7 @@ else
     exit 1
   fi
   command -v debootstrap >/dev/null || { echo "$me: install debootstrap" >&2; exit 1; }
+  mirror=$(debian_mirror "$suite")
   rootfs=$out/base/rootfs.$$
   trap 'unmount_under "$rootfs"; rm -rf "$rootfs"' EXIT
   echo "$me: debootstrap --variant=minbase $suite with ${packages[*]} (once; cached)"
@@ -97,6 +100,7 @@ fi
 
 bin=${RUSTLAYER_BIN:-}
 if [[ -z $bin ]]; then
+  cargo_on_path "$me"
   cargo build --release --locked -p rustlayer
   bin=$repo/target/release/rustlayer
 fi

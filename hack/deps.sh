@@ -7,10 +7,14 @@
 #                        bindings are generated against libdevmapper's headers
 #                        (found with pkg-config) by bindgen (libclang)
 #   hack/deps.sh         the build's packages and everything hack/test.sh runs
+#   hack/deps.sh --list [build]   prints those package names, installs nothing
+#
+# hack/fresh-machine.sh checks, in a clean Debian 12, that these are enough.
 set -euo pipefail
 
 build=(
   pkg-config libdevmapper-dev libclang-dev # devicemapper-sys: pkg-config + bindgen
+  ca-certificates                          # cargo fetches crates over https
 )
 test=(
   containerd runc                                   # real containerd e2e (Debian 12's 1.6)
@@ -25,14 +29,23 @@ test=(
   docker-registry skopeo                            # a local registry for CRI pulls
 )
 
+list=''
+if [[ ${1-} == --list ]]; then
+  list=1
+  shift
+fi
 case ${1:-all} in
   build) packages=("${build[@]}") ;;
   all) packages=("${build[@]}" "${test[@]}") ;;
   *)
-    echo "usage: hack/deps.sh [build]" >&2
+    echo "usage: hack/deps.sh [--list] [build]" >&2
     exit 2
     ;;
 esac
+if [[ -n $list ]]; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
+fi
 
 missing=()
 for p in "${packages[@]}"; do

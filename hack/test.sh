@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, unit tests, the daemon's e2e tests (real overlay
-# mounts, needs root), containerd's own snapshotter conformance suite, and a real
-# containerd running containers on rustlayer. Installs what it needs.
+# mounts, needs root), the README's commands on a fresh Debian 12 (a chroot),
+# containerd's own snapshotter conformance suite, and a real containerd running
+# containers on rustlayer. Installs what it needs.
 #
 #   hack/test.sh            everything
 #   hack/test.sh quick      lint + unit + e2e, no containerd
+#   hack/test.sh lint       dependencies, fmt, clippy, cargo deny
 #
 # The tiers that go through containerd (e2e-containerd, cri-e2e, image-e2e,
 # metrics-e2e) run once per containerd release of the matrix: Debian 12's 1.6.20,
@@ -15,7 +17,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 mode=${1:-all}
+case $mode in
+  all | quick | lint) ;;
+  *)
+    echo "usage: hack/test.sh [quick|lint]" >&2
+    exit 2
+    ;;
+esac
 start=$(date +%s)
+# shellcheck source=hack/lib/machine.sh
+source hack/lib/machine.sh
+cargo_on_path test.sh
 
 step() { printf '\n=== %s (%ss)\n' "$*" "$(($(date +%s) - start))"; }
 
@@ -35,6 +47,11 @@ command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny@0.
 cargo fetch --locked --quiet
 cargo deny --offline check licenses bans sources
 
+if [[ $mode == lint ]]; then
+  step "done (lint)"
+  exit 0
+fi
+
 step "cargo build"
 cargo build --workspace --all-targets --locked
 export RUSTLAYER_BIN="$repo/target/debug/rustlayer"
@@ -52,6 +69,9 @@ if [[ $mode == quick ]]; then
   step "done (quick)"
   exit 0
 fi
+
+step "fresh machine: the README's commands in a clean Debian 12 chroot"
+hack/fresh-machine.sh
 
 # The conformance suite talks to the daemon directly, not through containerd:
 # once is enough.
