@@ -21,10 +21,6 @@ failed=()
 section() { printf '\n=== %s (%ss)\n' "$*" "$(($(date +%s) - start))"; }
 
 section "devmapper backend: Rust tests on real thin pools"
-# Two tests mounting the boot's first xfs filesystems at once race the kernel's
-# on-demand load of the module, and the loser's mount fails with ENODEV; the
-# selftest checks the on-demand load itself.
-modprobe xfs
 # Each needs root and device-mapper, so is ignored unless asked for; asked for,
 # a missing prerequisite fails it.
 "$thin_tests" --include-ignored --test-threads=2 2>&1 | tee "$out/thin-pool-tests.log"
