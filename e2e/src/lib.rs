@@ -365,8 +365,14 @@ fn mounts(list: Vec<rustlayer_api::types::Mount>) -> Vec<rustlayer_core::Mount> 
 }
 
 /// A mount point that unmounts itself, so a failing assertion leaves nothing mounted.
+///
+/// The unmount detaches: a child another test thread is forking at that moment
+/// holds a copy of every open descriptor until it execs, a file of this mount's
+/// among them, and a plain unmount would fail with EBUSY. Had that failure been
+/// ignored, removing the temporary directory would have deleted the snapshot's
+/// files through the mount still attached to it.
 pub struct Mounted {
-    pub target: tempfile::TempDir,
+    target: Option<tempfile::TempDir>,
 }
 
 impl Mounted {
@@ -374,17 +380,27 @@ impl Mounted {
         let target = tempfile::tempdir().expect("mount point");
         rustlayer_mount::mount_all(&rustlayer_mount::LinuxMounter, mounts, target.path())
             .expect("mount snapshot");
-        Mounted { target }
+        Mounted {
+            target: Some(target),
+        }
     }
 
     pub fn path(&self) -> &Path {
-        self.target.path()
+        self.target.as_ref().expect("mounted until dropped").path()
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
         use rustlayer_mount::Mounter;
-        let _ = rustlayer_mount::LinuxMounter.unmount(self.target.path(), false);
+        let Some(target) = self.target.take() else {
+            return;
+        };
+        if let Err(err) = rustlayer_mount::LinuxMounter.unmount(target.path(), true) {
+            // Keep the directory and whatever is under it rather than delete
+            // the snapshot's contents through a mount that is still there.
+            let kept = target.keep();
+            eprintln!("cannot detach {}: {err}; left in place", kept.display());
+        }
     }
 }

@@ -502,10 +502,11 @@ impl Drop for Detach {
     }
 }
 
+/// Detaches (see `Mounted`: a forking test thread may hold a file of it open).
 struct Unmount(PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = LinuxMounter.unmount(&self.0, false);
+        let _ = LinuxMounter.unmount(&self.0, true);
     }
 }
