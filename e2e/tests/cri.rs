@@ -59,6 +59,12 @@ use rustlayer_e2e_cri::v1::runtime_service_client::RuntimeServiceClient;
 use rustlayer_e2e_cri::v1::{self as cri, ContainerState, NamespaceMode};
 use tonic::transport::Channel;
 
+// containerd 2.x only: pods in user namespaces and image volumes.
+#[path = "cri/image_volumes.rs"]
+mod image_volumes;
+#[path = "cri/user_namespaces.rs"]
+mod user_namespaces;
+
 /// The namespace containerd's CRI plugin keeps everything in.
 const NS: &str = "k8s.io";
 /// The proxy plugin's name, which is also the runtime handler's.
@@ -359,7 +365,32 @@ struct Setup<'a> {
     /// "127.0.0.1:PORT" of the registry, reached over plain HTTP.
     registry_host: &'a str,
     sandbox_image: &'a str,
+    /// Pods in user namespaces (2.x only): the proxy plugin declares
+    /// `remap-ids`, the handler runs this runc, and CRI sets pod networks up
+    /// with these CNI plugins.
+    user_namespaces: Option<&'a UserNamespaceRuntime>,
 }
+
+/// What containerd 2.x needs beyond Debian 12 to run CRI pods in user
+/// namespaces: a runc whose `runc features` lists idmapped mounts
+/// (hack/runc-fetch.sh fetches one), and a pod network, since such a pod's
+/// network namespace is its own ([`POD_NETWORK`]).
+struct UserNamespaceRuntime {
+    /// The runc binary the handler's shim runs (its `BinaryName`).
+    runc: PathBuf,
+}
+
+/// The CNI network of pods that have their own network namespace: the test's
+/// plugin (e2e/cri/cni) puts a veth pair with a documentation-range address
+/// (TEST-NET-1, never routed) inside the pod's namespace, both ends, and
+/// nothing on the host's side, so no traffic leaves the pod. containerd brings
+/// the pod's loopback up itself (`use_internal_loopback`).
+const POD_NETWORK: &str = r#"{
+  "cniVersion": "1.0.0",
+  "name": "rustlayer-e2e",
+  "plugins": [{ "type": "rustlayer-e2e-pod-net", "address": "192.0.2.10/24" }]
+}
+"#;
 
 /// containerd's config for this release. No CNI: host-network pods need none.
 /// restrict_oom_score_adj because containerd runs with a raised OOM score
@@ -374,6 +405,25 @@ fn containerd_config(setup: &Setup, d: &Path, socket: &Path) -> String {
     let sandbox = setup.sandbox_image;
     if setup.release.config_v3() {
         let platform = format!("linux/{}", go_arch());
+        // Pods in user namespaces: containerd passes the mapping labels to the
+        // proxy and idmaps the layers its mounts name (uidmap=/gidmap=) rather
+        // than chowning a copy of the image; the handler's shim runs a runc
+        // with idmapped mounts; pod networks come from the CNI plugins.
+        let (capabilities, binary_name, cni) = match setup.user_namespaces {
+            Some(u) => (
+                "\n  capabilities = [\"remap-ids\"]".to_owned(),
+                format!("\n  BinaryName = \"{}\"", u.runc.display()),
+                format!(
+                    "bin_dirs = [\"{}\"]\n  use_internal_loopback = true",
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("cri/cni").display()
+                ),
+            ),
+            None => (
+                String::new(),
+                String::new(),
+                format!("bin_dirs = [\"{d}/cni/bin\"]"),
+            ),
+        };
         return format!(
             r#"version = 3
 root = "{d}/root"
@@ -441,10 +491,10 @@ disabled_plugins = [
   snapshotter = "rustlayer"
 
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{HANDLER}.options]
-  Root = "{d}/runc"
+  Root = "{d}/runc"{binary_name}
 
 [plugins."io.containerd.cri.v1.runtime".cni]
-  bin_dirs = ["{d}/cni/bin"]
+  {cni}
   conf_dir = "{d}/cni/net.d"
 
 [plugins."io.containerd.grpc.v1.cri"]
@@ -466,7 +516,7 @@ disabled_plugins = [
 [proxy_plugins.rustlayer]
   type = "snapshot"
   address = "{rl}"
-  exports = {{ root = "{rl_root}" }}
+  exports = {{ root = "{rl_root}" }}{capabilities}
 "#
         );
     }
@@ -563,6 +613,10 @@ impl Containerd {
         let socket = d.join("containerd.sock");
         for sub in ["cni/bin", "cni/net.d", "pods"] {
             std::fs::create_dir_all(d.join(sub)).expect("mkdir");
+        }
+        if setup.user_namespaces.is_some() {
+            std::fs::write(d.join("cni/net.d/10-rustlayer-e2e.conflist"), POD_NETWORK)
+                .expect("CNI config");
         }
         // The registry speaks plain HTTP: containerd's per-registry hosts.toml
         // says so, the way a node is configured for it.
@@ -914,6 +968,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
         snapshotter_root: &daemon.root,
         registry_host: &registry.host,
         sandbox_image: &sandbox_image.name,
+        user_namespaces: None,
     };
     let mut containerd = Containerd::start(&setup, work.path().join("containerd"));
 
