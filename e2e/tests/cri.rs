@@ -415,7 +415,9 @@ fn containerd_config(setup: &Setup, d: &Path, socket: &Path) -> String {
                 format!("\n  BinaryName = \"{}\"", u.runc.display()),
                 format!(
                     "bin_dirs = [\"{}\"]\n  use_internal_loopback = true",
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("cri/cni").display()
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("cri/cni")
+                        .display()
                 ),
             ),
             None => (

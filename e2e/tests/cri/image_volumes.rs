@@ -16,11 +16,11 @@ use std::time::Instant;
 
 use rustlayer_e2e_cri::v1 as cri;
 
-use super::{daemon_snapshots, eventually};
 use super::user_namespaces::{
     Node, RANGE, added_actives, container_config, exit_code, log_lines, logged, mapping,
     mapping_labels, pod_config,
 };
+use super::{daemon_snapshots, eventually};
 
 /// What the container says about its image volume at /vol.
 const LOOK_AT_THE_VOLUME: &str = "echo motd=$(cat /vol/etc/motd); \
@@ -131,7 +131,11 @@ async fn image_volumes_come_from_rustlayer() {
              {lines:?}"
         );
         assert_eq!(logged(&lines, "motd").as_deref(), Some("new"), "{lines:?}");
-        assert_eq!(logged(&lines, "data").as_deref(), Some("fresh"), "{lines:?}");
+        assert_eq!(
+            logged(&lines, "data").as_deref(),
+            Some("fresh"),
+            "{lines:?}"
+        );
         assert_eq!(
             logged(&lines, "owners").as_deref(),
             Some("0:0 0:0"),

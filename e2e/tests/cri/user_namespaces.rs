@@ -28,8 +28,8 @@ use rustlayer_e2e_cri::v1::{self as cri, ContainerState, NamespaceMode};
 use tonic::transport::Channel;
 
 use super::{
-    CGROUP_PARENT, Containerd, DEADLINE, HANDLER, RUNTIME_HANDLER_ANNOTATION, Registry, Release, Setup,
-    TestImage, UserNamespaceRuntime, added_snapshots, bounded, daemon_committed_names,
+    CGROUP_PARENT, Containerd, DEADLINE, HANDLER, RUNTIME_HANDLER_ANNOTATION, Registry, Release,
+    Setup, TestImage, UserNamespaceRuntime, added_snapshots, bounded, daemon_committed_names,
     daemon_snapshots, eventually, missing_tools, tail, within,
 };
 
@@ -58,9 +58,11 @@ pub(super) struct Node {
 
 /// A path from the environment hack/cri-e2e.sh sets up.
 fn env_path(name: &str, what: &str) -> PathBuf {
-    let path = std::env::var_os(name).map(PathBuf::from).unwrap_or_else(|| {
-        panic!("{name} is not set: {what} (hack/cri-e2e.sh fetches it with hack/runc-fetch.sh)")
-    });
+    let path = std::env::var_os(name)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!("{name} is not set: {what} (hack/cri-e2e.sh fetches it with hack/runc-fetch.sh)")
+        });
     assert!(path.exists(), "{name}={}: not there", path.display());
     path
 }
@@ -217,10 +219,12 @@ impl Node {
         let started = Instant::now();
         let pod = bounded(
             "RunPodSandbox",
-            self.runtime.clone().run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: HANDLER.into(),
-            }),
+            self.runtime
+                .clone()
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(config.clone()),
+                    runtime_handler: HANDLER.into(),
+                }),
         )
         .await
         .pod_sandbox_id;
@@ -305,9 +309,7 @@ impl Node {
                 .into_iter()
                 .map(|(name, _)| name)
                 .collect();
-            keys.iter()
-                .all(|k| !names.contains(k))
-                .then_some(())
+            keys.iter().all(|k| !names.contains(k)).then_some(())
         })
         .await;
         assert!(
