@@ -48,6 +48,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -918,6 +919,27 @@ fn added_snapshots(
     after.difference(before).cloned().collect()
 }
 
+/// Waits until the container has exited, and returns its CRI status.
+async fn exited(runtime: &RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    eventually(&format!("container {id} exits"), || {
+        let mut runtime = runtime.clone();
+        let id = id.to_owned();
+        async move {
+            let status = runtime
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: id,
+                    verbose: false,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status?;
+            (status.state == ContainerState::ContainerExited as i32).then_some(status)
+        }
+    })
+    .await
+}
+
 /// Asserts that `what` added exactly one snapshot to the daemon, active and keyed
 /// by `id`: a root for it and no layer unpacked again.
 fn assert_one_active_root(added: &[(String, i32)], id: &str, what: &str) -> String {
@@ -929,73 +951,141 @@ fn assert_one_active_root(added: &[(String, i32)], id: &str, what: &str) -> Stri
     added[0].0.clone()
 }
 
+/// What every test here starts from: a rustlayer daemon, a local registry
+/// holding the sandbox and workload images, and a containerd with CRI
+/// configured for this release and the daemon, with CRI clients on it, once its
+/// CRI answers Version. Fields drop in order: containerd (which unmounts what
+/// is left under its directory) first, the work directory last.
+struct Node {
+    release: Release,
+    containerd: Containerd,
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+    version: cri::VersionResponse,
+    snapshots: Client,
+    daemon: Daemon,
+    sandbox_image: TestImage,
+    workload_image: TestImage,
+    _registry: Registry,
+    _work: tempfile::TempDir,
+}
+
+impl Node {
+    /// With `user_namespaces`, the daemon runs with `remap_ids = true` and
+    /// containerd's proxy declares `remap-ids` ([`containerd_config`]).
+    async fn start(test: &str, user_namespaces: Option<&UserNamespaceRuntime>) -> Node {
+        require_root();
+        let missing = missing_tools();
+        if !missing.is_empty() {
+            panic!("{test}: needs {}", missing.join(", "));
+        }
+        let release = Release::of_containerd_on_path();
+
+        let work = tempfile::Builder::new()
+            .prefix("rustlayer-cri-e2e.")
+            .tempdir()
+            .expect("temp dir");
+        let daemon = match user_namespaces {
+            None => Daemon::start(),
+            Some(_) => {
+                // runc, already in the pod's user namespace, reaches the
+                // container's root under containerd's state directory below
+                // this one: the container's root (a host id that is not root)
+                // must be able to traverse it, as it traverses /run/containerd
+                // (0711) on a node.
+                std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o711))
+                    .expect("chmod the work dir");
+                let config = work.path().join("rustlayer.toml");
+                std::fs::write(&config, "remap_ids = true\n").expect("daemon config");
+                Daemon::start_with(&["--config", config.to_str().expect("utf-8")])
+            }
+        };
+        let snapshots = daemon.client().await;
+        let registry = Registry::start(work.path().join("registry"));
+        let images_dir = work.path().join("images");
+        std::fs::create_dir_all(&images_dir).expect("mkdir images");
+        let sandbox_image = TestImage::build_and_push(
+            &registry,
+            &images_dir,
+            "cri/make_pause_image.py",
+            "rustlayer/pause:e2e",
+        );
+        let workload_image = TestImage::build_and_push(
+            &registry,
+            &images_dir,
+            "containerd/make_image.py",
+            "rustlayer/e2e:latest",
+        );
+        let setup = Setup {
+            release,
+            snapshotter_socket: &daemon.socket,
+            snapshotter_root: &daemon.root,
+            registry_host: &registry.host,
+            sandbox_image: &sandbox_image.name,
+            user_namespaces,
+        };
+        let containerd = Containerd::start(&setup, work.path().join("containerd"));
+        if user_namespaces.is_some() {
+            std::fs::set_permissions(containerd.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("chmod containerd's dir");
+        }
+
+        let channel: Channel =
+            eventually("containerd's CRI socket accepts a connection", || async {
+                rustlayer_e2e_cri::connect(&containerd.socket).await.ok()
+            })
+            .await;
+        let runtime = RuntimeServiceClient::new(channel.clone());
+        let images = ImageServiceClient::new(channel);
+        // The CRI plugin registers after containerd starts serving; the kubelet
+        // too retries Version until it answers.
+        let version = eventually("CRI Version answers", || {
+            let mut runtime = runtime.clone();
+            async move {
+                runtime
+                    .version(cri::VersionRequest {
+                        version: "v1".into(),
+                    })
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await;
+        Node {
+            release,
+            containerd,
+            runtime,
+            images,
+            version,
+            snapshots,
+            daemon,
+            sandbox_image,
+            workload_image,
+            _registry: registry,
+            _work: work,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd's CRI plugin and a local registry: hack/cri-e2e.sh runs it"]
 async fn kubelet_runs_a_pod_on_rustlayer() {
-    require_root();
-    let missing = missing_tools();
-    if !missing.is_empty() {
-        panic!(
-            "kubelet_runs_a_pod_on_rustlayer: needs {}",
-            missing.join(", ")
-        );
-    }
-    let release = Release::of_containerd_on_path();
-
-    // Declared first, dropped last: everything below lives in it.
-    let work = tempfile::Builder::new()
-        .prefix("rustlayer-cri-e2e.")
-        .tempdir()
-        .expect("temp dir");
-    let mut daemon = Daemon::start();
-    let snapshots = daemon.client().await;
-    let registry = Registry::start(work.path().join("registry"));
-    let images_dir = work.path().join("images");
-    std::fs::create_dir_all(&images_dir).expect("mkdir images");
-    let sandbox_image = TestImage::build_and_push(
-        &registry,
-        &images_dir,
-        "cri/make_pause_image.py",
-        "rustlayer/pause:e2e",
-    );
-    let workload_image = TestImage::build_and_push(
-        &registry,
-        &images_dir,
-        "containerd/make_image.py",
-        "rustlayer/e2e:latest",
-    );
-    let setup = Setup {
+    // The node owns everything and drops it in order; the test borrows.
+    let mut node = Node::start("kubelet_runs_a_pod_on_rustlayer", None).await;
+    let Node {
         release,
-        snapshotter_socket: &daemon.socket,
-        snapshotter_root: &daemon.root,
-        registry_host: &registry.host,
-        sandbox_image: &sandbox_image.name,
-        user_namespaces: None,
-    };
-    let mut containerd = Containerd::start(&setup, work.path().join("containerd"));
-
-    let channel: Channel = eventually("containerd's CRI socket accepts a connection", || async {
-        rustlayer_e2e_cri::connect(&containerd.socket).await.ok()
-    })
-    .await;
-    let mut runtime = RuntimeServiceClient::new(channel.clone());
-    let mut images = ImageServiceClient::new(channel);
-
-    // The CRI plugin registers after containerd starts serving; the kubelet too
-    // retries Version until it answers.
-    let version = eventually("CRI Version answers", || {
-        let mut runtime = runtime.clone();
-        async move {
-            runtime
-                .version(cri::VersionRequest {
-                    version: "v1".into(),
-                })
-                .await
-                .ok()
-                .map(|r| r.into_inner())
-        }
-    })
-    .await;
+        containerd,
+        runtime,
+        images,
+        version,
+        snapshots,
+        daemon,
+        sandbox_image,
+        workload_image,
+        ..
+    } = &mut node;
+    let release = *release;
     assert_eq!(version.runtime_name, "containerd", "{version:?}");
     assert_eq!(version.runtime_api_version, "v1", "{version:?}");
     eprintln!(
@@ -1099,7 +1189,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
         .collect();
     layers.sort();
     assert_eq!(
-        daemon_committed_names(&snapshots).await,
+        daemon_committed_names(snapshots).await,
         layers,
         "the daemon holds each image layer as one committed snapshot named by its chain id"
     );
@@ -1115,7 +1205,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
     );
 
     // --- 2. The pod: one active snapshot per root, no second unpack -----------
-    let before = daemon_snapshots(&snapshots).await;
+    let before = daemon_snapshots(snapshots).await;
     let pod = bounded(
         "RunPodSandbox",
         runtime.run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -1126,7 +1216,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
     .await
     .pod_sandbox_id;
     eprintln!("RunPodSandbox: {pod}");
-    let after = daemon_snapshots(&snapshots).await;
+    let after = daemon_snapshots(snapshots).await;
     assert_one_active_root(
         &added_snapshots(&before, &after, "RunPodSandbox"),
         &pod,
@@ -1165,7 +1255,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
     .await
     .container_id;
     eprintln!("CreateContainer: {container}");
-    let after = daemon_snapshots(&snapshots).await;
+    let after = daemon_snapshots(snapshots).await;
     let container_key = assert_one_active_root(
         &added_snapshots(&before, &after, "CreateContainer"),
         &container,
@@ -1184,23 +1274,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
         }),
     )
     .await;
-    let status = eventually("the container exits", || {
-        let mut runtime = runtime.clone();
-        let id = container.clone();
-        async move {
-            let status = runtime
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: id,
-                    verbose: false,
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .status?;
-            (status.state == ContainerState::ContainerExited as i32).then_some(status)
-        }
-    })
-    .await;
+    let status = exited(runtime, &container).await;
     assert_eq!(status.exit_code, 0, "{status:?}");
 
     // CRI's log format: "<time> <stream> <P|F> <text>" a line.
@@ -1243,7 +1317,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
 
     // A container that stays up, for the stats the kubelet's eviction reads:
     // which filesystem containerd accounts its writable layer to.
-    let before = daemon_snapshots(&snapshots).await;
+    let before = daemon_snapshots(snapshots).await;
     let idle = bounded(
         "CreateContainer (idle)",
         runtime.create_container(cri::CreateContainerRequest {
@@ -1254,7 +1328,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
     )
     .await
     .container_id;
-    let after = daemon_snapshots(&snapshots).await;
+    let after = daemon_snapshots(snapshots).await;
     assert_one_active_root(
         &added_snapshots(&before, &after, "CreateContainer (idle)"),
         &idle,
@@ -1344,7 +1418,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
         ("idle container", &idle),
     ] {
         let gone = within(|| async {
-            daemon_snapshots_of(&snapshots, id)
+            daemon_snapshots_of(snapshots, id)
                 .await
                 .is_empty()
                 .then_some(())
@@ -1354,7 +1428,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
             gone.is_some(),
             "the daemon still has the {what}'s snapshot {DEADLINE:?} after the pod was removed: {:?}\n\
              --- daemon log\n{}\n--- containerd log\n{}",
-            daemon_snapshots_of(&snapshots, id).await,
+            daemon_snapshots_of(snapshots, id).await,
             tail(&daemon.log(), 30),
             containerd.log(),
         );
@@ -1365,7 +1439,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
     );
     // The images' layers stay: the pod is gone, the node keeps its images.
     assert_eq!(
-        daemon_committed_names(&snapshots).await,
+        daemon_committed_names(snapshots).await,
         layers,
         "pause (1) and workload (3) layers stay"
     );
@@ -1404,7 +1478,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
             "rustlayer"
         }
     );
-    assert_eq!(daemon_committed_names(&snapshots).await, layers);
+    assert_eq!(daemon_committed_names(snapshots).await, layers);
     eprintln!(
         "PullImage with ImageSpec.runtime_handler alone: {}",
         if into_overlayfs {

@@ -17,10 +17,10 @@ use std::time::Instant;
 use rustlayer_e2e_cri::v1 as cri;
 
 use super::user_namespaces::{
-    Node, RANGE, added_actives, container_config, exit_code, log_lines, logged, mapping,
+    RANGE, UserNamespaceNode, added_actives, container_config, log_lines, logged, mapping,
     mapping_labels, pod_config,
 };
-use super::{daemon_snapshots, eventually};
+use super::{daemon_snapshots, eventually, exited};
 
 /// What the container says about its image volume at /vol.
 const LOOK_AT_THE_VOLUME: &str = "echo motd=$(cat /vol/etc/motd); \
@@ -39,8 +39,13 @@ fn mounted(path: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd >= 2.1 with CRI, a runc >= 1.2 and CNI plugins: hack/cri-e2e.sh runs it on 2.x"]
 async fn image_volumes_come_from_rustlayer() {
-    let node = Node::start((2, 1, "a CRI image volume (KEP-4639)")).await;
-    let top_layer = node.workload.chain_ids.last().expect("a layer").clone();
+    let node = UserNamespaceNode::start((2, 1, "a CRI image volume (KEP-4639)")).await;
+    let top_layer = node
+        .workload_image
+        .chain_ids
+        .last()
+        .expect("a layer")
+        .clone();
 
     for (name, host) in [("volume", None), ("volume-userns", Some(18 * RANGE))] {
         let log_directory = node.log_directory(name);
@@ -59,8 +64,12 @@ async fn image_volumes_come_from_rustlayer() {
             ..Default::default()
         };
         let with_volume = |container: &str, readonly: bool| {
-            let mut config =
-                container_config(container, &node.workload.name, LOOK_AT_THE_VOLUME, host);
+            let mut config = container_config(
+                container,
+                &node.workload_image.name,
+                LOOK_AT_THE_VOLUME,
+                host,
+            );
             config.mounts = vec![volume(readonly)];
             config
         };
@@ -124,7 +133,11 @@ async fn image_volumes_come_from_rustlayer() {
         );
 
         let start = node.start_container(&container).await;
-        assert_eq!(exit_code(&node, &container).await, 0, "{name}");
+        assert_eq!(
+            exited(&node.runtime, &container).await.exit_code,
+            0,
+            "{name}"
+        );
         let lines = log_lines(&log_directory.join("reader/0.log"));
         eprintln!(
             "{name}: CreateContainer with the image volume {create:?}, StartContainer {start:?}: \

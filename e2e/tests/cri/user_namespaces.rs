@@ -16,44 +16,41 @@
 //! releases rather than pass: hack/cri-e2e.sh runs them on 2.x only.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustlayer_core::{GID_MAPPING_LABEL, UID_MAPPING_LABEL};
-use rustlayer_e2e::{Client, Daemon, PbKind, require_root};
-use rustlayer_e2e_cri::v1::image_service_client::ImageServiceClient;
-use rustlayer_e2e_cri::v1::runtime_service_client::RuntimeServiceClient;
-use rustlayer_e2e_cri::v1::{self as cri, ContainerState, NamespaceMode};
-use tonic::transport::Channel;
+use rustlayer_e2e::{Client, PbKind, require_root};
+use rustlayer_e2e_cri::v1::{self as cri, NamespaceMode};
 
 use super::{
-    CGROUP_PARENT, Containerd, DEADLINE, HANDLER, RUNTIME_HANDLER_ANNOTATION, Registry, Release,
-    Setup, TestImage, UserNamespaceRuntime, added_snapshots, bounded, daemon_committed_names,
-    daemon_snapshots, eventually, missing_tools, tail, within,
+    CGROUP_PARENT, DEADLINE, HANDLER, Node, RUNTIME_HANDLER_ANNOTATION, Release,
+    UserNamespaceRuntime, added_snapshots, bounded, daemon_committed_names, daemon_snapshots,
+    eventually, tail, within,
 };
 
 /// The size of every pod's id range, as the kubelet allocates them.
 pub(super) const RANGE: u32 = 65536;
 
-/// A node as these tests need it: a rustlayer daemon with `remap_ids`, a local
-/// registry holding the sandbox and workload images (pulled for the handler),
-/// and containerd with CRI, `remap-ids`, a runc with idmapped mounts and CNI.
-pub(super) struct Node {
-    pub release: Release,
-    pub daemon: Daemon,
-    pub snapshots: Client,
-    pub containerd: Containerd,
-    pub runtime: RuntimeServiceClient<Channel>,
-    pub workload: TestImage,
+/// A node as these tests need it: the daemon with `remap_ids`, containerd with
+/// `remap-ids`, a runc with idmapped mounts and a pod network, and the sandbox
+/// and workload images pulled for the handler.
+pub(super) struct UserNamespaceNode {
+    node: Node,
     /// What PullImage answered for the workload image: what the kubelet puts
     /// in an image volume's ImageSpec.
     pub workload_ref: String,
     /// The layers of both images, sorted: all the daemon may hold committed.
     pub layers: Vec<String>,
-    _registry: Registry,
-    /// Declared last, dropped last: everything above lives in it.
-    _work: tempfile::TempDir,
+}
+
+impl std::ops::Deref for UserNamespaceNode {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
 }
 
 /// A path from the environment hack/cri-e2e.sh sets up.
@@ -67,13 +64,11 @@ fn env_path(name: &str, what: &str) -> PathBuf {
     path
 }
 
-impl Node {
+impl UserNamespaceNode {
     /// `need` says which release the caller's feature came with, as
     /// (major, minor, what): an older containerd fails the test, loudly.
-    pub async fn start(need: (u32, u32, &str)) -> Node {
+    pub async fn start(need: (u32, u32, &str)) -> UserNamespaceNode {
         require_root();
-        let missing = missing_tools();
-        assert!(missing.is_empty(), "needs {}", missing.join(", "));
         let release = Release::of_containerd_on_path();
         let (major, minor, what) = need;
         assert!(
@@ -84,68 +79,17 @@ impl Node {
         let user_namespaces = UserNamespaceRuntime {
             runc: env_path("CRI_E2E_RUNC", "a runc >= 1.2").join("runc"),
         };
+        let node = Node::start(what, Some(&user_namespaces)).await;
 
-        let work = tempfile::Builder::new()
-            .prefix("rustlayer-cri-userns.")
-            .tempdir()
-            .expect("temp dir");
-        // runc, already in the pod's user namespace, reaches the container's
-        // root under containerd's state directory below this one: the
-        // container's root (a host id that is not root) must be able to traverse
-        // it, as it traverses /run/containerd (0711) on a node.
-        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o711))
-            .expect("chmod the work dir");
-        let config = work.path().join("rustlayer.toml");
-        std::fs::write(&config, "remap_ids = true\n").expect("daemon config");
-        let daemon = Daemon::start_with(&["--config", config.to_str().expect("utf-8")]);
-        let snapshots = daemon.client().await;
-        let registry = Registry::start(work.path().join("registry"));
-        let images_dir = work.path().join("images");
-        std::fs::create_dir_all(&images_dir).expect("mkdir images");
-        let sandbox_image = TestImage::build_and_push(
-            &registry,
-            &images_dir,
-            "cri/make_pause_image.py",
-            "rustlayer/pause:e2e",
-        );
-        let workload = TestImage::build_and_push(
-            &registry,
-            &images_dir,
-            "containerd/make_image.py",
-            "rustlayer/e2e:latest",
-        );
-        let setup = Setup {
-            release,
-            snapshotter_socket: &daemon.socket,
-            snapshotter_root: &daemon.root,
-            registry_host: &registry.host,
-            sandbox_image: &sandbox_image.name,
-            user_namespaces: Some(&user_namespaces),
-        };
-        let containerd = Containerd::start(&setup, work.path().join("containerd"));
-        std::fs::set_permissions(containerd.path(), std::fs::Permissions::from_mode(0o711))
-            .expect("chmod containerd's dir");
-
-        let channel: Channel =
-            eventually("containerd's CRI socket accepts a connection", || async {
-                rustlayer_e2e_cri::connect(&containerd.socket).await.ok()
-            })
-            .await;
-        let runtime = RuntimeServiceClient::new(channel.clone());
-        let mut images = ImageServiceClient::new(channel);
         // The kubelet runs a pod with hostUsers: false only on a handler whose
         // features say it can; containerd says so only for a runc with idmapped
         // mounts.
-        let status = eventually("CRI Status answers", || {
-            let mut runtime = runtime.clone();
-            async move {
-                runtime
-                    .status(cri::StatusRequest { verbose: false })
-                    .await
-                    .ok()
-                    .map(|r| r.into_inner())
-            }
-        })
+        let status = bounded(
+            "CRI Status",
+            node.runtime
+                .clone()
+                .status(cri::StatusRequest { verbose: false }),
+        )
         .await;
         let features = status
             .runtime_handlers
@@ -162,11 +106,11 @@ impl Node {
 
         let annotated = pod_config("pull", "uid-pull", Path::new("/"), None);
         let mut workload_ref = String::new();
-        for image in [&sandbox_image, &workload] {
+        for image in [&node.sandbox_image, &node.workload_image] {
             let started = Instant::now();
             let image_ref = bounded(
                 &format!("PullImage {} for handler {HANDLER}", image.name),
-                images.pull_image(cri::PullImageRequest {
+                node.images.clone().pull_image(cri::PullImageRequest {
                     image: Some(cri::ImageSpec {
                         image: image.name.clone(),
                         runtime_handler: HANDLER.into(),
@@ -181,29 +125,23 @@ impl Node {
             eprintln!("PullImage {}: {:?}", image.name, started.elapsed());
             workload_ref = image_ref;
         }
-        let mut layers: Vec<String> = sandbox_image
+        let mut layers: Vec<String> = node
+            .sandbox_image
             .chain_ids
             .iter()
-            .chain(&workload.chain_ids)
+            .chain(&node.workload_image.chain_ids)
             .cloned()
             .collect();
         layers.sort();
         assert_eq!(
-            daemon_committed_names(&snapshots).await,
+            daemon_committed_names(&node.snapshots).await,
             layers,
             "the pulls unpacked each layer into rustlayer once"
         );
-        Node {
-            release,
-            daemon,
-            snapshots,
-            containerd,
-            runtime,
-            workload,
+        UserNamespaceNode {
+            node,
             workload_ref,
             layers,
-            _registry: registry,
-            _work: work,
         }
     }
 
@@ -438,27 +376,6 @@ pub(super) async fn log_with(path: &Path, key: &str) -> Vec<String> {
     .await
 }
 
-/// Waits until the container has exited, and returns its exit code.
-pub(super) async fn exit_code(node: &Node, id: &str) -> i32 {
-    eventually("the container exits", || {
-        let mut runtime = node.runtime.clone();
-        let id = id.to_owned();
-        async move {
-            let status = runtime
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: id,
-                    verbose: false,
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .status?;
-            (status.state == ContainerState::ContainerExited as i32).then_some(status.exit_code)
-        }
-    })
-    .await
-}
-
 /// The snapshots one CRI call added to the daemon, all active.
 pub(super) fn added_actives(
     before: &BTreeSet<(String, i32)>,
@@ -517,7 +434,7 @@ fn host_ids(pid: u32) -> (u32, u32) {
 }
 
 /// The container's init process on the host, from CRI's verbose status.
-async fn container_pid(node: &Node, id: &str) -> u32 {
+async fn container_pid(node: &UserNamespaceNode, id: &str) -> u32 {
     let status = bounded(
         "ContainerStatus (verbose)",
         node.runtime
@@ -563,7 +480,7 @@ struct ProbedPod {
     timings: [Duration; 4],
 }
 
-async fn run_probe(node: &Node, name: &str, host: Option<u32>) -> ProbedPod {
+async fn run_probe(node: &UserNamespaceNode, name: &str, host: Option<u32>) -> ProbedPod {
     let log_directory = node.log_directory(name);
     let sandbox = pod_config(name, &format!("uid-{name}"), &log_directory, host);
     let before = daemon_snapshots(&node.snapshots).await;
@@ -576,7 +493,7 @@ async fn run_probe(node: &Node, name: &str, host: Option<u32>) -> ProbedPod {
     );
     let sandbox_key = added[0].clone();
 
-    let config = container_config("probe", &node.workload.name, PROBE, host);
+    let config = container_config("probe", &node.workload_image.name, PROBE, host);
     let (container, create) = node
         .create(&pod, &sandbox, config)
         .await
@@ -620,7 +537,7 @@ fn print_timings(what: &str, t: &[Duration; 4]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd >= 2.0 with CRI, a runc >= 1.2 and CNI plugins: hack/cri-e2e.sh runs it on 2.x"]
 async fn pod_in_a_user_namespace_runs_on_idmapped_layers() {
-    let node = Node::start((2, 0, "a CRI pod in a user namespace on the proxy")).await;
+    let node = UserNamespaceNode::start((2, 0, "a CRI pod in a user namespace on the proxy")).await;
 
     // A pod without a user namespace first, on the same node: the baseline
     // for the start times, and the container's root is the host's.
