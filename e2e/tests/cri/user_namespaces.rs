@@ -524,13 +524,13 @@ async fn run_probe(node: &UserNamespaceNode, name: &str, host: Option<u32>) -> P
 
 fn print_timings(what: &str, t: &[Duration; 4]) {
     eprintln!(
-        "{what}: RunPodSandbox {:?}, CreateContainer {:?}, StartContainer {:?}, first output {:?} later; \
-         pod up in {:?}",
+        "{what}: RunPodSandbox {:?}, CreateContainer {:?}, StartContainer {:?}: pod up in {:?}; \
+         its first output seen {:?} later (polled every 100 ms)",
         t[0],
         t[1],
         t[2],
+        t[..3].iter().sum::<Duration>(),
         t[3],
-        t.iter().sum::<Duration>()
     );
 }
 
