@@ -53,6 +53,33 @@ impl std::ops::Deref for UserNamespaceNode {
     }
 }
 
+/// A runc's version line, and whether its `runc features` list both the user
+/// namespace and idmapped mounts: what containerd 2.1's CRI requires before it
+/// reports a handler as supporting user namespaces (runc >= 1.2).
+fn runc_features(runc: &Path) -> (String, bool) {
+    let run = |arg: &str| {
+        let out = std::process::Command::new(runc)
+            .arg(arg)
+            .output()
+            .unwrap_or_else(|e| panic!("{} {arg}: {e}", runc.display()));
+        assert!(out.status.success(), "{} {arg}: {out:?}", runc.display());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let version = run("--version")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let features: serde_json::Value =
+        serde_json::from_str(&run("features")).expect("runc features prints JSON");
+    let linux = &features["linux"];
+    let userns = linux["namespaces"]
+        .as_array()
+        .is_some_and(|n| n.iter().any(|n| n == "user"));
+    let idmap = linux["mountExtensions"]["idmap"]["enabled"] == true;
+    (version, userns && idmap)
+}
+
 /// A path from the environment hack/cri-e2e.sh sets up.
 fn env_path(name: &str, what: &str) -> PathBuf {
     let path = std::env::var_os(name)
@@ -91,17 +118,33 @@ impl UserNamespaceNode {
                 .status(cri::StatusRequest { verbose: false }),
         )
         .await;
-        let features = status
-            .runtime_handlers
-            .iter()
-            .find(|h| h.name == HANDLER)
-            .and_then(|h| h.features)
-            .unwrap_or_else(|| panic!("CRI Status lists no features of {HANDLER}: {status:?}"));
+        let supports_userns = |handler: &str| {
+            status
+                .runtime_handlers
+                .iter()
+                .find(|h| h.name == handler)
+                .and_then(|h| h.features)
+                .unwrap_or_else(|| panic!("CRI Status lists no features of {handler}: {status:?}"))
+                .user_namespaces
+        };
         assert!(
-            features.user_namespaces,
+            supports_userns(HANDLER),
             "containerd {release} says handler {HANDLER} (runc {}) cannot run pods in user \
              namespaces: {status:?}",
             user_namespaces.runc.display()
+        );
+        // The node's other handler runs the runc on PATH (Debian 12's 1.1.5):
+        // containerd's answer for it is what that runc's features say.
+        let (plain_runc, expected) = runc_features(Path::new("runc"));
+        assert_eq!(
+            supports_userns("runc"),
+            expected,
+            "containerd's user-namespace answer for the handler running {plain_runc}"
+        );
+        eprintln!(
+            "CRI Status: handler {HANDLER} ({}) supports user namespaces; handler runc \
+             ({plain_runc}): {expected}",
+            runc_features(&user_namespaces.runc).0
         );
 
         let annotated = pod_config("pull", "uid-pull", Path::new("/"), None);
