@@ -27,6 +27,7 @@ test=(
   prometheus curl                                   # a real Prometheus scraping the exporter
   qemu-system-x86 cpio dmsetup thin-provisioning-tools e2fsprogs xfsprogs # the VM tier
   docker-registry skopeo                            # a local registry for CRI pulls
+  patchelf iproute2                                 # CRI pods in user namespaces: sid's runc, the pod network
 )
 
 list=''

@@ -314,9 +314,28 @@ class DaemonSet(unittest.TestCase):
         objects = render({"containerdConfig": {"patch": {"enabled": True}}})
         pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
         self.assertIs(pod["hostPID"], True)
-        (init,) = pod["initContainers"]
+        probe, init = pod["initContainers"]
+        # The daemon's own start-up probe, with remap_ids on, in the daemon's
+        # image and on its root, answers for the patcher whether layers can be
+        # idmapped on the node (Patcher.test_chart_probe_on_this_kernel runs it).
+        self.assertEqual(probe["name"], "idmap-probe")
+        self.assertEqual(probe["image"], pod["containers"][0]["image"])
+        self.assertIs(probe["securityContext"]["privileged"], True)
+        self.assertIn("remap_ids = true", probe["command"][-1])
+        self.assertIn("rustlayer check --config /run/rustlayer-patch/probe.toml --output json", probe["command"][-1])
+        self.assertEqual({m["name"]: m["mountPath"] for m in probe["volumeMounts"]},
+                         {"config": "/etc/rustlayer", "root": "/var/lib/rustlayer",
+                          "containerd-patch-state": "/run/rustlayer-patch"})
         self.assertEqual(init["command"], ["sh", "/opt/rustlayer/patch-containerd.sh", "add"])
         env = {e["name"]: e["value"] for e in init["env"]}
+        self.assertEqual(env["IDMAP_CHECK"], "/run/rustlayer-patch/check.json")
+        self.assertEqual(env["DAEMON_CONFIG"], "/etc/rustlayer/config.toml")
+        self.assertEqual(env["DAEMON_CONFIG_OUT"], "/run/rustlayer-patch/config.toml")
+        # The daemon reads the patcher's copy of its config, remap_ids as containerd declares.
+        daemon = pod["containers"][0]
+        self.assertEqual(daemon["command"], ["rustlayer", "serve", "--config", "/run/rustlayer-patch/config.toml"])
+        self.assertIn({"name": "containerd-patch-state", "mountPath": "/run/rustlayer-patch", "readOnly": True},
+                      daemon["volumeMounts"])
         self.assertEqual(env["CONFIG"], "/host/etc/containerd/config.toml")
         self.assertEqual(env["HOST_CONFIG"], "/etc/containerd/config.toml")
         self.assertEqual(env["SNAPSHOTTER_ADDRESS"], "/run/rustlayer/rustlayer.sock")
@@ -329,10 +348,13 @@ class DaemonSet(unittest.TestCase):
         self.assertEqual(len(scripts), 1)
         self.assertEqual(scripts[0]["data"]["patch-containerd.sh"].strip(), PATCHER.read_text().strip())
         self.assertEqual(volumes["containerd-patch"]["configMap"]["name"], scripts[0]["metadata"]["name"])
+        self.assertEqual(volumes["containerd-patch-state"], {"name": "containerd-patch-state", "emptyDir": {}})
+        without = one(render(), "DaemonSet")["spec"]["template"]["spec"]
+        self.assertEqual(without["containers"][0]["command"][-1], "/etc/rustlayer/config.toml")
         removing = render({"containerdConfig": {"patch": {"enabled": True, "mode": "remove", "restart": False}},
                            "config": {"backend": "devmapper"}})
-        init = one(removing, "DaemonSet")["spec"]["template"]["spec"]["initContainers"][0]
-        self.assertEqual(init["command"][-1], "remove")
+        (init,) = one(removing, "DaemonSet")["spec"]["template"]["spec"]["initContainers"]
+        self.assertEqual(init["command"][-1], "remove", "no probe when the patcher takes rustlayer out")
         self.assertIn("RESTART_CMD", {e["name"] for e in init["env"]})
         # The patcher declares "rebase" only for the overlay backend.
         self.assertEqual({e["name"]: e["value"] for e in init["env"]}["SNAPSHOTTER_BACKEND"], "devmapper")
@@ -623,6 +645,26 @@ GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "ppc64le": "ppc
            "riscv64": "riscv64"}
 
 
+def check_json(probe: str) -> str:
+    """What the chart's idmap-probe writes: `rustlayer check --output json` (an
+    array of check, ok, detail) on a node whose probe `idmaps` or `cannot idmap`
+    overlay lower layers, on the devmapper backend (`no idmap check`), compact
+    (`..., compact`), or `empty` (the probe wrote nothing)."""
+    if probe == "empty":
+        return ""
+    checks = [{"check": "kernel", "ok": True, "detail": "Linux 6.1.0"},
+              {"check": "root", "ok": True, "detail": "/var/lib/rustlayer is a private directory"}]
+    if probe == "no idmap check":
+        checks.append({"check": "thin pool", "ok": True, "detail": "pool p"})
+    else:
+        idmaps = probe.startswith("idmaps")
+        checks.append({"check": "idmapped layers", "ok": idmaps,
+                       "detail": "overlayfs mounts on idmapped lower layers; remap_ids is on" if idmaps else
+                       "idmapped mount: Invalid argument; remap_ids is on: turn it off"})
+    checks.append({"check": "daemon", "ok": False, "detail": "not serving"})
+    return json.dumps(checks) if probe.endswith("compact") else json.dumps(checks, indent=2)
+
+
 def node_platform() -> str:
     """The platform the patcher writes for this machine: containerd's default."""
     return "linux/" + GO_ARCH.get(os.uname().machine, os.uname().machine)
@@ -833,22 +875,71 @@ class Patcher(unittest.TestCase):
 
     def test_capabilities(self):
         cases = {
-            # (containerd version, backend): the capabilities declared
-            ("1.7.24", "overlay"): None,
-            ("2.1.9", "overlay"): None,
-            ("2.2.0", "overlay"): ["rebase"],
-            ("2.2.0", "devmapper"): None,
-            ("3.0.0", "overlay"): ["rebase"],
+            # (containerd version, backend, what the node's probe found): the capabilities declared
+            ("1.7.24", "overlay", "idmaps"): None,
+            ("2.1.9", "overlay", None): None,
+            ("2.1.9", "overlay", "idmaps"): ["remap-ids"],
+            ("2.1.9", "overlay", "idmaps, compact"): ["remap-ids"],
+            ("2.1.9", "overlay", "cannot idmap"): None,
+            ("2.1.9", "overlay", "empty"): None,
+            ("2.2.0", "overlay", "idmaps"): ["rebase", "remap-ids"],
+            ("2.2.0", "overlay", None): ["rebase"],
+            ("2.2.0", "devmapper", "no idmap check"): None,
+            ("3.0.0", "overlay", "cannot idmap"): ["rebase"],
         }
-        for (version, backend), expected in cases.items():
-            with self.subTest(f"patch-containerd.sh: containerd {version}, {backend} backend declares "
-                              f"{expected or 'no capabilities'} (rebase needs 2.2 and overlay; never remap-ids)"):
+        daemon_config = self.dir / "daemon.toml"
+        daemon_config.write_text('root = "/var/lib/rustlayer"\nremap_ids = true\n\n[devmapper]\npool_name = "p"\n')
+        out_config = self.dir / "daemon-out.toml"
+        for (version, backend, probe), expected in cases.items():
+            with self.subTest(f"patch-containerd.sh: containerd {version}, {backend} backend, probe "
+                              f"{probe or 'not run'} declares {expected or 'no capabilities'} (rebase needs 2.2 "
+                              "and overlay; remap-ids 2.0 and a probe that idmapped layers), and the daemon's "
+                              "remap_ids says the same"):
                 self.config.write_text(V3 if version[0] != "1" else V2_PROXIES)
-                out = self.run_patcher("add", version, SNAPSHOTTER_BACKEND=backend)
+                out_config.unlink(missing_ok=True)
+                check = self.dir / "check.json"
+                check.unlink(missing_ok=True)
+                if probe is not None:
+                    check.write_text(check_json(probe))
+                out = self.run_patcher("add", version, SNAPSHOTTER_BACKEND=backend, IDMAP_CHECK=str(check),
+                                       DAEMON_CONFIG=str(daemon_config), DAEMON_CONFIG_OUT=str(out_config))
                 self.assertEqual(out.returncode, 0, out.stderr)
                 patched = self.config.read_text()
                 self.assertEqual(tomllib.loads(patched)["proxy_plugins"]["rustlayer"].get("capabilities"), expected)
-                self.assertNotIn("remap-ids", patched)
+                written = tomllib.loads(out_config.read_text())
+                self.assertIs(written["remap_ids"], "remap-ids" in (expected or []), out.stdout + out.stderr)
+                self.assertEqual((written["root"], written["devmapper"]), ("/var/lib/rustlayer", {"pool_name": "p"}),
+                                 "the rest of the daemon's config is kept")
+                removed = self.run_patcher("remove", version, DAEMON_CONFIG=str(daemon_config),
+                                           DAEMON_CONFIG_OUT=str(out_config))
+                self.assertEqual(removed.returncode, 0, removed.stderr)
+                self.assertIs(tomllib.loads(out_config.read_text())["remap_ids"], False, "after remove")
+
+    def test_chart_probe_on_this_kernel(self):
+        """the chart's idmap-probe script, run with the real rustlayer binary on this kernel (which idmaps overlay
+        lower layers), makes the patcher declare remap-ids on 2.1.9 and set the daemon's remap_ids = true"""
+        binary = Path(os.environ.get("RUSTLAYER_BIN", REPO / "target" / "debug" / "rustlayer"))
+        if os.geteuid() != 0:
+            self.skipTest("the probe mounts overlay: needs root")
+        self.assertTrue(binary.is_file(), f"no rustlayer binary at {binary}: cargo build first (or set RUSTLAYER_BIN)")
+        objects = render({"containerdConfig": {"patch": {"enabled": True}}})
+        pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+        script = pod["initContainers"][0]["command"][-1]
+        state, root = self.dir / "state", self.dir / "root"
+        state.mkdir()
+        daemon_config = self.dir / "daemon.toml"
+        daemon_config.write_text(f'root = "{root}"\naddress = "{self.dir}/absent.sock"\n')
+        script = (script.replace("/etc/rustlayer/config.toml", str(daemon_config))
+                  .replace("/run/rustlayer-patch", str(state)).replace("rustlayer check", f"{binary} check"))
+        probe = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120)
+        self.assertEqual(probe.returncode, 0, probe.stderr)
+        self.config.write_text(V3)
+        out = self.run_patcher("add", "2.1.9", IDMAP_CHECK=str(state / "check.json"),
+                               DAEMON_CONFIG=str(daemon_config), DAEMON_CONFIG_OUT=str(state / "config.toml"))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(tomllib.loads(self.config.read_text())["proxy_plugins"]["rustlayer"].get("capabilities"),
+                         ["remap-ids"], (state / "check.json").read_text())
+        self.assertIs(tomllib.loads((state / "config.toml").read_text())["remap_ids"], True)
 
     def test_each_release_loads_its_patched_default(self):
         for release in RELEASES:
@@ -866,7 +957,11 @@ class Patcher(unittest.TestCase):
         for leftover in (self.restarts, self.dir / "config.toml.rustlayer-backup"):
             leftover.unlink(missing_ok=True)
         # That containerd itself is the check the patcher runs before it replaces the file.
-        out = self.run_patcher("add", release, check=f'"{containerd}" --config "$1" config dump >/dev/null')
+        # A node whose probe idmapped layers: 2.x declares remap-ids.
+        check = self.dir / "check.json"
+        check.write_text(check_json("idmaps"))
+        out = self.run_patcher("add", release, check=f'"{containerd}" --config "$1" config dump >/dev/null',
+                               IDMAP_CHECK=str(check))
         self.assertEqual(out.returncode, 0, out.stderr + out.stdout)
         self.assertEqual(self.restart_count(), 1)
         patched = self.config.read_text()
@@ -881,7 +976,8 @@ class Patcher(unittest.TestCase):
             self.assertNotIn("rustlayer", cri["runtimes"], "1.6 has no per-runtime snapshotter")
         else:
             self.assertEqual(proxy["exports"]["root"], "/var/lib/rustlayer")
-            self.assertFalse(proxy.get("capabilities"), "neither 1.7 nor 2.1 sends Commit a parent: no rebase")
+            # Neither 1.7 nor 2.1 sends Commit a parent: no rebase; 2.x idmaps layers.
+            self.assertEqual(proxy.get("capabilities") or [], ["remap-ids"] if version >= (2, 0) else [])
             if version < (2, 0):
                 cri = dump["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
             else:
@@ -895,7 +991,7 @@ class Patcher(unittest.TestCase):
                                  [(node_platform(), "overlayfs", "walking"), (node_platform(), "rustlayer", "walking")])
             self.assertEqual(cri["runtimes"]["rustlayer"]["snapshotter"], "rustlayer")
             self.assertEqual(cri["runtimes"]["rustlayer"]["runtime_type"], "io.containerd.runc.v2")
-        self.assertNotIn("remap-ids", patched)
+        self.assertEqual("remap-ids" in patched, version >= (2, 0))
 
         self.check_running(release, bin_dir, default.stdout, patched)
 
@@ -926,7 +1022,10 @@ class Patcher(unittest.TestCase):
         self.assertEqual(warned_after - warned_before, set(), "deprecations the patch brought in")
         if major_minor(release) >= (1, 7):
             self.assertRegex(detail, r"(?m)^\s+root\s+/var/lib/rustlayer$")
-            self.assertNotIn("Capabilities", detail)
+            if major_minor(release) >= (2, 0):
+                self.assertRegex(detail, r"(?m)^\s*Capabilities:\s+remap-ids$", "containerd declares remap-ids")
+            else:
+                self.assertNotIn("Capabilities", detail)
 
     def observe(self, release: str, bin_dir: Path, text: str, label: str) -> tuple[dict, set, str]:
         """Runs containerd on `text`: each plugin's status, the deprecations it

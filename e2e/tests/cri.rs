@@ -48,6 +48,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,6 +59,12 @@ use rustlayer_e2e_cri::v1::image_service_client::ImageServiceClient;
 use rustlayer_e2e_cri::v1::runtime_service_client::RuntimeServiceClient;
 use rustlayer_e2e_cri::v1::{self as cri, ContainerState, NamespaceMode};
 use tonic::transport::Channel;
+
+// containerd 2.x only: pods in user namespaces and image volumes.
+#[path = "cri/image_volumes.rs"]
+mod image_volumes;
+#[path = "cri/user_namespaces.rs"]
+mod user_namespaces;
 
 /// The namespace containerd's CRI plugin keeps everything in.
 const NS: &str = "k8s.io";
@@ -359,7 +366,32 @@ struct Setup<'a> {
     /// "127.0.0.1:PORT" of the registry, reached over plain HTTP.
     registry_host: &'a str,
     sandbox_image: &'a str,
+    /// Pods in user namespaces (2.x only): the proxy plugin declares
+    /// `remap-ids`, the handler runs this runc, and CRI sets pod networks up
+    /// with these CNI plugins.
+    user_namespaces: Option<&'a UserNamespaceRuntime>,
 }
+
+/// What containerd 2.x needs beyond Debian 12 to run CRI pods in user
+/// namespaces: a runc whose `runc features` lists idmapped mounts
+/// (hack/runc-fetch.sh fetches one), and a pod network, since such a pod's
+/// network namespace is its own ([`POD_NETWORK`]).
+struct UserNamespaceRuntime {
+    /// The runc binary the handler's shim runs (its `BinaryName`).
+    runc: PathBuf,
+}
+
+/// The CNI network of pods that have their own network namespace: the test's
+/// plugin (e2e/cri/cni) puts a veth pair with a documentation-range address
+/// (TEST-NET-1, never routed) inside the pod's namespace, both ends, and
+/// nothing on the host's side, so no traffic leaves the pod. containerd brings
+/// the pod's loopback up itself (`use_internal_loopback`).
+const POD_NETWORK: &str = r#"{
+  "cniVersion": "1.0.0",
+  "name": "rustlayer-e2e",
+  "plugins": [{ "type": "rustlayer-e2e-pod-net", "address": "192.0.2.10/24" }]
+}
+"#;
 
 /// containerd's config for this release. No CNI: host-network pods need none.
 /// restrict_oom_score_adj because containerd runs with a raised OOM score
@@ -374,6 +406,27 @@ fn containerd_config(setup: &Setup, d: &Path, socket: &Path) -> String {
     let sandbox = setup.sandbox_image;
     if setup.release.config_v3() {
         let platform = format!("linux/{}", go_arch());
+        // Pods in user namespaces: containerd passes the mapping labels to the
+        // proxy and idmaps the layers its mounts name (uidmap=/gidmap=) rather
+        // than chowning a copy of the image; the handler's shim runs a runc
+        // with idmapped mounts; pod networks come from the CNI plugins.
+        let (capabilities, binary_name, cni) = match setup.user_namespaces {
+            Some(u) => (
+                "\n  capabilities = [\"remap-ids\"]".to_owned(),
+                format!("\n  BinaryName = \"{}\"", u.runc.display()),
+                format!(
+                    "bin_dirs = [\"{}\"]\n  use_internal_loopback = true",
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("cri/cni")
+                        .display()
+                ),
+            ),
+            None => (
+                String::new(),
+                String::new(),
+                format!("bin_dirs = [\"{d}/cni/bin\"]"),
+            ),
+        };
         return format!(
             r#"version = 3
 root = "{d}/root"
@@ -441,10 +494,10 @@ disabled_plugins = [
   snapshotter = "rustlayer"
 
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{HANDLER}.options]
-  Root = "{d}/runc"
+  Root = "{d}/runc"{binary_name}
 
 [plugins."io.containerd.cri.v1.runtime".cni]
-  bin_dirs = ["{d}/cni/bin"]
+  {cni}
   conf_dir = "{d}/cni/net.d"
 
 [plugins."io.containerd.grpc.v1.cri"]
@@ -466,7 +519,7 @@ disabled_plugins = [
 [proxy_plugins.rustlayer]
   type = "snapshot"
   address = "{rl}"
-  exports = {{ root = "{rl_root}" }}
+  exports = {{ root = "{rl_root}" }}{capabilities}
 "#
         );
     }
@@ -563,6 +616,10 @@ impl Containerd {
         let socket = d.join("containerd.sock");
         for sub in ["cni/bin", "cni/net.d", "pods"] {
             std::fs::create_dir_all(d.join(sub)).expect("mkdir");
+        }
+        if setup.user_namespaces.is_some() {
+            std::fs::write(d.join("cni/net.d/10-rustlayer-e2e.conflist"), POD_NETWORK)
+                .expect("CNI config");
         }
         // The registry speaks plain HTTP: containerd's per-registry hosts.toml
         // says so, the way a node is configured for it.
@@ -862,6 +919,27 @@ fn added_snapshots(
     after.difference(before).cloned().collect()
 }
 
+/// Waits until the container has exited, and returns its CRI status.
+async fn exited(runtime: &RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    eventually(&format!("container {id} exits"), || {
+        let mut runtime = runtime.clone();
+        let id = id.to_owned();
+        async move {
+            let status = runtime
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: id,
+                    verbose: false,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status?;
+            (status.state == ContainerState::ContainerExited as i32).then_some(status)
+        }
+    })
+    .await
+}
+
 /// Asserts that `what` added exactly one snapshot to the daemon, active and keyed
 /// by `id`: a root for it and no layer unpacked again.
 fn assert_one_active_root(added: &[(String, i32)], id: &str, what: &str) -> String {
@@ -873,72 +951,141 @@ fn assert_one_active_root(added: &[(String, i32)], id: &str, what: &str) -> Stri
     added[0].0.clone()
 }
 
+/// What every test here starts from: a rustlayer daemon, a local registry
+/// holding the sandbox and workload images, and a containerd with CRI
+/// configured for this release and the daemon, with CRI clients on it, once its
+/// CRI answers Version. Fields drop in order: containerd (which unmounts what
+/// is left under its directory) first, the work directory last.
+struct Node {
+    release: Release,
+    containerd: Containerd,
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+    version: cri::VersionResponse,
+    snapshots: Client,
+    daemon: Daemon,
+    sandbox_image: TestImage,
+    workload_image: TestImage,
+    _registry: Registry,
+    _work: tempfile::TempDir,
+}
+
+impl Node {
+    /// With `user_namespaces`, the daemon runs with `remap_ids = true` and
+    /// containerd's proxy declares `remap-ids` ([`containerd_config`]).
+    async fn start(test: &str, user_namespaces: Option<&UserNamespaceRuntime>) -> Node {
+        require_root();
+        let missing = missing_tools();
+        if !missing.is_empty() {
+            panic!("{test}: needs {}", missing.join(", "));
+        }
+        let release = Release::of_containerd_on_path();
+
+        let work = tempfile::Builder::new()
+            .prefix("rustlayer-cri-e2e.")
+            .tempdir()
+            .expect("temp dir");
+        let daemon = match user_namespaces {
+            None => Daemon::start(),
+            Some(_) => {
+                // runc, already in the pod's user namespace, reaches the
+                // container's root under containerd's state directory below
+                // this one: the container's root (a host id that is not root)
+                // must be able to traverse it, as it traverses /run/containerd
+                // (0711) on a node.
+                std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o711))
+                    .expect("chmod the work dir");
+                let config = work.path().join("rustlayer.toml");
+                std::fs::write(&config, "remap_ids = true\n").expect("daemon config");
+                Daemon::start_with(&["--config", config.to_str().expect("utf-8")])
+            }
+        };
+        let snapshots = daemon.client().await;
+        let registry = Registry::start(work.path().join("registry"));
+        let images_dir = work.path().join("images");
+        std::fs::create_dir_all(&images_dir).expect("mkdir images");
+        let sandbox_image = TestImage::build_and_push(
+            &registry,
+            &images_dir,
+            "cri/make_pause_image.py",
+            "rustlayer/pause:e2e",
+        );
+        let workload_image = TestImage::build_and_push(
+            &registry,
+            &images_dir,
+            "containerd/make_image.py",
+            "rustlayer/e2e:latest",
+        );
+        let setup = Setup {
+            release,
+            snapshotter_socket: &daemon.socket,
+            snapshotter_root: &daemon.root,
+            registry_host: &registry.host,
+            sandbox_image: &sandbox_image.name,
+            user_namespaces,
+        };
+        let containerd = Containerd::start(&setup, work.path().join("containerd"));
+        if user_namespaces.is_some() {
+            std::fs::set_permissions(containerd.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("chmod containerd's dir");
+        }
+
+        let channel: Channel =
+            eventually("containerd's CRI socket accepts a connection", || async {
+                rustlayer_e2e_cri::connect(&containerd.socket).await.ok()
+            })
+            .await;
+        let runtime = RuntimeServiceClient::new(channel.clone());
+        let images = ImageServiceClient::new(channel);
+        // The CRI plugin registers after containerd starts serving; the kubelet
+        // too retries Version until it answers.
+        let version = eventually("CRI Version answers", || {
+            let mut runtime = runtime.clone();
+            async move {
+                runtime
+                    .version(cri::VersionRequest {
+                        version: "v1".into(),
+                    })
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await;
+        Node {
+            release,
+            containerd,
+            runtime,
+            images,
+            version,
+            snapshots,
+            daemon,
+            sandbox_image,
+            workload_image,
+            _registry: registry,
+            _work: work,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd's CRI plugin and a local registry: hack/cri-e2e.sh runs it"]
 async fn kubelet_runs_a_pod_on_rustlayer() {
-    require_root();
-    let missing = missing_tools();
-    if !missing.is_empty() {
-        panic!(
-            "kubelet_runs_a_pod_on_rustlayer: needs {}",
-            missing.join(", ")
-        );
-    }
-    let release = Release::of_containerd_on_path();
-
-    // Declared first, dropped last: everything below lives in it.
-    let work = tempfile::Builder::new()
-        .prefix("rustlayer-cri-e2e.")
-        .tempdir()
-        .expect("temp dir");
-    let mut daemon = Daemon::start();
-    let snapshots = daemon.client().await;
-    let registry = Registry::start(work.path().join("registry"));
-    let images_dir = work.path().join("images");
-    std::fs::create_dir_all(&images_dir).expect("mkdir images");
-    let sandbox_image = TestImage::build_and_push(
-        &registry,
-        &images_dir,
-        "cri/make_pause_image.py",
-        "rustlayer/pause:e2e",
-    );
-    let workload_image = TestImage::build_and_push(
-        &registry,
-        &images_dir,
-        "containerd/make_image.py",
-        "rustlayer/e2e:latest",
-    );
-    let setup = Setup {
+    // The node owns everything and drops it in order; the test borrows.
+    let mut node = Node::start("kubelet_runs_a_pod_on_rustlayer", None).await;
+    let Node {
         release,
-        snapshotter_socket: &daemon.socket,
-        snapshotter_root: &daemon.root,
-        registry_host: &registry.host,
-        sandbox_image: &sandbox_image.name,
-    };
-    let mut containerd = Containerd::start(&setup, work.path().join("containerd"));
-
-    let channel: Channel = eventually("containerd's CRI socket accepts a connection", || async {
-        rustlayer_e2e_cri::connect(&containerd.socket).await.ok()
-    })
-    .await;
-    let mut runtime = RuntimeServiceClient::new(channel.clone());
-    let mut images = ImageServiceClient::new(channel);
-
-    // The CRI plugin registers after containerd starts serving; the kubelet too
-    // retries Version until it answers.
-    let version = eventually("CRI Version answers", || {
-        let mut runtime = runtime.clone();
-        async move {
-            runtime
-                .version(cri::VersionRequest {
-                    version: "v1".into(),
-                })
-                .await
-                .ok()
-                .map(|r| r.into_inner())
-        }
-    })
-    .await;
+        containerd,
+        runtime,
+        images,
+        version,
+        snapshots,
+        daemon,
+        sandbox_image,
+        workload_image,
+        ..
+    } = &mut node;
+    let release = *release;
     assert_eq!(version.runtime_name, "containerd", "{version:?}");
     assert_eq!(version.runtime_api_version, "v1", "{version:?}");
     eprintln!(
@@ -1042,7 +1189,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
         .collect();
     layers.sort();
     assert_eq!(
-        daemon_committed_names(&snapshots).await,
+        daemon_committed_names(snapshots).await,
         layers,
         "the daemon holds each image layer as one committed snapshot named by its chain id"
     );
@@ -1058,7 +1205,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
     );
 
     // --- 2. The pod: one active snapshot per root, no second unpack -----------
-    let before = daemon_snapshots(&snapshots).await;
+    let before = daemon_snapshots(snapshots).await;
     let pod = bounded(
         "RunPodSandbox",
         runtime.run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -1069,7 +1216,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
     .await
     .pod_sandbox_id;
     eprintln!("RunPodSandbox: {pod}");
-    let after = daemon_snapshots(&snapshots).await;
+    let after = daemon_snapshots(snapshots).await;
     assert_one_active_root(
         &added_snapshots(&before, &after, "RunPodSandbox"),
         &pod,
@@ -1108,7 +1255,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
     .await
     .container_id;
     eprintln!("CreateContainer: {container}");
-    let after = daemon_snapshots(&snapshots).await;
+    let after = daemon_snapshots(snapshots).await;
     let container_key = assert_one_active_root(
         &added_snapshots(&before, &after, "CreateContainer"),
         &container,
@@ -1127,23 +1274,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
         }),
     )
     .await;
-    let status = eventually("the container exits", || {
-        let mut runtime = runtime.clone();
-        let id = container.clone();
-        async move {
-            let status = runtime
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: id,
-                    verbose: false,
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .status?;
-            (status.state == ContainerState::ContainerExited as i32).then_some(status)
-        }
-    })
-    .await;
+    let status = exited(runtime, &container).await;
     assert_eq!(status.exit_code, 0, "{status:?}");
 
     // CRI's log format: "<time> <stream> <P|F> <text>" a line.
@@ -1186,7 +1317,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
 
     // A container that stays up, for the stats the kubelet's eviction reads:
     // which filesystem containerd accounts its writable layer to.
-    let before = daemon_snapshots(&snapshots).await;
+    let before = daemon_snapshots(snapshots).await;
     let idle = bounded(
         "CreateContainer (idle)",
         runtime.create_container(cri::CreateContainerRequest {
@@ -1197,7 +1328,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
     )
     .await
     .container_id;
-    let after = daemon_snapshots(&snapshots).await;
+    let after = daemon_snapshots(snapshots).await;
     assert_one_active_root(
         &added_snapshots(&before, &after, "CreateContainer (idle)"),
         &idle,
@@ -1287,7 +1418,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
         ("idle container", &idle),
     ] {
         let gone = within(|| async {
-            daemon_snapshots_of(&snapshots, id)
+            daemon_snapshots_of(snapshots, id)
                 .await
                 .is_empty()
                 .then_some(())
@@ -1297,7 +1428,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
             gone.is_some(),
             "the daemon still has the {what}'s snapshot {DEADLINE:?} after the pod was removed: {:?}\n\
              --- daemon log\n{}\n--- containerd log\n{}",
-            daemon_snapshots_of(&snapshots, id).await,
+            daemon_snapshots_of(snapshots, id).await,
             tail(&daemon.log(), 30),
             containerd.log(),
         );
@@ -1308,7 +1439,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
     );
     // The images' layers stay: the pod is gone, the node keeps its images.
     assert_eq!(
-        daemon_committed_names(&snapshots).await,
+        daemon_committed_names(snapshots).await,
         layers,
         "pause (1) and workload (3) layers stay"
     );
@@ -1347,7 +1478,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
             "rustlayer"
         }
     );
-    assert_eq!(daemon_committed_names(&snapshots).await, layers);
+    assert_eq!(daemon_committed_names(snapshots).await, layers);
     eprintln!(
         "PullImage with ImageSpec.runtime_handler alone: {}",
         if into_overlayfs {

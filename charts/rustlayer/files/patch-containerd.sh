@@ -19,6 +19,13 @@
 #   2.2 and later    with the overlay backend, the "rebase" capability (containerd
 #                    then sends Commit a parent and unpacks layers in parallel);
 #                    devmapper cannot rebase, and 2.1 never sends one
+#   2.0 and later    the "remap-ids" capability (containerd then hands pods in user
+#                    namespaces to rustlayer with their id mapping and idmaps the
+#                    layers it mounts, instead of chowning a copy of the image), but
+#                    only where the daemon's start-up probe, run on this node
+#                    (IDMAP_CHECK), found that overlay lower layers can be idmapped;
+#                    the daemon's config (DAEMON_CONFIG_OUT) then says
+#                    remap_ids = true, and false everywhere else
 #
 # Everything it writes sits between a BEGIN and an END marker comment, so "add"
 # can be run again (nothing changes, containerd is not restarted) and "remove"
@@ -39,6 +46,12 @@
 #                        [from uname -m: linux/amd64, linux/arm64, ...]
 #   CONTAINERD_VERSION   e.g. 1.7.22; empty asks the host's containerd
 #   SYSTEMD_CGROUP       true, false or auto: as the config's other runtimes [auto]
+#   IDMAP_CHECK          a file holding `rustlayer check --output json` on this node,
+#                        run with remap_ids = true: "remap-ids" is declared only if
+#                        its "idmapped layers" check passed [empty: never declared]
+#   DAEMON_CONFIG        the daemon's config file [empty: none written]
+#   DAEMON_CONFIG_OUT    where to write DAEMON_CONFIG with remap_ids set to whether
+#                        containerd declares remap-ids (false after "remove")
 #   HOST_EXEC            runs a command in the host's namespaces [nsenter -t 1 -m -u -i -n -p --]
 #   CHECK_CMD            shell code that must accept the new file, at host path "$1",
 #                        before it replaces the old one [$HOST_EXEC containerd --config "$1" config dump]
@@ -57,6 +70,9 @@ RUNTIME_HANDLER=${RUNTIME_HANDLER:-rustlayer}
 PLATFORM=${PLATFORM:-}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-}
 SYSTEMD_CGROUP=${SYSTEMD_CGROUP:-auto}
+IDMAP_CHECK=${IDMAP_CHECK:-}
+DAEMON_CONFIG=${DAEMON_CONFIG:-}
+DAEMON_CONFIG_OUT=${DAEMON_CONFIG_OUT:-}
 # Set but empty runs commands directly, for use on the host itself.
 HOST_EXEC=${HOST_EXEC-nsenter -t 1 -m -u -i -n -p --}
 if [ -z "${CHECK_CMD:-}" ]; then
@@ -128,6 +144,30 @@ install_new() {
   sh -c "$RESTART_CMD"
 }
 
+# write_daemon_config true|false: the daemon's config with remap_ids as given,
+# which must match what containerd declares: with remap-ids containerd expects
+# the daemon's mounts to carry the mapping, without it a copy it chowned.
+write_daemon_config() {
+  [ -n "$DAEMON_CONFIG_OUT" ] || return 0
+  [ -f "$DAEMON_CONFIG" ] || die "DAEMON_CONFIG_OUT is set but DAEMON_CONFIG ('$DAEMON_CONFIG') is no file"
+  {
+    printf '# remap_ids: written by patch-containerd.sh, true exactly when containerd declares remap-ids\n'
+    printf 'remap_ids = %s\n\n' "$1"
+    grep -v '^[[:space:]]*remap_ids[[:space:]]*=' "$DAEMON_CONFIG" || true
+  } >"$DAEMON_CONFIG_OUT.tmp"
+  mv -f "$DAEMON_CONFIG_OUT.tmp" "$DAEMON_CONFIG_OUT"
+  say "the daemon's config says remap_ids = $1"
+}
+
+# Whether the "idmapped layers" check in IDMAP_CHECK (rustlayer check's JSON, an
+# array of {"check", "ok", "detail"} objects) passed.
+idmap_probe_passed() {
+  [ -n "$IDMAP_CHECK" ] && [ -s "$IDMAP_CHECK" ] || return 1
+  awk 'BEGIN { RS = "}" }
+    /"check"[ \t\n]*:[ \t\n]*"idmapped layers"/ { found = 1; if ($0 ~ /"ok"[ \t\n]*:[ \t\n]*true/) ok = 1 }
+    END { exit !(found && ok) }' "$IDMAP_CHECK"
+}
+
 # A fresh file with the config's mode and owner, for the new content.
 start_new() {
   cp -p "$CONFIG" "$new"
@@ -141,6 +181,7 @@ if [ "$mode" = remove ]; then
     say "no $PLUGIN_NAME block in $CONFIG; nothing to remove"
     exit 0
   fi
+  write_daemon_config false
   start_new
   strip_block >>"$new"
   install_new
@@ -185,6 +226,19 @@ fi
 rebase=no
 if [ "$SNAPSHOTTER_BACKEND" = overlay ] && { [ "$1" -ge 3 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 2 ]; }; }; then
   rebase=yes
+fi
+
+# containerd 2.0 idmaps the lower layers a snapshotter's mounts name when it
+# declares remap-ids; whether this kernel can is the daemon's own probe's answer.
+remap=no
+if [ "$1" -lt 2 ]; then
+  say "containerd $CONTAINERD_VERSION cannot idmap a proxy's layers (2.0+): remap-ids not declared" >&2
+elif idmap_probe_passed; then
+  remap=yes
+elif [ -n "$IDMAP_CHECK" ] && [ -s "$IDMAP_CHECK" ]; then
+  say "rustlayer check found that overlay lower layers cannot be idmapped on this node (or the backend cannot): remap-ids not declared" >&2
+else
+  say "no rustlayer check result (IDMAP_CHECK): remap-ids not declared" >&2
 fi
 
 if [ "$config_version" = 3 ] && [ -z "$PLATFORM" ]; then
@@ -272,8 +326,11 @@ block=$(
     if [ "$per_runtime" = yes ]; then
       printf '  exports = { root = "%s" }\n' "$SNAPSHOTTER_ROOT"
     fi
-    if [ "$rebase" = yes ]; then
-      printf '  capabilities = ["rebase"]\n'
+    capabilities=''
+    [ "$rebase" = no ] || capabilities='"rebase"'
+    [ "$remap" = no ] || capabilities="${capabilities:+$capabilities, }\"remap-ids\""
+    if [ -n "$capabilities" ]; then
+      printf '  capabilities = [%s]\n' "$capabilities"
     fi
   fi
   if [ "$per_runtime" = no ]; then
@@ -319,6 +376,12 @@ else
   fi
   printf '%s\n%s\n' "$block" "$end" >>"$new"
 fi
+
+# Whether the block declares remap-ids (a proxy table kept from outside it does not).
+case $block in
+  *'"remap-ids"'*) write_daemon_config true ;;
+  *) write_daemon_config false ;;
+esac
 
 # The backup is the file as it was before rustlayer was first added to it.
 if ! cmp -s "$new" "$CONFIG" && ! has_block; then
