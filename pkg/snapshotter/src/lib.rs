@@ -147,6 +147,7 @@ impl Snapshotter {
         validate::parent(parent)?;
         validate::labels(labels)?;
         validate::id_mapping(labels)?;
+        validate::max_size(labels)?;
 
         // Checked before staging so the common refusals cost no storage work; checked
         // again under the write lock because the world may change in between.
@@ -466,6 +467,7 @@ impl Snapshotter {
             let info = tx.info(name)?.ok_or_else(|| Error::NotFound(name.to_owned()))?;
             validate::labels(&info.labels)?;
             validate::id_mapping(&info.labels)?;
+            validate::max_size(&info.labels)?;
             Ok(info)
         })
     }
