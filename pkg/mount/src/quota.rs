@@ -55,6 +55,9 @@ pub trait ProjectQuota: Send + Sync {
     /// exists already keeps its old project.
     fn assign(&self, dir: &Path, project: u32) -> Result<()>;
 
+    /// The project id `dir` is tagged with (0 when none).
+    fn project_of(&self, dir: &Path) -> Result<u32>;
+
     /// Sets (or with [`ProjectLimits::NONE`], clears) the project's hard limits on
     /// the filesystem holding `dir`.
     fn set_limits(&self, dir: &Path, project: u32, limits: ProjectLimits) -> Result<()>;
@@ -199,32 +202,35 @@ fn get_quota(dir: &File, project: u32) -> io::Result<ProjectUsage> {
     }
 }
 
+fn get_xattr(file: &File, dir: &Path) -> Result<FsXattr> {
+    let mut attr = FsXattr::default();
+    // SAFETY: FS_IOC_FSGETXATTR fills a `struct fsxattr`, which `attr` is.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FSGETXATTR, &raw mut attr) };
+    if rc < 0 {
+        return Err(fs_err("read the project id of", dir)(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(attr)
+}
+
 impl ProjectQuota for LinuxProjectQuota {
     fn probe(&self, dir: &Path) -> Result<()> {
         let file = File::open(dir).map_err(fs_err("open", dir))?;
-        let mut attr = FsXattr::default();
-        // SAFETY: FS_IOC_FSGETXATTR fills a `struct fsxattr`, which `attr` is.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FSGETXATTR, &raw mut attr) };
-        if rc < 0 {
-            return Err(fs_err("read the project id of", dir)(
-                io::Error::last_os_error(),
-            ));
-        }
+        get_xattr(&file, dir)?;
         get_quota(&file, 0)
             .map(|_| ())
             .map_err(fs_err("read project quotas of the filesystem of", dir))
     }
 
+    fn project_of(&self, dir: &Path) -> Result<u32> {
+        let file = File::open(dir).map_err(fs_err("open", dir))?;
+        Ok(get_xattr(&file, dir)?.projid)
+    }
+
     fn assign(&self, dir: &Path, project: u32) -> Result<()> {
         let file = File::open(dir).map_err(fs_err("open", dir))?;
-        let mut attr = FsXattr::default();
-        // SAFETY: FS_IOC_FSGETXATTR fills a `struct fsxattr`, which `attr` is.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FSGETXATTR, &raw mut attr) };
-        if rc < 0 {
-            return Err(fs_err("read the project id of", dir)(
-                io::Error::last_os_error(),
-            ));
-        }
+        let mut attr = get_xattr(&file, dir)?;
         attr.projid = project;
         attr.xflags |= FS_XFLAG_PROJINHERIT;
         // SAFETY: FS_IOC_FSSETXATTR reads the `struct fsxattr` just filled in.
@@ -305,6 +311,7 @@ pub struct RecordingProjectQuota {
 #[derive(Debug, Default)]
 struct RecordedState {
     calls: Vec<QuotaCall>,
+    tags: BTreeMap<PathBuf, u32>,
     projects: BTreeMap<u32, ProjectUsage>,
 }
 
@@ -359,13 +366,33 @@ impl ProjectQuota for RecordingProjectQuota {
         self.check(dir)
     }
 
+    /// Refuses a directory that is not empty: what it holds would keep its old
+    /// project, so a caller doing this has a bug the real call would hide.
     fn assign(&self, dir: &Path, project: u32) -> Result<()> {
         self.check(dir)?;
-        self.lock().calls.push(QuotaCall::Assign {
+        let has_entries = std::fs::read_dir(dir)
+            .map_err(fs_err("list", dir))?
+            .next()
+            .is_some();
+        if has_entries {
+            return Err(Error::Fs {
+                what: "tag a directory that already has entries with a project:",
+                path: dir.to_owned(),
+                source: io::Error::from_raw_os_error(libc::ENOTEMPTY),
+            });
+        }
+        let mut state = self.lock();
+        state.tags.insert(dir.to_owned(), project);
+        state.calls.push(QuotaCall::Assign {
             dir: dir.to_owned(),
             project,
         });
         Ok(())
+    }
+
+    fn project_of(&self, dir: &Path) -> Result<u32> {
+        self.check(dir)?;
+        Ok(self.lock().tags.get(dir).copied().unwrap_or(0))
     }
 
     fn set_limits(&self, dir: &Path, project: u32, limits: ProjectLimits) -> Result<()> {
@@ -430,8 +457,12 @@ mod tests {
     #[test]
     fn the_recording_fake_keeps_limits_and_lists_projects_in_order() {
         let q = RecordingProjectQuota::default();
-        let dir = Path::new("/r");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         q.assign(dir, 9).unwrap();
+        assert_eq!(q.project_of(dir).unwrap(), 9);
+        std::fs::write(dir.join("f"), b"x").unwrap();
+        assert!(q.assign(dir, 10).is_err(), "only empty directories");
         q.set_limits(
             dir,
             9,

@@ -20,10 +20,12 @@ mod backend;
 mod error;
 mod layout;
 mod preflight;
+mod quota;
 mod reaper;
 mod usage;
 
 pub use backend::{OverlayBackend, OverlayOptions};
 pub use error::{Error, Result};
 pub use preflight::{IDMAPPED_LAYERS, ensure as ensure_preflight, preflight};
+pub use quota::{PROJECT_QUOTAS, SizeLimits, project_quota_check};
 pub use usage::disk_usage;

@@ -125,6 +125,7 @@ fn backend_at(root: &Path, faults: Arc<Faults>, name: Option<&'static str>) -> A
     let inner = OverlayBackend::open(&OverlayOptions {
         root: root.to_owned(),
         remap_ids: false,
+        size_limits: Default::default(),
     })
     .unwrap();
     Arc::new(FaultyBackend {
@@ -591,6 +592,7 @@ fn corrupt_metadata_is_refused_not_reset() {
     let inner = OverlayBackend::open(&OverlayOptions {
         root: root.clone(),
         remap_ids: false,
+        size_limits: Default::default(),
     })
     .unwrap();
     let err = Snapshotter::open(&root, Arc::new(inner)).unwrap_err();
@@ -606,6 +608,7 @@ fn corrupt_metadata_is_refused_not_reset() {
     let inner = OverlayBackend::open(&OverlayOptions {
         root: root.clone(),
         remap_ids: false,
+        size_limits: Default::default(),
     })
     .unwrap();
     assert!(Snapshotter::open(&root, Arc::new(inner)).is_err());
