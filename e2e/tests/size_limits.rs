@@ -446,11 +446,15 @@ async fn usage_from_counters_does_not_grow_with_the_layer_with_project_quotas() 
     }
     let (bytes, inodes) = figures;
     let started = Instant::now();
+    LinuxProjectQuota.usage(&daemon.root, project(id)).unwrap();
+    let quotactl = started.elapsed();
+    let started = Instant::now();
     let walk = walked(&daemon.root, id);
     let walking = started.elapsed();
     println!(
-        "usage of an active layer of {files} files: counters {counted:?} ({bytes} bytes, \
-         {inodes} inodes), walk {walking:?} ({} bytes, {} inodes)",
+        "usage of an active layer of {files} files: Usage through the daemon from the \
+         counters {counted:?} (the quotactl alone {quotactl:?}; {bytes} bytes, {inodes} \
+         inodes), walk {walking:?} ({} bytes, {} inodes)",
         walk.0, walk.1
     );
     assert_eq!((bytes, inodes), walk);

@@ -88,25 +88,13 @@ const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801C_581F;
 const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401C_5820;
 const FS_XFLAG_PROJINHERIT: u32 = 0x0000_0200;
 
-/// `struct if_dqblk`.
+/// `struct if_nextdqblk`: the fields of a `struct if_dqblk` followed by the id
+/// Q_GETNEXTQUOTA found, so one buffer serves every command. An `if_dqblk` is 72
+/// bytes with its tail padding, which overlaps `id`: Q_GETQUOTA may overwrite it and
+/// Q_SETQUOTA ignores it, neither of which matters, as only Q_GETNEXTQUOTA's is read.
 #[repr(C)]
 #[derive(Default)]
-struct IfDqblk {
-    bhardlimit: u64,
-    bsoftlimit: u64,
-    curspace: u64,
-    ihardlimit: u64,
-    isoftlimit: u64,
-    curinodes: u64,
-    btime: u64,
-    itime: u64,
-    valid: u32,
-}
-
-/// `struct if_nextdqblk`: an `if_dqblk` followed by the id found.
-#[repr(C)]
-#[derive(Default)]
-struct IfNextDqblk {
+struct Dqblk {
     bhardlimit: u64,
     bsoftlimit: u64,
     curspace: u64,
@@ -187,8 +175,8 @@ unsafe fn quotactl(
 }
 
 fn get_quota(dir: &File, project: u32) -> io::Result<ProjectUsage> {
-    let mut q = IfDqblk::default();
-    // SAFETY: Q_GETQUOTA fills a `struct if_dqblk`, which `q` is.
+    let mut q = Dqblk::default();
+    // SAFETY: Q_GETQUOTA fills a `struct if_dqblk`, the start of `q`.
     match unsafe { quotactl(dir, Q_GETQUOTA, project, (&raw mut q).cast()) } {
         Ok(()) => Ok(usage_of(
             q.bhardlimit,
@@ -245,14 +233,14 @@ impl ProjectQuota for LinuxProjectQuota {
 
     fn set_limits(&self, dir: &Path, project: u32, limits: ProjectLimits) -> Result<()> {
         let file = File::open(dir).map_err(fs_err("open", dir))?;
-        let mut q = IfDqblk {
+        let mut q = Dqblk {
             // Rounded up: a limit below one block unit would be no limit at all.
             bhardlimit: limits.bytes.map_or(0, |b| b.div_ceil(QIF_DQBLKSIZE)),
             ihardlimit: limits.inodes.unwrap_or(0),
             valid: QIF_BLIMITS | QIF_ILIMITS,
-            ..IfDqblk::default()
+            ..Dqblk::default()
         };
-        // SAFETY: Q_SETQUOTA reads a `struct if_dqblk`, which `q` is.
+        // SAFETY: Q_SETQUOTA reads a `struct if_dqblk`, the start of `q`.
         unsafe { quotactl(&file, Q_SETQUOTA, project, (&raw mut q).cast()) }
             .map_err(fs_err("set project quota limits on the filesystem of", dir))
     }
@@ -267,7 +255,7 @@ impl ProjectQuota for LinuxProjectQuota {
         let mut found = Vec::new();
         let mut next = from;
         loop {
-            let mut q = IfNextDqblk::default();
+            let mut q = Dqblk::default();
             // SAFETY: Q_GETNEXTQUOTA fills a `struct if_nextdqblk`, which `q` is.
             match unsafe { quotactl(&file, Q_GETNEXTQUOTA, next, (&raw mut q).cast()) } {
                 Ok(()) => {}
@@ -430,8 +418,12 @@ mod tests {
 
     #[test]
     fn kernel_structures_have_the_kernel_s_sizes() {
-        assert_eq!(std::mem::size_of::<IfDqblk>(), 72);
-        assert_eq!(std::mem::size_of::<IfNextDqblk>(), 72);
+        assert_eq!(std::mem::size_of::<Dqblk>(), 72);
+        assert_eq!(
+            std::mem::offset_of!(Dqblk, id),
+            68,
+            "if_dqblk's fields end at 68"
+        );
         assert_eq!(std::mem::size_of::<FsXattr>(), 28);
         // _IOR('X', 31, struct fsxattr) and _IOW('X', 32, struct fsxattr)
         let size = std::mem::size_of::<FsXattr>() as libc::c_ulong;

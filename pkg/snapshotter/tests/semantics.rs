@@ -404,12 +404,9 @@ fn a_malformed_max_size_is_refused_and_changes_nothing() {
 
     f.s.prepare("k", "", &labels(&[(max_size, "1048576")]))
         .unwrap();
+    let stored = || f.s.stat("k").unwrap().labels.get(max_size).cloned();
     assert_eq!(
-        f.s.stat("k")
-            .unwrap()
-            .labels
-            .get(max_size)
-            .map(String::as_str),
+        stored().as_deref(),
         Some("1048576"),
         "the label stays on the snapshot"
     );
@@ -422,11 +419,7 @@ fn a_malformed_max_size_is_refused_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(
-        f.s.stat("k")
-            .unwrap()
-            .labels
-            .get(max_size)
-            .map(String::as_str),
+        stored().as_deref(),
         Some("1048576"),
         "a refused Update changed nothing"
     );
