@@ -79,6 +79,28 @@ fn collected_metrics(port: u16) -> String {
     }
 }
 
+/// A daemon on a root under `base` with `config` and metrics on a free port, whose
+/// start-up log says project quotas are `state` ("on" or "off").
+fn daemon_with_metrics(base: &Path, config: &Path, state: &str) -> (Daemon, u16) {
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start_in(
+        base,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-address",
+            &metrics,
+        ],
+    );
+    assert!(
+        daemon.log().contains(&format!("project quotas: {state}")),
+        "the start-up log says whether project quotas are on:\n{}",
+        daemon.log()
+    );
+    (daemon, port)
+}
+
 fn check_report(daemon: &Daemon, config: &Path) -> String {
     let out = Command::new(binary())
         .args(["check", "--root"])
@@ -110,19 +132,7 @@ async fn without_project_quotas_usage_is_walked_and_max_size_ignored_unless_enfo
         scratch.path().display()
     );
     let config = config_file(scratch.path(), "");
-    let port = free_port();
-    let metrics = format!("127.0.0.1:{port}");
-    let daemon = Daemon::start_with(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--metrics-address",
-        &metrics,
-    ]);
-    assert!(
-        daemon.log().contains("project quotas: off"),
-        "the start-up log says so:\n{}",
-        daemon.log()
-    );
+    let (daemon, port) = daemon_with_metrics(&std::env::temp_dir(), &config, "off");
     let c = daemon.client().await;
 
     for bad in ["0", "-1", "ten", "1GiB"] {
@@ -284,22 +294,7 @@ async fn max_size_is_a_hard_limit_and_usage_comes_from_the_counters_with_project
     let base = require_project_quotas();
     let config_dir = tempfile::tempdir().unwrap();
     let config = config_file(config_dir.path(), "[overlay]\ndefault_size = \"32MiB\"\n");
-    let port = free_port();
-    let metrics = format!("127.0.0.1:{port}");
-    let mut daemon = Daemon::start_in(
-        &base,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--metrics-address",
-            &metrics,
-        ],
-    );
-    assert!(
-        daemon.log().contains("project quotas: on"),
-        "{}",
-        daemon.log()
-    );
+    let (mut daemon, port) = daemon_with_metrics(&base, &config, "on");
     let root = daemon.root.clone();
     let c = daemon.client().await;
 
