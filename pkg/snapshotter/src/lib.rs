@@ -493,7 +493,8 @@ impl Snapshotter {
     }
 
     /// Measures the layer of the active snapshot `id`, found under `key` by
-    /// [`usage_source`](Self::usage_source): a walk of its files.
+    /// [`usage_source`](Self::usage_source): a walk of its files, or where the
+    /// backend keeps counters (overlay on a root with project quotas), a read of them.
     pub fn measure_usage(&self, key: &str, id: SnapshotId) -> Result<Usage> {
         self.backend
             .usage(SnapshotRef {
