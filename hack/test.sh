@@ -59,10 +59,11 @@ export RUSTLAYER_BIN="$repo/target/debug/rustlayer"
 # Tests that need root are ignored by a plain cargo test; here, as root, they run
 # and fail if what they need is missing. Those that need device-mapper are the VM
 # tier's (hack/vm-test.sh: pkg/devmapper's thin_pool tests and the crash torture
-# on devmapper), the CRI one is hack/cri-e2e.sh's, both steps below.
+# on devmapper), and so are those that need project quotas (_with_project_quotas);
+# the CRI one is hack/cri-e2e.sh's, both steps below.
 step "cargo test (unit, gRPC contract, real mounts)"
 cargo test --workspace --exclude rustlayer-devmapper --locked -- --include-ignored \
-  --skip kubelet_runs_a_pod_on_rustlayer --skip _on_devmapper
+  --skip kubelet_runs_a_pod_on_rustlayer --skip _on_devmapper --skip _with_project_quotas
 cargo test -p rustlayer-devmapper --locked
 
 if [[ $mode == quick ]]; then
@@ -145,7 +146,7 @@ hack/kind-e2e.sh
 step "VM runner self-test: dm-thin pool, thin devices and snapshots in a VM"
 hack/vm/selftest.sh
 
-step "devmapper in a VM: backend tests, conformance suite, containerd on a thin pool"
+step "in a VM: devmapper (backend tests, conformance suite, containerd on a thin pool), project quotas"
 hack/vm-test.sh
 
 step "all tests passed in $(($(date +%s) - start))s"

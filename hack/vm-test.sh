@@ -2,7 +2,9 @@
 # The devmapper tier. This machine's kernel may lack device-mapper, so the tests
 # run in a VM booting Debian's kernel (hack/vm-run.sh): the backend's Rust tests,
 # containerd's conformance suite against `--backend devmapper`, and a real
-# containerd on an existing thin pool made on virtio disks (hack/vm/devmapper-guest.sh).
+# containerd on an existing thin pool made on virtio disks (hack/vm/devmapper-guest.sh);
+# then, in a second guest, the overlay backend's size limits and counted usage on
+# roots with project quotas, xfs and ext4 (hack/vm/quota-guest.sh).
 # Everything is built here first; the guest runs the host's binaries.
 #
 #   hack/vm-test.sh
@@ -26,7 +28,8 @@ for line in sys.stdin:
 }
 thin_tests=$(test_binary rustlayer-devmapper thin_pool)
 torture_tests=$(test_binary rustlayer-e2e crash_torture)
-for t in "$thin_tests" "$torture_tests"; do
+size_limit_tests=$(test_binary rustlayer-e2e size_limits)
+for t in "$thin_tests" "$torture_tests" "$size_limit_tests"; do
   [[ -x $t ]] || { echo "vm-test: a test binary is missing: '$t'" >&2; exit 1; }
 done
 CONFORMANCE_BUILD_ONLY=1 hack/conformance.sh
@@ -39,5 +42,8 @@ rc=0
 hack/vm-run.sh --timeout "${VM_TEST_TIMEOUT:-2400}" --mem 6144 \
   --disk pooldata:4G --disk poolmeta:128M --share "$out" \
   -- hack/vm/devmapper-guest.sh "$out" "$thin_tests" "$torture_tests" || rc=$?
+hack/vm-run.sh --timeout "${VM_TEST_TIMEOUT:-2400}" --mem 4096 \
+  --disk quotaxfs:4G --disk quotaext4:4G --share "$out" --env RUSTLAYER_USAGE_FILES \
+  -- hack/vm/quota-guest.sh "$out" "$size_limit_tests" || rc=$?
 echo "vm-test: $( ((rc == 0)) && echo passed || echo "FAILED (status $rc)") in $(($(date +%s) - start))s; logs in $out"
 exit "$rc"

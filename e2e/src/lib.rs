@@ -60,7 +60,13 @@ impl Daemon {
 
     /// Starts a daemon on a fresh root with extra command-line arguments.
     pub fn start_with(extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(&std::env::temp_dir(), extra)
+    }
+
+    /// Starts a daemon on a fresh root under `base`, for a root that must be on a
+    /// particular filesystem.
+    pub fn start_in(base: &Path, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir_in(base).expect("temp dir");
         let root = dir.path().join("root");
         let socket = dir.path().join("rustlayer.sock");
         let mut daemon = Daemon {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use rustlayer_core::{Check, saturating_i64};
-use rustlayer_mount::{LinuxMounter, fs_stats};
+use rustlayer_mount::{LinuxMounter, LinuxProjectQuota, fs_stats};
 use serde::Serialize;
 
 use crate::config::{BackendKind, Config};
@@ -74,6 +74,11 @@ pub async fn check(config: &Config, output: Output) -> Result<bool> {
         BackendKind::Overlay => {
             let checks = rustlayer_overlay::preflight(&base, &LinuxMounter, config.remap_ids);
             results.extend(checks.into_iter().map(CheckResult::from));
+            results.push(CheckResult::from(rustlayer_overlay::project_quota_check(
+                &base,
+                &LinuxProjectQuota,
+                &config.overlay.size_limits(),
+            )));
         }
         BackendKind::Devmapper => {
             let checks = rustlayer_devmapper::preflight(&config.root, &config.devmapper);

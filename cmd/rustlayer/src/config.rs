@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use rustlayer_devmapper::DevmapperConfig;
+use rustlayer_devmapper::{ByteSize, DevmapperConfig};
+use rustlayer_overlay::SizeLimits;
 use serde::{Deserialize, Serialize};
 
 /// Read when `--config` is not given, if it exists.
@@ -40,8 +41,44 @@ pub struct Config {
     /// containerd's proxy plugin for rustlayer declares `remap-ids`: mounts of
     /// user-namespaced snapshots carry `uidmap=`/`gidmap=` for containerd to idmap.
     pub remap_ids: bool,
+    /// Settings of the overlay backend (ignored by the devmapper backend).
+    pub overlay: OverlayConfig,
     /// Settings of the devmapper backend (ignored by the overlay backend).
     pub devmapper: DevmapperConfig,
+}
+
+/// `[overlay]`: size limits of active snapshots, through project quotas.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlayConfig {
+    /// The size limit of an active snapshot without `containerd.io/snapshot/max-size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_size: Option<ByteSize>,
+    /// The inode limit of every active snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_inodes: Option<u64>,
+    /// Refuse `max-size` where the root has no project quotas, instead of ignoring it.
+    pub enforce_size: bool,
+}
+
+impl OverlayConfig {
+    pub fn size_limits(&self) -> SizeLimits {
+        SizeLimits {
+            default_size: self.default_size.map(ByteSize::get),
+            default_inodes: self.default_inodes,
+            enforce_size: self.enforce_size,
+        }
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.default_size.is_some_and(|size| size.get() == 0) {
+            return Err("default_size must be more than zero (leave it out for no limit)".into());
+        }
+        if self.default_inodes == Some(0) {
+            return Err("default_inodes must be more than zero (leave it out for no limit)".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -54,6 +91,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             socket_group: None,
             remap_ids: false,
+            overlay: OverlayConfig::default(),
             devmapper: DevmapperConfig::default(),
         }
     }
@@ -61,7 +99,10 @@ impl Default for Config {
 
 /// `rustlayer config default`: every setting with its default and what it does.
 pub fn default_toml() -> String {
-    format!("{TOP_LEVEL_TOML}\n{}", rustlayer_devmapper::DEFAULT_TOML)
+    format!(
+        "{TOP_LEVEL_TOML}\n{OVERLAY_TOML}\n{}",
+        rustlayer_devmapper::DEFAULT_TOML
+    )
 }
 
 const TOP_LEVEL_TOML: &str = r#"# rustlayer daemon configuration. Command-line flags override these settings.
@@ -97,6 +138,28 @@ log_format = "text"
 remap_ids = false
 "#;
 
+const OVERLAY_TOML: &str = r#"[overlay]
+# Used with backend = "overlay". Where the root's filesystem keeps project quotas
+# (xfs mounted with prjquota; ext4 made with -O quota,project and mounted with
+# prjquota), every active snapshot's layer is a project of its own: the label
+# containerd.io/snapshot/max-size (bytes) becomes a hard limit (writes past it
+# fail with EDQUOT), and Usage reads the filesystem's counters instead of walking
+# the layer. Elsewhere usage is walked and the label is ignored; `rustlayer check`
+# says which. The root must then be the only user of project ids on its filesystem.
+
+# The size limit of an active snapshot without the label, like "10GiB"; no limit
+# when unset.
+# default_size = "10GiB"
+
+# The inode limit of every active snapshot; no limit when unset.
+# default_inodes = 1000000
+
+# Refuse snapshots with the label (FailedPrecondition) on a root without project
+# quotas instead of ignoring it; the daemon then also refuses to start with a
+# default_size or default_inodes it cannot enforce.
+enforce_size = false
+"#;
+
 impl Config {
     /// The file at `path`, or the default file if it exists, or the defaults.
     pub fn load(path: Option<&Path>) -> Result<Config> {
@@ -108,6 +171,9 @@ impl Config {
             Ok(text) => {
                 let config: Config = toml::from_str(&text)
                     .with_context(|| format!("invalid configuration in {}", path.display()))?;
+                config.overlay.validate().map_err(|problem| {
+                    anyhow::anyhow!("invalid [overlay] in {}: {problem}", path.display())
+                })?;
                 config.devmapper.validate().map_err(|problem| {
                     anyhow::anyhow!("invalid [devmapper] in {}: {problem}", path.display())
                 })?;
@@ -158,6 +224,29 @@ mod tests {
         assert!(!Config::default().remap_ids);
         let c: Config = toml::from_str("remap_ids = true").unwrap();
         assert!(c.remap_ids);
+    }
+
+    #[test]
+    fn overlay_size_limits_are_read_with_units() {
+        let c: Config = toml::from_str(
+            "[overlay]\ndefault_size = \"2GiB\"\ndefault_inodes = 5000\nenforce_size = true",
+        )
+        .unwrap();
+        assert_eq!(
+            c.overlay.size_limits(),
+            SizeLimits {
+                default_size: Some(2 << 30),
+                default_inodes: Some(5000),
+                enforce_size: true,
+            }
+        );
+        assert_eq!(
+            Config::default().overlay.size_limits(),
+            SizeLimits::default()
+        );
+        assert!(toml::from_str::<Config>("[overlay]\ndefault_sise = 1").is_err());
+        let zero: Config = toml::from_str("[overlay]\ndefault_size = 0").unwrap();
+        assert!(zero.overlay.validate().is_err());
     }
 
     #[test]

@@ -95,6 +95,7 @@ fn open_backend(config: &Config) -> Result<Arc<dyn Backend>> {
             let backend = OverlayBackend::open(&OverlayOptions {
                 root: config.root.clone(),
                 remap_ids: config.remap_ids,
+                size_limits: config.overlay.size_limits(),
             })?;
             Ok(Arc::new(backend))
         }

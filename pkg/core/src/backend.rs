@@ -102,6 +102,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Current usage of a snapshot whose layer may still change (active ones).
     fn usage(&self, snapshot: SnapshotRef<'_>) -> Result<Usage>;
 
+    /// True when [`usage`](Self::usage) reads counters the filesystem keeps (project
+    /// quotas) in constant time rather than measuring the layer.
+    fn usage_is_counted(&self) -> bool {
+        false
+    }
+
     /// Detaches the storage of a snapshot the metadata has already forgotten.
     /// Must return quickly: heavy deletion is deferred.
     fn remove(&self, id: SnapshotId) -> Result<()>;

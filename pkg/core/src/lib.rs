@@ -23,3 +23,4 @@ pub use filter::Filters;
 pub use idmap::{GID_MAPPING_LABEL, IdMapping, IdRange, IdRanges, UID_MAPPING_LABEL};
 pub use model::{Info, Kind, Labels, Mount, SnapshotId, Usage, saturating_i64};
 pub use observe::{Method, NoopObserver, RequestObserver};
+pub use validate::MAX_SIZE_LABEL;

@@ -72,6 +72,34 @@ pub fn id_mapping(labels: &Labels) -> Result<Option<IdMapping>> {
     IdMapping::from_labels(labels)
 }
 
+/// The label containerd defines for a snapshot's size limit, in bytes: a hint a
+/// snapshotter may honour (overlay on a root with project quotas, devmapper).
+pub const MAX_SIZE_LABEL: &str = "containerd.io/snapshot/max-size";
+
+/// The size limit a snapshot's labels ask for: none without the label, and an
+/// `InvalidArgument` for anything but a positive decimal number of bytes (no sign,
+/// no unit, no spaces), so a typo never silently means "unlimited". The label
+/// stays on the snapshot as given.
+pub fn max_size(labels: &Labels) -> Result<Option<u64>> {
+    let Some(text) = labels.get(MAX_SIZE_LABEL) else {
+        return Ok(None);
+    };
+    let invalid = |problem: &str| {
+        Error::InvalidArgument(format!(
+            "label {MAX_SIZE_LABEL}={:?} {problem}",
+            truncated(text)
+        ))
+    };
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid("is not a positive number of bytes"));
+    }
+    match text.parse::<u64>() {
+        Ok(0) => Err(invalid("is zero; give a positive number of bytes")),
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(_) => Err(invalid("is larger than 2^64 - 1 bytes")),
+    }
+}
+
 /// The longest start of `text` of at most `max` bytes that does not split a
 /// character: what a log line or an error message shows of unbounded input.
 pub fn truncate(text: &str, max: usize) -> &str {
@@ -125,6 +153,43 @@ mod tests {
         assert_eq!(code(labels(&l)), None);
         l.insert("k".into(), "v".repeat(MAX_LABEL_BYTES));
         assert_eq!(code(labels(&l)), Some(Code::InvalidArgument));
+    }
+
+    #[test]
+    fn max_size_is_a_positive_number_of_bytes() {
+        let with = |v: &str| -> Labels { [(MAX_SIZE_LABEL.to_owned(), v.to_owned())].into() };
+        assert_eq!(max_size(&Labels::new()).unwrap(), None);
+        assert_eq!(max_size(&with("1")).unwrap(), Some(1));
+        assert_eq!(max_size(&with("1073741824")).unwrap(), Some(1 << 30));
+        assert_eq!(
+            max_size(&with("18446744073709551615")).unwrap(),
+            Some(u64::MAX)
+        );
+        for bad in [
+            "",
+            "0",
+            "000",
+            "-1",
+            "-0",
+            "+5",
+            " 5",
+            "5 ",
+            "1GiB",
+            "1e9",
+            "1.5",
+            "0x10",
+            "abc",
+            "18446744073709551616",
+        ] {
+            let err = max_size(&with(bad)).unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
+            assert!(err.to_string().contains(MAX_SIZE_LABEL), "{err}");
+        }
+        let err = max_size(&with(&"9".repeat(3000))).unwrap_err();
+        assert!(
+            err.to_string().len() < 300,
+            "hostile input is not echoed whole"
+        );
     }
 
     #[test]

@@ -43,6 +43,8 @@ impl Collector {
             Ok(stats) => self.metrics.set_root_filesystem(stats),
             Err(err) => ok = failed("root filesystem", &err),
         }
+        self.metrics
+            .set_project_quotas(self.snapshotter.backend().usage_is_counted());
         match self.snapshotter.backend().pool_stats() {
             Ok(Some(pool)) => self.metrics.set_pool(&pool),
             Ok(None) => {}

@@ -32,6 +32,7 @@ pub struct Metrics {
     pool_metadata_used: IntGaugeVec,
     pool_metadata_size: IntGaugeVec,
     thin_devices: IntGaugeVec,
+    project_quotas: IntGauge,
     last_collection: Gauge,
 }
 
@@ -156,6 +157,13 @@ impl Metrics {
                 "Thin-pool metadata space in all.",
             )?,
             thin_devices: pool_gauge(r, "rustlayer_thin_devices", "Thin devices in the pool.")?,
+            project_quotas: gauge(
+                r,
+                "rustlayer_project_quotas",
+                "1 when active snapshots' usage is read from project quota counters and \
+                 containerd.io/snapshot/max-size is enforced; 0 when usage is measured by \
+                 walking layers.",
+            )?,
             last_collection: {
                 let g = Gauge::new(
                     "rustlayer_collector_last_success_timestamp_seconds",
@@ -221,6 +229,10 @@ impl Metrics {
         self.thin_devices
             .with_label_values(&l)
             .set(saturating_i64(pool.thin_devices));
+    }
+
+    pub fn set_project_quotas(&self, counted: bool) {
+        self.project_quotas.set(i64::from(counted));
     }
 
     pub fn mark_collected(&self, unix_seconds: f64) {

@@ -88,6 +88,7 @@ fn every_declared_metric_has_a_sample_after_real_work() {
     let backend = OverlayBackend::open(&OverlayOptions {
         root: root.clone(),
         remap_ids: false,
+        size_limits: Default::default(),
     })
     .unwrap();
     let snapshotter = Arc::new(Snapshotter::open(&root, Arc::new(WithPool(backend))).unwrap());

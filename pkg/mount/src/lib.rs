@@ -4,7 +4,8 @@
 //! real calls are exercised once, in root-only tests. Loop devices (for devmapper's
 //! self-managed pool) are attached here too, behind [`LoopAttacher`], with
 //! [`RecordingLoopAttacher`] for tests: raw ioctls belong with the rest of the
-//! unsafe code.
+//! unsafe code. Project quotas (per-layer size limits and constant-time usage)
+//! are set here too, behind [`ProjectQuota`], with [`RecordingProjectQuota`].
 
 mod error;
 mod fsinfo;
@@ -12,6 +13,7 @@ mod idmap;
 mod linux;
 mod loopdev;
 mod options;
+mod quota;
 mod recording;
 #[doc(hidden)]
 pub mod testing;
@@ -23,6 +25,9 @@ pub use linux::LinuxMounter;
 pub use loopdev::{LinuxLoopAttacher, LoopAttacher, LoopDevice, RecordingLoopAttacher};
 pub use options::{
     IdMapOptions, MountFlags, OverlayData, lowers_common_dir, parse_options, split_id_maps,
+};
+pub use quota::{
+    LinuxProjectQuota, ProjectLimits, ProjectQuota, ProjectUsage, QuotaCall, RecordingProjectQuota,
 };
 pub use recording::{MountCall, RecordingMounter};
 

@@ -2,17 +2,19 @@ use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustlayer_core::{
     Backend, IdMapping, Kind, Labels, Mount, SnapshotId, SnapshotRef, Staged, Usage,
 };
+use rustlayer_mount::{LinuxProjectQuota, ProjectLimits, ProjectQuota};
 use tracing::{debug, info, warn};
 
 use crate::error::{Result, io_err};
 use crate::layout::Layout;
+use crate::quota::{Quotas, SizeLimits};
 use crate::reaper::Reaper;
 use crate::usage::{Whiteouts, disk_usage, layer_usage};
 
@@ -31,6 +33,9 @@ pub struct OverlayOptions {
     /// lower layers. Without the capability containerd makes a chowned copy of the
     /// image instead and must get plain mounts, or the copy would be mapped twice.
     pub remap_ids: bool,
+    /// Size limits of active snapshots, enforced through project quotas where the
+    /// root's filesystem keeps them (see [`project_quota_check`](crate::project_quota_check)).
+    pub size_limits: SizeLimits,
 }
 
 #[derive(Debug)]
@@ -43,6 +48,7 @@ pub struct OverlayBackend {
     staging_live: Mutex<HashSet<String>>,
     sequence: AtomicU64,
     reaper: Reaper,
+    quotas: Quotas,
 }
 
 impl OverlayBackend {
@@ -50,6 +56,14 @@ impl OverlayBackend {
     /// Run [`preflight`](crate::preflight) first: it also loads the overlay module,
     /// whose parameters decide the mount options.
     pub fn open(options: &OverlayOptions) -> Result<OverlayBackend> {
+        Self::open_with_quota(options, Arc::new(LinuxProjectQuota))
+    }
+
+    /// [`open`](Self::open) with project quotas set through `quota`.
+    pub fn open_with_quota(
+        options: &OverlayOptions,
+        quota: Arc<dyn ProjectQuota>,
+    ) -> Result<OverlayBackend> {
         let layout = Layout::new(&options.root);
         for dir in [
             layout.root().to_owned(),
@@ -68,6 +82,7 @@ impl OverlayBackend {
         if Path::new(INDEX_PARAMETER).exists() {
             common_options.push("index=off".to_owned());
         }
+        let quotas = Quotas::new(layout.root(), quota, options.size_limits.clone())?;
         let reaper =
             Reaper::start(layout.trash()).map_err(io_err("start reaper for", layout.trash()))?;
         info!(root = %layout.root().display(), options = ?common_options, "overlay backend ready");
@@ -78,6 +93,7 @@ impl OverlayBackend {
             staging_live: Mutex::new(HashSet::new()),
             sequence: AtomicU64::new(0),
             reaper,
+            quotas,
         };
         backend.make_empty_lower()?;
         Ok(backend)
@@ -104,6 +120,12 @@ impl OverlayBackend {
 
     pub fn root(&self) -> &Path {
         self.layout.root()
+    }
+
+    /// Whether the root keeps project quotas: active snapshots get size limits and
+    /// their usage is read from counters.
+    pub fn project_quotas(&self) -> bool {
+        self.quotas.counted()
     }
 
     /// Blocks until storage detached so far is deleted.
@@ -134,6 +156,7 @@ impl OverlayBackend {
         kind: Kind,
         parents: &[SnapshotId],
         mapping: Option<&IdMapping>,
+        limits: Option<ProjectLimits>,
     ) -> Result<Staged> {
         let dir = self.layout.snapshot(id);
         if fs::symlink_metadata(&dir).is_ok() {
@@ -141,8 +164,15 @@ impl OverlayBackend {
             warn!(path = %dir.display(), "replacing storage left by an unfinished operation");
             self.detach(&dir)?;
         }
+        if limits.is_some() {
+            self.wait_for_previous_life(id)?;
+        }
         let made = self
-            .make_dirs(id, kind, parents.first().copied(), false)
+            .make_dirs(id, kind, parents.first().copied(), false, limits.is_some())
+            .and_then(|()| match limits {
+                Some(limits) => self.quotas.set_limits(id, limits),
+                None => Ok(()),
+            })
             .and_then(|()| match mapping {
                 Some(mapping) => self.give_to_container_root(id, kind, mapping),
                 None => Ok(()),
@@ -150,28 +180,48 @@ impl OverlayBackend {
         let staged = Staged::new(id.to_string());
         if made.is_err() {
             self.discard_dir(&staged);
+            if limits.is_some() {
+                self.quotas.release(id);
+            }
         }
         made.map(|()| staged)
     }
 
+    /// A reused id's project may still be charged for the storage of its previous
+    /// life, detached but not yet deleted by the reaper; the new layer's counters
+    /// and limit must start from zero, so it waits for the reaper.
+    fn wait_for_previous_life(&self, id: SnapshotId) -> Result<()> {
+        if self.quotas.holds_anything(id)? {
+            self.reaper.wait_idle();
+            if self.quotas.holds_anything(id)? {
+                warn!(%id, "files outside rustlayer's layers are charged to this snapshot's project id; its usage and limit include them");
+            }
+        }
+        Ok(())
+    }
+
     /// The snapshot's directory, its upper (`fs`) and, for an active one, overlay's
-    /// `work`; with `existing_ok`, only the missing ones.
+    /// `work`; with `existing_ok`, only the missing ones. With `counted`, the layer's
+    /// directories get the snapshot's project as they are made, before anything can
+    /// be written into them.
     fn make_dirs(
         &self,
         id: SnapshotId,
         kind: Kind,
         parent: Option<SnapshotId>,
         existing_ok: bool,
+        counted: bool,
     ) -> Result<()> {
         let mut dirs = vec![
-            (self.layout.snapshot(id), 0o700),
-            (self.layout.upper(id), 0o755),
+            (self.layout.snapshot(id), 0o700, false),
+            (self.layout.upper(id), 0o755, counted),
         ];
         if kind == Kind::Active {
-            dirs.push((self.layout.work(id), 0o711));
+            dirs.push((self.layout.work(id), 0o711, counted));
         }
-        for (dir, mode) in dirs {
+        for (dir, mode, in_project) in dirs {
             match DirBuilder::new().mode(mode).create(&dir) {
+                Ok(()) if in_project => self.quotas.assign(&dir, id)?,
                 Ok(()) => {}
                 Err(err) if existing_ok && err.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(err) => return Err(io_err("create", &dir)(err)),
@@ -263,7 +313,13 @@ impl OverlayBackend {
                 continue;
             }
             warn!(%id, %kind, path = %upper.display(), "storage of a live snapshot is missing after a crash; making the missing directories again");
-            self.make_dirs(id, kind, None, true)?;
+            self.make_dirs(
+                id,
+                kind,
+                None,
+                true,
+                self.quotas.counted() && kind == Kind::Active,
+            )?;
             repaired += 1;
         }
         Ok(repaired)
@@ -380,7 +436,9 @@ impl OverlayBackend {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(io_err("unlink", &link)(err)),
         }
-        self.detach(&self.layout.snapshot(id))
+        self.detach(&self.layout.snapshot(id))?;
+        self.quotas.release(id);
+        Ok(())
     }
 
     fn cleanup_storage(&self, is_known: &dyn Fn(SnapshotId) -> bool) -> Result<usize> {
@@ -419,6 +477,7 @@ impl OverlayBackend {
         if removed > 0 {
             info!(removed, "cleanup detached unknown storage");
         }
+        removed += self.quotas.clear_leaked(is_known)?;
         Ok(removed)
     }
 }
@@ -439,7 +498,8 @@ impl Backend for OverlayBackend {
         if self.remap_ids && mapping.is_some() {
             self.check_idmapped_options_fit(id, kind, parents)?;
         }
-        Ok(self.stage_dir(id, kind, parents, mapping.as_ref())?)
+        let limits = self.quotas.limits_for(kind, labels)?;
+        Ok(self.stage_dir(id, kind, parents, mapping.as_ref(), limits)?)
     }
 
     /// Staged directories already sit under the id.
@@ -456,6 +516,13 @@ impl Backend for OverlayBackend {
         if repaired > 0 {
             info!(repaired, "made the storage of live snapshots again");
         }
+        let active: Vec<SnapshotId> = snapshots
+            .iter()
+            .filter(|(_, kind)| *kind == Kind::Active)
+            .map(|(id, _)| *id)
+            .collect();
+        self.quotas
+            .find_uncounted(|id| self.layout.upper(id), &active)?;
         Ok(())
     }
 
@@ -482,13 +549,21 @@ impl Backend for OverlayBackend {
     /// other layer has as an entry that cannot be looked up. They go, as the
     /// deletions of nothing they are. Whiteouts of a layer committed onto a parent
     /// stay: they hide the parent's files.
+    ///
+    /// With project quotas a layer with a parent is measured by its counters; one
+    /// without is walked anyway, for its whiteouts.
     fn seal(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
-        let whiteouts = if snapshot.parents.is_empty() {
-            Whiteouts::Remove
-        } else {
-            Whiteouts::Keep
+        let counted = match snapshot.parents {
+            [] => None,
+            _ => self.quotas.usage(snapshot.id)?,
         };
-        let usage = layer_usage(&self.layout.upper(snapshot.id), whiteouts)?;
+        let usage = match counted {
+            Some(usage) => usage,
+            None if snapshot.parents.is_empty() => {
+                layer_usage(&self.layout.upper(snapshot.id), Whiteouts::Remove)?
+            }
+            None => layer_usage(&self.layout.upper(snapshot.id), Whiteouts::Keep)?,
+        };
         sync_dir(&self.layout.snapshot(snapshot.id))?;
         sync_dir(&self.layout.snapshots())?;
         self.link_layer(snapshot.id)?;
@@ -501,8 +576,17 @@ impl Backend for OverlayBackend {
         true
     }
 
+    /// From the project's counters in constant time where the root keeps them,
+    /// else by walking the layer.
     fn usage(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Usage> {
-        Ok(disk_usage(&self.layout.upper(snapshot.id))?)
+        match self.quotas.usage(snapshot.id)? {
+            Some(usage) => Ok(usage),
+            None => Ok(disk_usage(&self.layout.upper(snapshot.id))?),
+        }
+    }
+
+    fn usage_is_counted(&self) -> bool {
+        self.quotas.counted()
     }
 
     fn remove(&self, id: SnapshotId) -> rustlayer_core::Result<()> {
@@ -553,6 +637,7 @@ mod tests {
         let backend = OverlayBackend::open(&OverlayOptions {
             root: dir.path().join("root"),
             remap_ids: false,
+            size_limits: SizeLimits::default(),
         })
         .unwrap();
         (dir, backend)
@@ -639,6 +724,7 @@ mod tests {
         let backend = OverlayBackend::open(&OverlayOptions {
             root: dir.path().join("root"),
             remap_ids: true,
+            size_limits: SizeLimits::default(),
         })
         .unwrap();
         (dir, backend)
@@ -790,7 +876,7 @@ mod tests {
     }
 
     fn staged(b: &OverlayBackend, n: u64, kind: Kind, parents: &[SnapshotId]) -> Staged {
-        let staged = b.stage_dir(id(n), kind, parents, None).unwrap();
+        let staged = b.stage_dir(id(n), kind, parents, None, None).unwrap();
         b.publish(&staged, id(n)).unwrap();
         staged
     }
@@ -798,13 +884,13 @@ mod tests {
     #[test]
     fn staging_makes_the_directories_under_the_id_and_discard_takes_them_away() {
         let (_dir, b) = backend();
-        let staged = b.stage_dir(id(1), Kind::Active, &[], None).unwrap();
+        let staged = b.stage_dir(id(1), Kind::Active, &[], None, None).unwrap();
         assert!(b.layout.upper(id(1)).is_dir());
         assert!(b.layout.work(id(1)).is_dir());
         b.discard_dir(&staged);
         assert!(!b.layout.snapshot(id(1)).exists());
 
-        b.stage_dir(id(2), Kind::View, &[], None).unwrap();
+        b.stage_dir(id(2), Kind::View, &[], None, None).unwrap();
         assert!(b.layout.upper(id(2)).is_dir());
         assert!(
             !b.layout.work(id(2)).exists(),
@@ -874,7 +960,7 @@ mod tests {
         fs::create_dir(b.layout.snapshots().join("007")).unwrap();
         fs::create_dir(b.layout.staging().join("link-abandoned")).unwrap();
         // A Prepare in flight: its id is known to the snapshotter.
-        b.stage_dir(id(3), Kind::Active, &[], None).unwrap();
+        b.stage_dir(id(3), Kind::Active, &[], None, None).unwrap();
         let in_flight_link = b.unique_name("link-");
         fs::create_dir(b.layout.staging().join(&in_flight_link)).unwrap();
         b.live().insert(in_flight_link.clone());
@@ -914,6 +1000,7 @@ mod tests {
         let b = OverlayBackend::open(&OverlayOptions {
             root: dir.path().join("root"),
             remap_ids: false,
+            size_limits: SizeLimits::default(),
         })
         .unwrap();
         assert_eq!(fs::read_dir(b.layout.empty()).unwrap().count(), 0);
@@ -966,5 +1053,242 @@ mod tests {
         staged(&b, 2, Kind::Active, &[id(1)]);
         let mode = fs::metadata(b.layout.upper(id(2))).unwrap().mode();
         assert_eq!(mode & 0o7777, 0o750);
+    }
+
+    fn quota_backend(
+        quota: Arc<rustlayer_mount::RecordingProjectQuota>,
+        size_limits: SizeLimits,
+    ) -> (tempfile::TempDir, OverlayBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = OverlayBackend::open_with_quota(
+            &OverlayOptions {
+                root: dir.path().join("root"),
+                remap_ids: false,
+                size_limits,
+            },
+            quota,
+        )
+        .unwrap();
+        (dir, backend)
+    }
+
+    fn max_size(bytes: &str) -> Labels {
+        [(rustlayer_core::MAX_SIZE_LABEL.to_owned(), bytes.to_owned())].into()
+    }
+
+    #[test]
+    fn an_active_snapshot_gets_its_project_and_limit_at_prepare() {
+        let quota = Arc::new(rustlayer_mount::RecordingProjectQuota::default());
+        let defaults = SizeLimits {
+            default_size: Some(5 << 20),
+            default_inodes: Some(1000),
+            enforce_size: false,
+        };
+        let (_dir, b) = quota_backend(Arc::clone(&quota), defaults);
+        assert!(b.project_quotas() && b.usage_is_counted());
+
+        b.stage(id(7), Kind::Active, &[], &max_size("1048576"))
+            .unwrap();
+        assert_eq!(
+            quota.calls()[..2],
+            [
+                rustlayer_mount::QuotaCall::Assign {
+                    dir: b.layout.upper(id(7)),
+                    project: 7
+                },
+                rustlayer_mount::QuotaCall::Assign {
+                    dir: b.layout.work(id(7)),
+                    project: 7
+                },
+            ],
+            "both directories, so overlay's copy-up rename from work into fs stays in one project"
+        );
+        assert_eq!(
+            quota.limits(7),
+            ProjectLimits {
+                bytes: Some(1 << 20),
+                inodes: Some(1000)
+            },
+            "the label wins over the default size"
+        );
+
+        b.stage(id(8), Kind::Active, &[], &Labels::new()).unwrap();
+        assert_eq!(quota.limits(8).bytes, Some(5 << 20), "the default applies");
+
+        let before = quota.calls().len();
+        b.stage(id(9), Kind::View, &[], &max_size("4096")).unwrap();
+        assert_eq!(
+            quota.calls().len(),
+            before,
+            "a view is never written: no project"
+        );
+    }
+
+    #[test]
+    fn a_malformed_max_size_makes_no_storage_and_sets_no_limit() {
+        let quota = Arc::new(rustlayer_mount::RecordingProjectQuota::default());
+        let (_dir, b) = quota_backend(Arc::clone(&quota), SizeLimits::default());
+        for bad in ["0", "-3", "1MiB"] {
+            let err = b
+                .stage(id(3), Kind::Active, &[], &max_size(bad))
+                .unwrap_err();
+            assert_eq!(err.code(), rustlayer_core::Code::InvalidArgument);
+        }
+        assert!(!b.layout.snapshot(id(3)).exists());
+        assert!(quota.calls().is_empty());
+    }
+
+    #[test]
+    fn usage_and_commit_read_the_counters_where_the_root_keeps_them() {
+        let quota = Arc::new(rustlayer_mount::RecordingProjectQuota::default());
+        let (_dir, b) = quota_backend(Arc::clone(&quota), SizeLimits::default());
+        staged(&b, 1, Kind::Active, &[]);
+        staged(&b, 2, Kind::Active, &[]);
+        fs::write(b.layout.upper(id(2)).join("data"), vec![1u8; 8192]).unwrap();
+        // Counters the walk could never produce prove where the figures come from.
+        quota.charge(2, 123_456, 42);
+        let active = |n: u64, parents: &'static [SnapshotId]| SnapshotRef {
+            id: id(n),
+            kind: Kind::Active,
+            parents,
+        };
+        assert_eq!(
+            b.usage(active(2, &[])).unwrap(),
+            Usage {
+                bytes: 123_456,
+                inodes: 42
+            }
+        );
+        const PARENT: &[SnapshotId] = &[SnapshotId::new(1)];
+        assert_eq!(b.seal(active(2, PARENT)).unwrap().bytes, 123_456);
+
+        // A layer without a parent is walked at Commit: its whiteouts must go.
+        staged(&b, 3, Kind::Active, &[]);
+        quota.charge(3, 999_999, 99);
+        let walked = b.seal(active(3, &[])).unwrap();
+        assert_eq!(walked, disk_usage(&b.layout.upper(id(3))).unwrap());
+    }
+
+    #[test]
+    fn remove_clears_the_limit_and_cleanup_clears_leaked_ones() {
+        let quota = Arc::new(rustlayer_mount::RecordingProjectQuota::default());
+        let (_dir, b) = quota_backend(Arc::clone(&quota), SizeLimits::default());
+        b.stage(id(4), Kind::Active, &[], &max_size("65536"))
+            .unwrap();
+        b.stage(id(5), Kind::Active, &[], &max_size("65536"))
+            .unwrap();
+        b.remove(id(4)).unwrap();
+        assert!(quota.limits(4).is_none());
+        assert_eq!(quota.limits(5).bytes, Some(65536));
+
+        // As if a crash came between a Remove's metadata and its storage, and an
+        // id outside the snapshot range belongs to someone else.
+        let leaked = ProjectLimits {
+            bytes: Some(1 << 20),
+            inodes: None,
+        };
+        let root = b.root().to_owned();
+        quota.set_limits(&root, 6, leaked).unwrap();
+        quota.set_limits(&root, 1 << 24, leaked).unwrap();
+        let removed = b.cleanup_storage(&|i| i == id(5)).unwrap();
+        assert!(quota.limits(6).is_none(), "leaked limit cleared");
+        assert_eq!(
+            quota.limits(5).bytes,
+            Some(65536),
+            "a live snapshot keeps its limit"
+        );
+        assert_eq!(
+            quota.limits(1 << 24),
+            leaked,
+            "ids past the snapshot range are not ours"
+        );
+        assert_eq!(removed, 1);
+        assert_eq!(b.cleanup_storage(&|i| i == id(5)).unwrap(), 0);
+    }
+
+    #[test]
+    fn without_project_quotas_usage_is_walked_and_max_size_ignored_unless_enforced() {
+        let quota = Arc::new(rustlayer_mount::RecordingProjectQuota::unsupported(
+            "quotas are off",
+        ));
+        let (_dir, b) = quota_backend(Arc::clone(&quota), SizeLimits::default());
+        assert!(!b.project_quotas());
+        b.stage(id(1), Kind::Active, &[], &max_size("4096"))
+            .unwrap();
+        fs::write(b.layout.upper(id(1)).join("data"), vec![1u8; 8192]).unwrap();
+        let snapshot = SnapshotRef {
+            id: id(1),
+            kind: Kind::Active,
+            parents: &[],
+        };
+        assert_eq!(
+            b.usage(snapshot).unwrap(),
+            disk_usage(&b.layout.upper(id(1))).unwrap()
+        );
+        assert!(quota.calls().is_empty());
+
+        let enforcing = SizeLimits {
+            enforce_size: true,
+            ..SizeLimits::default()
+        };
+        let (_dir, b) = quota_backend(Arc::clone(&quota), enforcing.clone());
+        let err = b
+            .stage(id(2), Kind::Active, &[], &max_size("4096"))
+            .unwrap_err();
+        assert_eq!(err.code(), rustlayer_core::Code::FailedPrecondition);
+        assert!(err.to_string().contains("enforce_size"), "{err}");
+        assert!(!b.layout.snapshot(id(2)).exists());
+        b.stage(id(2), Kind::Active, &[], &Labels::new())
+            .expect("without the label nothing is refused");
+
+        let dir = tempfile::tempdir().unwrap();
+        let err = OverlayBackend::open_with_quota(
+            &OverlayOptions {
+                root: dir.path().join("root"),
+                remap_ids: false,
+                size_limits: SizeLimits {
+                    default_size: Some(1 << 30),
+                    ..enforcing
+                },
+            },
+            quota,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot be applied"), "{err}");
+    }
+
+    #[test]
+    fn layers_made_before_the_root_had_quotas_are_walked() {
+        let quota = Arc::new(rustlayer_mount::RecordingProjectQuota::default());
+        let (_dir, b) = quota_backend(Arc::clone(&quota), SizeLimits::default());
+        // Made without a project, as on a root that had no quotas then.
+        b.stage_dir(id(1), Kind::Active, &[], None, None).unwrap();
+        fs::write(b.layout.upper(id(1)).join("data"), vec![1u8; 8192]).unwrap();
+        staged(&b, 2, Kind::Active, &[]);
+        b.stage(id(3), Kind::Active, &[], &Labels::new()).unwrap();
+        quota.charge(3, 777, 7);
+        b.resume(&[(id(1), Kind::Active), (id(3), Kind::Active)])
+            .unwrap();
+        let usage = |n| {
+            b.usage(SnapshotRef {
+                id: id(n),
+                kind: Kind::Active,
+                parents: &[],
+            })
+            .unwrap()
+        };
+        assert_eq!(usage(1), disk_usage(&b.layout.upper(id(1))).unwrap());
+        assert_eq!(usage(3).bytes, 777);
+    }
+
+    #[test]
+    fn storage_lost_to_a_power_loss_is_made_again_in_its_project() {
+        let quota = Arc::new(rustlayer_mount::RecordingProjectQuota::default());
+        let (_dir, b) = quota_backend(Arc::clone(&quota), SizeLimits::default());
+        b.stage(id(5), Kind::Active, &[], &Labels::new()).unwrap();
+        fs::remove_dir_all(b.layout.snapshot(id(5))).unwrap();
+        b.resume(&[(id(5), Kind::Active)]).unwrap();
+        assert_eq!(quota.project_of(&b.layout.upper(id(5))).unwrap(), 5);
+        assert_eq!(quota.project_of(&b.layout.work(id(5))).unwrap(), 5);
     }
 }

@@ -15,15 +15,22 @@
 //!
 //! The short links are what keep a 500-layer `lowerdir=` inside the one page the
 //! kernel accepts once containerd rewrites it relative to `l/`.
+//!
+//! On a root with project quotas, each active snapshot's `fs` and `work` are a
+//! project numbered by its id: `containerd.io/snapshot/max-size` is its hard limit
+//! and its usage is read from the filesystem's counters ([`project_quota_check`]
+//! says whether the root has them).
 
 mod backend;
 mod error;
 mod layout;
 mod preflight;
+mod quota;
 mod reaper;
 mod usage;
 
 pub use backend::{OverlayBackend, OverlayOptions};
 pub use error::{Error, Result};
 pub use preflight::{IDMAPPED_LAYERS, ensure as ensure_preflight, preflight};
+pub use quota::{PROJECT_QUOTAS, SizeLimits, project_quota_check};
 pub use usage::disk_usage;

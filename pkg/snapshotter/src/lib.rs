@@ -147,6 +147,7 @@ impl Snapshotter {
         validate::parent(parent)?;
         validate::labels(labels)?;
         validate::id_mapping(labels)?;
+        validate::max_size(labels)?;
 
         // Checked before staging so the common refusals cost no storage work; checked
         // again under the write lock because the world may change in between.
@@ -466,6 +467,7 @@ impl Snapshotter {
             let info = tx.info(name)?.ok_or_else(|| Error::NotFound(name.to_owned()))?;
             validate::labels(&info.labels)?;
             validate::id_mapping(&info.labels)?;
+            validate::max_size(&info.labels)?;
             Ok(info)
         })
     }
@@ -491,7 +493,8 @@ impl Snapshotter {
     }
 
     /// Measures the layer of the active snapshot `id`, found under `key` by
-    /// [`usage_source`](Self::usage_source): a walk of its files.
+    /// [`usage_source`](Self::usage_source): a walk of its files, or where the
+    /// backend keeps counters (overlay on a root with project quotas), a read of them.
     pub fn measure_usage(&self, key: &str, id: SnapshotId) -> Result<Usage> {
         self.backend
             .usage(SnapshotRef {

@@ -125,6 +125,7 @@ fn backend_at(root: &Path, faults: Arc<Faults>, name: Option<&'static str>) -> A
     let inner = OverlayBackend::open(&OverlayOptions {
         root: root.to_owned(),
         remap_ids: false,
+        size_limits: Default::default(),
     })
     .unwrap();
     Arc::new(FaultyBackend {
@@ -385,6 +386,46 @@ fn failed_publish_and_seal_leave_no_trace() {
 }
 
 #[test]
+fn a_malformed_max_size_is_refused_and_changes_nothing() {
+    let f = fixture();
+    let max_size = rustlayer_core::MAX_SIZE_LABEL;
+    for bad in ["", "0", "-1", "ten", "1GiB", " 1"] {
+        let err =
+            f.s.prepare("k", "", &labels(&[(max_size, bad)]))
+                .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}: {err}");
+        assert_eq!(f.s.stat("k").unwrap_err().code(), Code::NotFound);
+    }
+    assert_eq!(
+        fs::read_dir(f.root.join("snapshots")).unwrap().count(),
+        0,
+        "a refused Prepare made no storage"
+    );
+
+    f.s.prepare("k", "", &labels(&[(max_size, "1048576")]))
+        .unwrap();
+    let stored = || f.s.stat("k").unwrap().labels.get(max_size).cloned();
+    assert_eq!(
+        stored().as_deref(),
+        Some("1048576"),
+        "the label stays on the snapshot"
+    );
+    let err =
+        f.s.update(&InfoUpdate {
+            name: "k".into(),
+            labels: labels(&[(max_size, "-5")]),
+            paths: vec![format!("labels.{max_size}")],
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        stored().as_deref(),
+        Some("1048576"),
+        "a refused Update changed nothing"
+    );
+}
+
+#[test]
 fn update_follows_containerd_field_paths() {
     let f = fixture();
     f.s.prepare("k", "", &labels(&[("a", "1"), ("b", "2")]))
@@ -544,6 +585,7 @@ fn corrupt_metadata_is_refused_not_reset() {
     let inner = OverlayBackend::open(&OverlayOptions {
         root: root.clone(),
         remap_ids: false,
+        size_limits: Default::default(),
     })
     .unwrap();
     let err = Snapshotter::open(&root, Arc::new(inner)).unwrap_err();
@@ -559,6 +601,7 @@ fn corrupt_metadata_is_refused_not_reset() {
     let inner = OverlayBackend::open(&OverlayOptions {
         root: root.clone(),
         remap_ids: false,
+        size_limits: Default::default(),
     })
     .unwrap();
     assert!(Snapshotter::open(&root, Arc::new(inner)).is_err());
