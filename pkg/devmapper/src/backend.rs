@@ -11,7 +11,8 @@ use std::thread::JoinHandle;
 
 use devicemapper::Device;
 use rustlayer_core::{
-    Backend, IdMapping, Kind, Labels, Mount, PoolStats, SnapshotId, SnapshotRef, Staged, Usage,
+    Backend, IdMapping, Kind, Labels, LiveSnapshot, Mount, PoolStats, SnapshotId, SnapshotRef,
+    Staged, Usage,
 };
 use rustlayer_mount::{LinuxLoopAttacher, LinuxMounter, Mounter};
 use tracing::{debug, info, warn};
@@ -493,9 +494,9 @@ impl Backend for DevmapperBackend {
     }
 
     /// Committed layers stay inactive until a snapshot of them is taken.
-    fn resume(&self, snapshots: &[(SnapshotId, Kind)]) -> rustlayer_core::Result<()> {
-        for (id, kind) in snapshots.iter().filter(|(_, k)| *k != Kind::Committed) {
-            self.inner.activate(thin_id(*id)?, *kind == Kind::View)?;
+    fn resume(&self, snapshots: &[LiveSnapshot]) -> rustlayer_core::Result<()> {
+        for s in snapshots.iter().filter(|s| s.kind != Kind::Committed) {
+            self.inner.activate(thin_id(s.id)?, s.kind == Kind::View)?;
         }
         Ok(())
     }

@@ -108,7 +108,7 @@ impl Snapshotter {
             ids: Mutex::new(IdPool::default()),
         };
         let removed = snapshotter.cleanup()?;
-        let snapshots = snapshotter.store.read(|tx| tx.id_kinds())?;
+        let snapshots = snapshotter.store.read(|tx| tx.live_snapshots())?;
         snapshotter.backend.resume(&snapshots)?;
         let counts = snapshotter.counts()?;
         info!(
