@@ -128,17 +128,7 @@ say "dependencies"
 if [[ -x hack/deps.sh ]]; then
   hack/deps.sh
 fi
-packages=(containerd runc debootstrap python3 strace util-linux e2fsprogs)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "$me: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install_missing containerd runc debootstrap python3 strace util-linux e2fsprogs
 containerd_use || die "no containerd ${CONTAINERD_VERSION:-$CONTAINERD_DEFAULT_VERSION}"
 # Each release's binaries, fetched now: a missing one fails before any row runs.
 read -ra also_versions <<<"${BENCH_ALSO_CONTAINERD-2.1.9}"

@@ -50,20 +50,11 @@
 # exits 1 on failure. Every check line names the containerd release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
-# shellcheck source=hack/lib/containerd.sh
-source hack/lib/containerd.sh
-# shellcheck source=hack/lib/machine.sh
-source hack/lib/machine.sh
-# shellcheck source=hack/lib/process.sh
-source hack/lib/process.sh
-# shellcheck source=hack/lib/report.sh
-source hack/lib/report.sh
+# shellcheck source=hack/lib/e2e.sh
+source hack/lib/e2e.sh
 me=containerd-e2e
 
-require_root "containerd, runc and overlay mounts need it"
-containerd_use || exit 1
-REPORT_LABEL="$me (containerd $CONTAINERD_VERSION)" REPORT_TAG="[containerd $CONTAINERD_VERSION]"
+containerd_tier "containerd, runc and overlay mounts need it"
 
 snapshotter=${SNAPSHOTTER:-rustlayer}
 ns=rustlayer-e2e

@@ -31,20 +31,11 @@
 # exits 1 on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
-# shellcheck source=hack/lib/containerd.sh
-source hack/lib/containerd.sh
-# shellcheck source=hack/lib/machine.sh
-source hack/lib/machine.sh
-# shellcheck source=hack/lib/process.sh
-source hack/lib/process.sh
-# shellcheck source=hack/lib/report.sh
-source hack/lib/report.sh
+# shellcheck source=hack/lib/e2e.sh
+source hack/lib/e2e.sh
 me="image-e2e"
 
-require_root "containerd, runc and mounts need it"
-containerd_use || exit 1
-REPORT_LABEL="$me (containerd $CONTAINERD_VERSION)" REPORT_TAG="[containerd $CONTAINERD_VERSION]"
+containerd_tier "containerd, runc and mounts need it"
 require_commands "hack/deps.sh installs them" \
   containerd ctr containerd-shim-runc-v2 runc python3 mount umount timeout curl
 

@@ -41,15 +41,8 @@
 # check and ends with "userns-e2e: N passed, N failed"; exits 1 on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
-# shellcheck source=hack/lib/containerd.sh
-source hack/lib/containerd.sh
-# shellcheck source=hack/lib/machine.sh
-source hack/lib/machine.sh
-# shellcheck source=hack/lib/process.sh
-source hack/lib/process.sh
-# shellcheck source=hack/lib/report.sh
-source hack/lib/report.sh
+# shellcheck source=hack/lib/e2e.sh
+source hack/lib/e2e.sh
 me=userns-e2e
 
 require_root "containerd, runc and idmapped mounts need it"

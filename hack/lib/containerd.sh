@@ -335,3 +335,14 @@ remove_scratch() {
     not_ok "cleanup: mounts left under $tmp; not removing it" "$(mounted_under_tmp)"
   fi
 }
+
+# containerd_tier WHY: the start of a test tier that runs against one containerd
+# release: root (WHY says what needs it), that release first on PATH
+# (containerd_use), and every check line and the closing lines naming it
+# (report.sh's REPORT_TAG and REPORT_LABEL).
+# shellcheck disable=SC2034,SC2154 # REPORT_* are read by report.sh, $me is the script's
+containerd_tier() {
+  require_root "$1"
+  containerd_use || exit 1
+  REPORT_LABEL="$me (containerd $CONTAINERD_VERSION)" REPORT_TAG="[containerd $CONTAINERD_VERSION]"
+}

@@ -95,3 +95,21 @@ rustlayer_bin() {
   fi
   realpath "$bin"
 }
+
+# apt_install_missing PACKAGE...: installs those of the Debian packages that are
+# not installed yet (as root).
+apt_install_missing() {
+  local p missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  echo "${me:-$0}: installing ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "${me:-$0}: need root to install packages: ${missing[*]}" >&2
+    return 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
