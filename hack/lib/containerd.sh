@@ -298,11 +298,6 @@ stdout_of() {
   return "$rc"
 }
 
-# mounted_under_tmp: the mount points under $tmp (the script's scratch directory),
-# one a line.
-# shellcheck disable=SC2154 # $tmp is set by the script that sources this file
-mounted_under_tmp() { awk -v p="$tmp/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo; }
-
 # release_leftovers NS...: once the private containerd has stopped, what its
 # containers leave: shims (they outlive containerd; ours name $tmp on their command
 # line), the namespaces' cgroups (v1: one per hierarchy) and the mounts under $tmp,
@@ -320,10 +315,8 @@ release_leftovers() {
       [[ -d $m ]] && find "$m" -depth -type d -exec rmdir {} + 2>/dev/null
     done
   done
-  for m in $(mounted_under_tmp | sort -r); do
-    umount "$m" 2>/dev/null || umount -l "$m"
-  done
-  [[ -z $(mounted_under_tmp) ]]
+  unmount_under "$tmp"
+  [[ -z $(mounts_under "$tmp") ]]
 }
 
 # remove_scratch NS...: release_leftovers NS..., then $tmp removed; a failed
@@ -332,7 +325,7 @@ remove_scratch() {
   if release_leftovers "$@"; then
     rm -rf "$tmp"
   else
-    not_ok "cleanup: mounts left under $tmp; not removing it" "$(mounted_under_tmp)"
+    not_ok "cleanup: mounts left under $tmp; not removing it" "$(mounts_under "$tmp")"
   fi
 }
 

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the scripts that start servers of their own (daemons, containerd,
 # Prometheus) and wait on them: polling a condition with a deadline, never a
-# fixed sleep, and stopping what they started.
+# fixed sleep; and that stop what they started and unmount what they mounted.
 
 # wait_until SECONDS PID CMD...: runs CMD (quietly) every 0.1 s until it
 # succeeds. Fails after SECONDS, or at once when process PID has died; PID "-"
@@ -43,4 +43,33 @@ stop_pid() {
   fi
   wait "$pid" 2>/dev/null || rc=$?
   return "$rc"
+}
+
+# mounts_under DIR: the mount points below DIR, deepest first, one a line.
+mounts_under() {
+  awk -v p="$1/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r
+}
+
+# unmount_under DIR: unmounts everything below DIR, deepest first (lazily what
+# is busy).
+unmount_under() {
+  local m
+  for m in $(mounts_under "$1"); do
+    umount "$m" 2>/dev/null || umount -l "$m"
+  done
+}
+
+# tail_logs LINES FILE...: the last LINES lines of each FILE that is not empty,
+# for a failed run's output. containerd's start-up chatter ("loading plugin")
+# would fill the tail, so it is left out. Names are shown below $tmp, the
+# script's scratch directory, when they are there.
+tail_logs() {
+  local lines=$1 f
+  shift
+  for f in "$@"; do
+    [[ -s $f ]] || continue
+    echo "---- last $lines lines of ${f#"${tmp:-}/"}"
+    grep -v 'msg="\{0,1\}loading plugin' "$f" | tail -n "$lines"
+  done
+  echo "----"
 }

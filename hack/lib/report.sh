@@ -47,21 +47,6 @@ expect_eq() { # expect_eq NAME WANT GOT
   fi
 }
 
-# tail_logs LINES FILE...: the last LINES lines of each FILE that is not empty,
-# for a failed run's output. containerd's start-up chatter ("loading plugin")
-# would fill the tail, so it is left out. Names are shown below $tmp, the
-# script's scratch directory, when they are there.
-tail_logs() {
-  local lines=$1 f
-  shift
-  for f in "$@"; do
-    [[ -s $f ]] || continue
-    echo "---- last $lines lines of ${f#"${tmp:-}/"}"
-    grep -v 'msg="\{0,1\}loading plugin' "$f" | tail -n "$lines"
-  done
-  echo "----"
-}
-
 report_traps() {
   report_teardown=$1
   report_started=$SECONDS
