@@ -6,10 +6,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use devicemapper::Device;
+use rustlayer_core::sync::lock;
 use rustlayer_core::{
     Backend, IdMapping, Kind, Labels, LiveSnapshot, Mount, PoolStats, SnapshotId, SnapshotRef,
     Staged, Usage,
@@ -559,12 +560,6 @@ fn node(device: Device) -> Result<PathBuf> {
             path.display()
         )))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
