@@ -398,9 +398,8 @@ const POD_NETWORK: &str = r#"{
 /// adjustment here, which the kubelet would otherwise be refused lowering. Stream
 /// server on a free port, so parallel containerds do not collide on 10010. The
 /// runtime handler `rustlayer` exists on every release.
-fn containerd_config(setup: &Setup, d: &Path, socket: &Path) -> String {
-    let d = d.display();
-    let sock = socket.display();
+fn containerd_config(setup: &Setup, dir: &Path, socket: &Path) -> String {
+    let d = dir.display();
     let rl = setup.snapshotter_socket.display();
     let rl_root = setup.snapshotter_root.display();
     let sandbox = setup.sandbox_image;
@@ -427,36 +426,20 @@ fn containerd_config(setup: &Setup, d: &Path, socket: &Path) -> String {
                 format!("bin_dirs = [\"{d}/cni/bin\"]"),
             ),
         };
+        let head = config_head(
+            3,
+            &[
+                "io.containerd.snapshotter.v1.blockfile",
+                "io.containerd.snapshotter.v1.btrfs",
+                "io.containerd.snapshotter.v1.devmapper",
+                "io.containerd.snapshotter.v1.erofs",
+                "io.containerd.snapshotter.v1.zfs",
+            ],
+            dir,
+            socket,
+        );
         return format!(
-            r#"version = 3
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.blockfile",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.erofs",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
-[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1
-
+            r#"{head}
 # On by default in 2.x, on a socket under /var/run shared by every containerd.
 [plugins."io.containerd.nri.v1.nri"]
   disable = true
@@ -534,35 +517,19 @@ disabled_plugins = [
         } else {
             ("rustlayer", String::new(), String::new())
         };
+    let head = config_head(
+        2,
+        &[
+            "io.containerd.snapshotter.v1.aufs",
+            "io.containerd.snapshotter.v1.btrfs",
+            "io.containerd.snapshotter.v1.devmapper",
+            "io.containerd.snapshotter.v1.zfs",
+        ],
+        dir,
+        socket,
+    );
     format!(
-        r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
-[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1
-
+        r#"{head}
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{sandbox}"
   restrict_oom_score_adj = true
@@ -596,6 +563,41 @@ disabled_plugins = [
 [proxy_plugins.rustlayer]
   type = "snapshot"
   address = "{rl}"{exports}
+"#
+    )
+}
+
+/// What every release's config starts with: config VERSION, the private root,
+/// state and sockets under `d`, the DISABLED plugins, no debug or metrics
+/// listener, and a garbage collection at every deletion.
+fn config_head(version: u32, disabled: &[&str], d: &Path, socket: &Path) -> String {
+    let d = d.display();
+    let sock = socket.display();
+    let disabled: String = disabled.iter().map(|p| format!("  \"{p}\",\n")).collect();
+    format!(
+        r#"version = {version}
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = [
+{disabled}]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+
+[plugins."io.containerd.gc.v1.scheduler"]
+  deletion_threshold = 1
 "#
     )
 }
