@@ -29,13 +29,15 @@ fn mapping(uids: &str, gids: &str) -> Labels {
     ])
 }
 
-/// A daemon whose configuration says containerd declares `remap-ids`.
-fn remapping_daemon() -> (tempfile::TempDir, Daemon) {
+/// A daemon whose configuration says containerd declares `remap-ids` (its config
+/// file's directory, kept for as long as the daemon), and a client of it.
+async fn remapping_daemon() -> (tempfile::TempDir, Daemon, Client) {
     let config_dir = tempfile::tempdir().unwrap();
     let config = config_dir.path().join("config.toml");
     fs::write(&config, "remap_ids = true\n").unwrap();
     let daemon = Daemon::start_with(&["--config", config.to_str().unwrap()]);
-    (config_dir, daemon)
+    let client = daemon.client().await;
+    (config_dir, daemon, client)
 }
 
 fn option<'a>(mount: &'a Mount, key: &str) -> Option<&'a str> {
@@ -100,7 +102,7 @@ fn upper(mount: &Mount) -> PathBuf {
 #[ignore = "needs root: the daemon mounts overlayfs"]
 async fn the_container_root_owns_its_layer_through_idmapped_lowers() {
     require_root();
-    let (_config, daemon) = remapping_daemon();
+    let (_config, daemon, c) = remapping_daemon().await;
     assert!(
         daemon
             .log()
@@ -108,7 +110,6 @@ async fn the_container_root_owns_its_layer_through_idmapped_lowers() {
         "the start-up probe ran and passed:\n{}",
         daemon.log()
     );
-    let c = daemon.client().await;
     image(&c).await;
 
     let mounts = prepare_mapped(&c, "ctr", "app", MAP).await;
@@ -209,8 +210,7 @@ async fn without_remap_ids_mounts_stay_plain_and_the_upper_is_still_root_s() {
 #[ignore = "needs root: the daemon mounts overlayfs"]
 async fn a_parentless_snapshot_is_an_idmapped_overlay_whose_upper_the_container_root_owns() {
     require_root();
-    let (_config, daemon) = remapping_daemon();
-    let c = daemon.client().await;
+    let (_config, _daemon, c) = remapping_daemon().await;
     let mounts = prepare_mapped(&c, "scratch", "", MAP).await;
     let m = &mounts[0];
     assert_eq!(m.fs_type, "overlay", "{m:?}");
@@ -244,8 +244,7 @@ async fn a_mapping_change_on_a_chain_maps_every_layer_with_the_new_mapping() {
     // As containerd's own overlay snapshotter: only the new snapshot's labels count.
     // A layer committed from a container with another mapping holds that mapping's
     // host ids, which the new mapping does not cover: they show as the overflow id.
-    let (_config, daemon) = remapping_daemon();
-    let c = daemon.client().await;
+    let (_config, _daemon, c) = remapping_daemon().await;
     image(&c).await;
     let first = prepare_mapped(&c, "first-a", "app", MAP).await;
     {
@@ -284,8 +283,7 @@ async fn a_500_layer_chain_mounts_on_idmapped_lowers() {
     // Real directory names are longer than the short links: the options fit a page
     // only once the lowers are relative to their idmapped copy, as containerd makes
     // them.
-    let (_config, daemon) = remapping_daemon();
-    let c = daemon.client().await;
+    let (_config, _daemon, c) = remapping_daemon().await;
     let parent = commit_chain(&c, 500).await;
     let top = prepare_mapped(&c, "container", &parent, MAP).await;
     assert_eq!(option(&top[0], "lowerdir").unwrap().split(':').count(), 500);
@@ -304,8 +302,7 @@ async fn a_500_layer_chain_mounts_on_idmapped_lowers() {
 #[ignore = "needs root: the daemon mounts overlayfs"]
 async fn bad_mapping_labels_are_refused_and_change_nothing() {
     require_root();
-    let (_config, daemon) = remapping_daemon();
-    let c = daemon.client().await;
+    let (_config, daemon, c) = remapping_daemon().await;
     image(&c).await;
     let snapshots = daemon.root.join("snapshots");
     let before = (c.names(&[]).await, count_entries(&snapshots));
