@@ -13,6 +13,7 @@ pub mod filter;
 mod idmap;
 mod model;
 mod observe;
+pub mod reaper;
 pub mod sync;
 pub mod validate;
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustlayer_core::reaper::Reaper;
 use rustlayer_core::{
     Backend, IdMapping, Kind, Labels, LiveSnapshot, Mount, SnapshotId, SnapshotRef, Staged, Usage,
 };
@@ -15,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::error::{Result, io_err};
 use crate::layout::Layout;
 use crate::quota::{Quotas, SizeLimits};
-use crate::reaper::Reaper;
+use crate::reaper;
 use crate::usage::{Whiteouts, disk_usage, layer_usage};
 
 /// With overlay's inode index on, a layer used as lower by one mount and upper by
@@ -47,7 +48,7 @@ pub struct OverlayBackend {
     /// Staging directories of Prepares in flight, which Cleanup must not touch.
     staging_live: Mutex<HashSet<String>>,
     sequence: AtomicU64,
-    reaper: Reaper,
+    reaper: Reaper<()>,
     quotas: Quotas,
 }
 
@@ -84,7 +85,7 @@ impl OverlayBackend {
         }
         let quotas = Quotas::new(layout.root(), quota, options.size_limits.clone())?;
         let reaper =
-            Reaper::start(layout.trash()).map_err(io_err("start reaper for", layout.trash()))?;
+            reaper::start(layout.trash()).map_err(io_err("start reaper for", layout.trash()))?;
         info!(root = %layout.root().display(), options = ?common_options, "overlay backend ready");
         let backend = OverlayBackend {
             layout,
@@ -441,7 +442,9 @@ impl OverlayBackend {
         let to = self.layout.trash().join(self.unique_name("gone-"));
         match fs::rename(path, &to) {
             Ok(()) => {
-                self.reaper.wake();
+                // Only a finished reaper gives the pass back; this one runs
+                // until the backend is dropped.
+                let _ = self.reaper.hand_over(());
                 Ok(())
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
