@@ -213,6 +213,13 @@ if [[ -r /etc/apt/sources.list.d/debian.sources ]]; then
   cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/"
   rm -f "$root/etc/apt/sources.list"
 fi
+# Certificate authorities the machine's administrator added (a site's TLS proxy in
+# front of crates.io, say): a machine on this network trusts them as this one does.
+site_cas=(/usr/local/share/ca-certificates/*.crt)
+if [[ -e ${site_cas[0]} ]]; then
+  cp "${site_cas[@]}" "$root/usr/local/share/ca-certificates/"
+  chroot "$root" /usr/sbin/update-ca-certificates >/dev/null
+fi
 printf '#!/bin/sh\n# no init here: packages must not start services\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 0755 "$root/usr/sbin/policy-rc.d"
 
