@@ -40,6 +40,7 @@ METRICS = {
     "rustlayer_root_filesystem_inodes": "gauge",
     "rustlayer_root_filesystem_inodes_free": "gauge",
     "rustlayer_collector_last_success_timestamp_seconds": "gauge",
+    "rustlayer_project_quotas": "gauge",
     "rustlayer_thin_pool_data_used_bytes": "gauge",
     "rustlayer_thin_pool_data_size_bytes": "gauge",
     "rustlayer_thin_pool_metadata_used_bytes": "gauge",
