@@ -1,7 +1,9 @@
 //! The base device's filesystem, made once per pool: every first layer is a
-//! snapshot of it. mkfs is the one program the backend runs: writing a filesystem
-//! is not something to reimplement. A marker file, written durably once the
-//! filesystem is finished, records how it was made.
+//! snapshot of it. A marker file, written durably once the filesystem is finished,
+//! records how it was made. A snapshot asked to be larger than the base has its
+//! copy of the filesystem grown to fill its device. mkfs, resize2fs and xfs_growfs
+//! are the programs the backend runs: writing or resizing a filesystem is not
+//! something to reimplement.
 
 use std::fs;
 use std::io::Write;
@@ -39,7 +41,7 @@ pub fn make_filesystem(fs: FsType, device: &Path, extra: &[String]) -> Result<()
             .args(extra)
             .arg(device)
             .output()
-            .map_err(|source| Error::MkfsMissing {
+            .map_err(|source| Error::FsToolMissing {
                 program: program.clone(),
                 package: fs.tools_package(),
                 source,
@@ -50,7 +52,7 @@ pub fn make_filesystem(fs: FsType, device: &Path, extra: &[String]) -> Result<()
         }
         last = String::from_utf8_lossy(&output.stderr).trim().to_owned();
     }
-    Err(Error::Mkfs {
+    Err(Error::FsTool {
         command: format!("{program} {}", device.display()),
         detail: last,
     })
@@ -111,6 +113,63 @@ pub fn empty_root(
     mounter.unmount(mountpoint, false)?;
     let _ = fs::remove_dir(mountpoint);
     removed
+}
+
+/// Grows the filesystem on a thin device to fill the device, behind a trait so the
+/// backend's sequencing is unit-tested without root.
+pub trait GrowFs: Send + Sync {
+    /// `mountpoint` is a private path the filesystem may be mounted on meanwhile.
+    fn grow(&self, fs: FsType, device: &Path, mountpoint: &Path) -> Result<()>;
+}
+
+/// Grows a filesystem while it is mounted: xfs_growfs only works on a mounted
+/// filesystem, and resize2fs on a mounted ext4 grows it online through the kernel,
+/// which needs no `e2fsck -f` first (offline resize2fs refuses a filesystem mounted
+/// since its last check, as every snapshot of the base is).
+pub struct OnlineGrow<M: Mounter> {
+    pub mounter: M,
+}
+
+impl<M: Mounter> GrowFs for OnlineGrow<M> {
+    fn grow(&self, fs: FsType, device: &Path, mountpoint: &Path) -> Result<()> {
+        fs::create_dir_all(mountpoint).map_err(Error::io("create", mountpoint))?;
+        let mount = Mount {
+            fs_type: fs.as_str().to_owned(),
+            source: device.to_string_lossy().into_owned(),
+            // Every snapshot carries the base filesystem's UUID.
+            options: match fs {
+                FsType::Xfs => vec!["nouuid".to_owned()],
+                FsType::Ext4 => Vec::new(),
+            },
+        };
+        self.mounter.mount(&mount, mountpoint)?;
+        let (program, target) = match fs {
+            FsType::Ext4 => ("resize2fs", device),
+            FsType::Xfs => ("xfs_growfs", mountpoint),
+        };
+        let grown = run(program, fs, target);
+        self.mounter.unmount(mountpoint, false)?;
+        let _ = fs::remove_dir(mountpoint);
+        grown
+    }
+}
+
+fn run(program: &str, fs: FsType, target: &Path) -> Result<()> {
+    let output = Command::new(program)
+        .arg(target)
+        .output()
+        .map_err(|source| Error::FsToolMissing {
+            program: program.to_owned(),
+            package: fs.tools_package(),
+            source,
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error::FsTool {
+        command: format!("{program} {}", target.display()),
+        detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    })
 }
 
 pub fn write_durably(path: &Path, contents: &[u8]) -> Result<()> {

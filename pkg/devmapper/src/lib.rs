@@ -12,6 +12,7 @@ mod preflight;
 #[cfg(test)]
 mod recording_dm;
 mod size;
+mod sizes;
 #[doc(hidden)]
 pub mod testing;
 
