@@ -426,6 +426,8 @@ impl Inner {
             FsType::Ext4 => {
                 if kind == Kind::View {
                     options.push("noload".to_owned());
+                } else {
+                    options.push(base::EXT4_NO_ITABLE_ZEROING.to_owned());
                 }
             }
         }

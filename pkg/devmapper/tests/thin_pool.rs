@@ -589,10 +589,20 @@ fn max_size_grows_the_filesystem(config: DevmapperConfig, big: u64, write: u64) 
         let started = std::time::Instant::now();
         s.prepare("big", "", &max_size(big)).unwrap();
         let big_took = started.elapsed();
+        let (plain_used, big_used) = (
+            s.usage("plain").unwrap().bytes,
+            s.usage("big").unwrap().bytes,
+        );
         eprintln!(
-            "{}: prepare at the base size {plain_took:?}, grown from {base} to {big} bytes {big_took:?}",
+            "{}: prepare at the base size {plain_took:?} ({plain_used} bytes of the pool), \
+             grown from {base} to {big} bytes {big_took:?} ({big_used} bytes of the pool)",
             config.fs_type
         );
+        if config.fs_type == FsType::Ext4 {
+            // The grown groups' inode tables are never zeroed into the pool.
+            let options = &s.mounts("big").unwrap()[0].options;
+            assert!(options.contains(&"noinit_itable".to_owned()), "{options:?}");
+        }
         assert_fills(measure(&s, "plain"), base, "without max-size");
         mount_all(&LinuxMounter, &s.mounts("big").unwrap(), &mnt).unwrap();
         assert_fills(filesystem_bytes(&mnt), big, "with max-size");
