@@ -773,9 +773,19 @@ mod tests {
     }
 
     fn stage(backend: &DevmapperBackend, id: u64, kind: Kind, parents: &[u64]) {
+        stage_labelled(backend, id, kind, parents, &Labels::new());
+    }
+
+    fn stage_labelled(
+        backend: &DevmapperBackend,
+        id: u64,
+        kind: Kind,
+        parents: &[u64],
+        labels: &Labels,
+    ) {
         let parents: Vec<SnapshotId> = parents.iter().copied().map(SnapshotId::new).collect();
         backend
-            .stage(SnapshotId::new(id), kind, &parents, &Labels::new())
+            .stage(SnapshotId::new(id), kind, &parents, labels)
             .expect("stage succeeds");
     }
 
@@ -862,10 +872,7 @@ mod tests {
     }
 
     fn stage_sized(backend: &DevmapperBackend, id: u64, kind: Kind, parents: &[u64], bytes: u64) {
-        let parents: Vec<SnapshotId> = parents.iter().copied().map(SnapshotId::new).collect();
-        backend
-            .stage(SnapshotId::new(id), kind, &parents, &max_size(bytes))
-            .expect("stage succeeds");
+        stage_labelled(backend, id, kind, parents, &max_size(bytes));
     }
 
     fn record(fixture: &Fixture, id: u32) -> Option<String> {

@@ -598,6 +598,10 @@ fn max_size_grows_the_filesystem(config: DevmapperConfig, big: u64, write: u64) 
              grown from {base} to {big} bytes {big_took:?} ({big_used} bytes of the pool)",
             config.fs_type
         );
+        assert!(
+            big_used - plain_used < (big - base) / 32,
+            "growing writes little into the pool: {big_used} bytes against {plain_used}"
+        );
         if config.fs_type == FsType::Ext4 {
             // The grown groups' inode tables are never zeroed into the pool.
             let options = &s.mounts("big").unwrap()[0].options;
