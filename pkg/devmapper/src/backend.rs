@@ -11,21 +11,24 @@ use devicemapper::Device;
 use rustlayer_core::reaper::Reaper;
 use rustlayer_core::sync::lock;
 use rustlayer_core::{
-    Backend, IdMapping, Kind, Labels, LiveSnapshot, Mount, PoolStats, SnapshotId, SnapshotRef,
-    Staged, Usage,
+    Backend, IdMapping, Kind, Labels, LiveSnapshot, MAX_SIZE_LABEL, Mount, PoolStats, SnapshotId,
+    SnapshotRef, Staged, Usage, validate,
 };
 use rustlayer_mount::{LinuxLoopAttacher, LinuxMounter, Mounter};
 use tracing::{debug, info, warn};
 
-use crate::base;
+use crate::base::{self, GrowFs, OnlineGrow};
 use crate::config::{DevmapperConfig, FsType};
 use crate::dm::{Deactivated, DeviceMapper, Dm};
 use crate::error::{Error, Result};
 use crate::pool::{Deleted, ManagedPool, Pool, ThinId};
+use crate::sizes::DeviceSizes;
 
 /// Thin id 0 is the base device; the store never hands out snapshot id 0.
 const BASE: ThinId = ThinId::BASE;
 const SECTOR: u64 = 512;
+/// Filesystem block size: device sizes are whole blocks.
+const BLOCK: u64 = 4096;
 
 #[derive(Debug, Clone)]
 pub struct DevmapperOptions {
@@ -52,11 +55,21 @@ struct Inner {
     /// Every device this daemon activates is named `<prefix>-<id>`: unique per root,
     /// so two daemons on one node never touch each other's devices.
     prefix: String,
+    /// The base device's size; every thin device without a size record has it.
     sectors: u64,
     config: DevmapperConfig,
+    sizes: Resizing,
     /// Pool messages and the activation state they depend on (a snapshot's origin
     /// must be inactive or suspended) change together.
     lock: Mutex<()>,
+}
+
+/// What a snapshot larger than the base needs: the durable size of every such
+/// device, the filesystem grower, and a directory for its private mountpoints.
+struct Resizing {
+    records: DeviceSizes,
+    grow: Box<dyn GrowFs>,
+    scratch: PathBuf,
 }
 
 impl std::fmt::Debug for DevmapperBackend {
@@ -103,11 +116,19 @@ impl DevmapperBackend {
             )?,
         };
         let marker = dir.join("base");
+        let sizes = Resizing {
+            records: DeviceSizes::open(&dir.join("sizes"))?,
+            grow: Box::new(OnlineGrow {
+                mounter: LinuxMounter,
+            }),
+            scratch: dir.clone(),
+        };
         DevmapperBackend::assemble(
             Box::new(dm),
             pool,
             prefix,
             config,
+            sizes,
             options.remap_ids,
             |inner| inner.ensure_base(&LinuxMounter, &marker),
         )
@@ -119,16 +140,18 @@ impl DevmapperBackend {
         pool: Pool,
         prefix: String,
         config: DevmapperConfig,
+        sizes: Resizing,
         remap_ids: bool,
         ensure_base: impl FnOnce(&Inner) -> Result<()>,
     ) -> Result<DevmapperBackend> {
-        let sectors = config.base_image_size.get().div_ceil(4096) * 4096 / SECTOR;
+        let sectors = config.base_image_size.get().div_ceil(BLOCK) * BLOCK / SECTOR;
         let inner = Arc::new(Inner {
             dm,
             pool,
             prefix,
             sectors,
             config,
+            sizes,
             lock: Mutex::new(()),
         });
         ensure_base(&inner)?;
@@ -178,6 +201,19 @@ impl Inner {
         }
     }
 
+    /// A device's own size in sectors: what it was prepared with, the base's if
+    /// it has no record.
+    fn sectors_of(&self, id: ThinId) -> Result<u64> {
+        if id == BASE {
+            return Ok(self.sectors);
+        }
+        Ok(self
+            .sizes
+            .records
+            .get(id)?
+            .map_or(self.sectors, |bytes| bytes / SECTOR))
+    }
+
     fn activate(&self, id: ThinId, read_only: bool) -> Result<Device> {
         let name = self.device_name(id);
         if let Some((device, _)) = self.dm.device(&name)? {
@@ -185,7 +221,7 @@ impl Inner {
         }
         self.dm.activate(
             &name,
-            self.sectors,
+            self.sectors_of(id)?,
             "thin",
             &self.pool.thin_params(id),
             read_only,
@@ -200,11 +236,13 @@ impl Inner {
         }
     }
 
-    /// Deactivates and deletes a thin device; absent devices are fine.
+    /// Deactivates and deletes a thin device, then its size record; absent
+    /// devices are fine.
     fn delete(&self, id: ThinId) -> Result<Deleted> {
         let _guard = lock(&self.lock);
         self.deactivate(id)?;
         let deleted = self.pool.delete(&*self.dm, id)?;
+        self.sizes.records.forget(id)?;
         debug!(thin = id.get(), ?deleted, "thin device deleted");
         Ok(deleted)
     }
@@ -268,6 +306,92 @@ impl Inner {
         created
     }
 
+    /// Makes a new snapshot `id` of `origin`, `sectors` large, activated as `kind`
+    /// needs (a committed layer stays inactive). Its size is recorded durably
+    /// before the device exists; a failure leaves neither behind.
+    fn make(&self, id: ThinId, origin: ThinId, sectors: u64, kind: Kind) -> Result<()> {
+        if sectors == self.sectors {
+            self.sizes.records.forget(id)?;
+        } else {
+            self.sizes.records.record(id, sectors * SECTOR)?;
+        }
+        let made = self.snapshot(id, origin).and_then(|()| {
+            let activated = if sectors > self.sectors_of(origin)? {
+                self.grow(id, kind)
+            } else {
+                Ok(())
+            };
+            activated.and_then(|()| match kind {
+                Kind::Committed => Ok(()),
+                _ => self.activate(id, kind == Kind::View).map(|_| ()),
+            })
+        });
+        if let Err(err) = made {
+            let _ = self
+                .deactivate(id)
+                .and_then(|()| self.pool.delete(&*self.dm, id))
+                .and_then(|_| self.sizes.records.forget(id));
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Grows the origin's filesystem, copied into a larger device, to fill it. The
+    /// device is activated writable for it; anything but an active snapshot is
+    /// deactivated again, to be activated as its kind needs.
+    fn grow(&self, id: ThinId, kind: Kind) -> Result<()> {
+        let started = std::time::Instant::now();
+        let device = self.activate(id, false)?;
+        let mountpoint = self.sizes.scratch.join(format!("grow-{}", id.get()));
+        let grown = self
+            .sizes
+            .grow
+            .grow(self.config.fs_type, &device_path(device), &mountpoint);
+        if kind != Kind::Active {
+            self.deactivate(id)?;
+        }
+        grown?;
+        info!(
+            thin = id.get(),
+            bytes = self.sectors_of(id)? * SECTOR,
+            fs = %self.config.fs_type,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "filesystem grown to the snapshot's max-size"
+        );
+        Ok(())
+    }
+
+    /// The size a new snapshot of `origin` gets: the origin's, or `max-size` when
+    /// the labels ask for more. Less than the origin is refused: a thin snapshot
+    /// carries its origin's whole filesystem, which cannot shrink.
+    fn size_for(&self, origin: ThinId, labels: &Labels) -> rustlayer_core::Result<u64> {
+        let origin_sectors = self.sectors_of(origin)?;
+        let Some(bytes) = validate::max_size(labels)? else {
+            return Ok(origin_sectors);
+        };
+        let sectors = bytes
+            .checked_next_multiple_of(BLOCK)
+            .map(|rounded| rounded / SECTOR)
+            .ok_or_else(|| {
+                rustlayer_core::Error::InvalidArgument(format!(
+                    "label {MAX_SIZE_LABEL}={bytes} is too large for a thin device"
+                ))
+            })?;
+        if sectors < origin_sectors {
+            return Err(rustlayer_core::Error::InvalidArgument(format!(
+                "label {MAX_SIZE_LABEL}={bytes} is smaller than the {} bytes of the {} this \
+                 snapshot copies; a thin snapshot cannot be smaller than its parent",
+                origin_sectors * SECTOR,
+                if origin == BASE {
+                    "empty base filesystem"
+                } else {
+                    "parent's filesystem"
+                }
+            )));
+        }
+        Ok(sectors)
+    }
+
     fn thin_usage(&self, id: ThinId) -> Result<Usage> {
         let name = self.device_name(id);
         let (_, status) = self.dm.status(&name, false)?;
@@ -302,6 +426,8 @@ impl Inner {
             FsType::Ext4 => {
                 if kind == Kind::View {
                     options.push("noload".to_owned());
+                } else {
+                    options.push(base::EXT4_NO_ITABLE_ZEROING.to_owned());
                 }
             }
         }
@@ -347,7 +473,7 @@ impl Backend for DevmapperBackend {
         id: SnapshotId,
         kind: Kind,
         parents: &[SnapshotId],
-        _labels: &Labels,
+        labels: &Labels,
     ) -> rustlayer_core::Result<Staged> {
         let inner = &self.inner;
         let thin = thin_id(id)?;
@@ -355,15 +481,10 @@ impl Backend for DevmapperBackend {
             Some(parent) => thin_id(*parent)?,
             None => BASE,
         };
+        let sectors = inner.size_for(origin, labels)?;
         inner.check_space()?;
         let _guard = lock(&inner.lock);
-        inner.snapshot(thin, origin)?;
-        if kind != Kind::Committed
-            && let Err(err) = inner.activate(thin, kind == Kind::View)
-        {
-            let _ = inner.pool.delete(&*inner.dm, thin);
-            return Err(err.into());
-        }
+        inner.make(thin, origin, sectors, kind)?;
         Ok(Staged::new(id.get().to_string()))
     }
 
@@ -455,6 +576,12 @@ impl Backend for DevmapperBackend {
                 removed += 1;
             }
         }
+        // A size record outlives its device only if a crash came between them.
+        for thin in inner.sizes.records.ids()? {
+            if !is_known(SnapshotId::new(u64::from(thin.get()))) {
+                inner.delete(thin)?;
+            }
+        }
         for id in suspects {
             if inner.delete(thin_id(*id)?)? == Deleted::Done {
                 removed += 1;
@@ -527,8 +654,12 @@ fn thin_id(id: SnapshotId) -> rustlayer_core::Result<ThinId> {
 }
 
 /// devtmpfs makes `/dev/dm-N` for every active device, with or without udev.
+fn device_path(device: Device) -> PathBuf {
+    PathBuf::from(format!("/dev/dm-{}", device.minor))
+}
+
 fn node(device: Device) -> Result<PathBuf> {
-    let path = PathBuf::from(format!("/dev/dm-{}", device.minor));
+    let path = device_path(device);
     if path.exists() {
         Ok(path)
     } else {
@@ -556,19 +687,75 @@ mod tests {
         }
     }
 
-    /// A backend over an existing pool with the base device made (thin id 0).
-    fn backend(dm: &RecordingDm) -> DevmapperBackend {
-        dm.add_thin(0);
-        let pool = Pool::open_existing(dm, POOL).expect("the pool opens");
-        DevmapperBackend::assemble(
+    /// Remembers which devices it grew, and fails when told to.
+    #[derive(Clone, Default)]
+    struct RecordingGrow {
+        grown: Arc<Mutex<Vec<PathBuf>>>,
+        fail: Arc<Mutex<bool>>,
+    }
+
+    impl RecordingGrow {
+        fn grown(&self) -> Vec<PathBuf> {
+            lock(&self.grown).clone()
+        }
+    }
+
+    impl GrowFs for RecordingGrow {
+        fn grow(&self, _fs: FsType, device: &Path, _mountpoint: &Path) -> Result<()> {
+            lock(&self.grown).push(device.to_owned());
+            if *lock(&self.fail) {
+                return Err(Error::FsTool {
+                    command: format!("resize2fs {}", device.display()),
+                    detail: "no space".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    /// A backend under a temporary directory (its size records), and its fakes.
+    struct Fixture {
+        backend: DevmapperBackend,
+        grow: RecordingGrow,
+        dir: tempfile::TempDir,
+    }
+
+    impl std::ops::Deref for Fixture {
+        type Target = DevmapperBackend;
+        fn deref(&self) -> &DevmapperBackend {
+            &self.backend
+        }
+    }
+
+    fn assemble(dm: &RecordingDm, pool: Pool) -> Fixture {
+        assemble_in(dm, pool, tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn assemble_in(dm: &RecordingDm, pool: Pool, dir: tempfile::TempDir) -> Fixture {
+        let grow = RecordingGrow::default();
+        let sizes = Resizing {
+            records: DeviceSizes::open(&dir.path().join("sizes")).expect("size records"),
+            grow: Box::new(grow.clone()),
+            scratch: dir.path().to_owned(),
+        };
+        let backend = DevmapperBackend::assemble(
             Box::new(dm.clone()),
             pool,
             PREFIX.into(),
             config(),
+            sizes,
             false,
             |_| Ok(()),
         )
-        .expect("the backend assembles")
+        .expect("the backend assembles");
+        Fixture { backend, grow, dir }
+    }
+
+    /// A backend over an existing pool with the base device made (thin id 0).
+    fn backend(dm: &RecordingDm) -> Fixture {
+        dm.add_thin(0);
+        let pool = Pool::open_existing(dm, POOL).expect("the pool opens");
+        assemble(dm, pool)
     }
 
     fn message(text: &str) -> DmCall {
@@ -586,9 +773,19 @@ mod tests {
     }
 
     fn stage(backend: &DevmapperBackend, id: u64, kind: Kind, parents: &[u64]) {
+        stage_labelled(backend, id, kind, parents, &Labels::new());
+    }
+
+    fn stage_labelled(
+        backend: &DevmapperBackend,
+        id: u64,
+        kind: Kind,
+        parents: &[u64],
+        labels: &Labels,
+    ) {
         let parents: Vec<SnapshotId> = parents.iter().copied().map(SnapshotId::new).collect();
         backend
-            .stage(SnapshotId::new(id), kind, &parents, &Labels::new())
+            .stage(SnapshotId::new(id), kind, &parents, labels)
             .expect("stage succeeds");
     }
 
@@ -668,6 +865,180 @@ mod tests {
         );
     }
 
+    const GIB: u64 = 1 << 30;
+
+    fn max_size(bytes: u64) -> Labels {
+        [(MAX_SIZE_LABEL.to_owned(), bytes.to_string())].into()
+    }
+
+    fn stage_sized(backend: &DevmapperBackend, id: u64, kind: Kind, parents: &[u64], bytes: u64) {
+        stage_labelled(backend, id, kind, parents, &max_size(bytes));
+    }
+
+    fn record(fixture: &Fixture, id: u32) -> Option<String> {
+        fs::read_to_string(fixture.dir.path().join("sizes").join(id.to_string())).ok()
+    }
+
+    #[test]
+    fn max_size_above_the_base_records_the_size_and_grows_the_filesystem() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage_sized(&backend, 1, Kind::Active, &[], 20 * GIB);
+        // Activated once, at its own size, for growing; then left active.
+        assert_eq!(
+            dm.calls(),
+            vec![message("create_snap 1 0"), activate("test-1")]
+        );
+        assert_eq!(dm.sectors("test-1"), Some(20 * GIB / SECTOR));
+        assert_eq!(backend.grow.grown().len(), 1);
+        assert_eq!(record(&backend, 1).as_deref(), Some("21474836480\n"));
+    }
+
+    #[test]
+    fn max_size_is_rounded_up_to_whole_blocks() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage_sized(&backend, 1, Kind::Active, &[], 10 * GIB + 1);
+        assert_eq!(dm.sectors("test-1"), Some((10 * GIB + BLOCK) / SECTOR));
+    }
+
+    #[test]
+    fn without_max_size_a_layer_has_the_base_size_and_no_record() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 1, Kind::Active, &[]);
+        stage_sized(&backend, 2, Kind::Active, &[], 10 * GIB);
+        for device in ["test-1", "test-2"] {
+            assert_eq!(dm.sectors(device), Some(10 * GIB / SECTOR), "{device}");
+        }
+        assert!(backend.grow.grown().is_empty());
+        assert_eq!(record(&backend, 1), None);
+        assert_eq!(record(&backend, 2), None);
+    }
+
+    #[test]
+    fn a_grown_view_is_grown_writable_then_activated_read_only() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage_sized(&backend, 1, Kind::View, &[], 12 * GIB);
+        assert_eq!(
+            dm.calls(),
+            vec![
+                message("create_snap 1 0"),
+                activate("test-1"),
+                DmCall::Deactivate("test-1".into()),
+                DmCall::Activate {
+                    device: "test-1".into(),
+                    read_only: true,
+                },
+            ]
+        );
+        assert_eq!(dm.sectors("test-1"), Some(12 * GIB / SECTOR));
+    }
+
+    #[test]
+    fn children_of_a_larger_layer_inherit_its_size_without_growing_again() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage_sized(&backend, 1, Kind::Committed, &[], 20 * GIB);
+        assert!(
+            !dm.is_active("test-1"),
+            "a committed layer is left inactive"
+        );
+        stage(&backend, 2, Kind::Active, &[1]);
+        stage_sized(&backend, 3, Kind::View, &[1], 20 * GIB);
+        stage_sized(&backend, 4, Kind::Active, &[1], 30 * GIB);
+        assert_eq!(dm.sectors("test-2"), Some(20 * GIB / SECTOR));
+        assert_eq!(dm.sectors("test-3"), Some(20 * GIB / SECTOR));
+        assert_eq!(dm.sectors("test-4"), Some(30 * GIB / SECTOR));
+        assert_eq!(backend.grow.grown().len(), 2, "layers 1 and 4 only");
+        assert_eq!(record(&backend, 2).as_deref(), Some("21474836480\n"));
+    }
+
+    #[test]
+    fn max_size_below_the_parent_is_refused_and_changes_nothing() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage_sized(&backend, 1, Kind::Committed, &[], 20 * GIB);
+        dm.forget_calls();
+        for (parents, bytes) in [(&[1][..], 20 * GIB - BLOCK), (&[][..], 10 * GIB - BLOCK)] {
+            let parents: Vec<SnapshotId> = parents.iter().copied().map(SnapshotId::new).collect();
+            let err = backend
+                .stage(SnapshotId::new(2), Kind::Active, &parents, &max_size(bytes))
+                .expect_err("a thin snapshot cannot shrink its origin's filesystem");
+            assert!(
+                matches!(err, rustlayer_core::Error::InvalidArgument(_)),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains(MAX_SIZE_LABEL), "{err}");
+        }
+        assert_eq!(dm.calls(), vec![]);
+        assert!(!dm.has_thin(2));
+        assert_eq!(record(&backend, 2), None);
+    }
+
+    #[test]
+    fn a_failed_growth_leaves_no_device_and_no_record() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        *lock(&backend.grow.fail) = true;
+        let err = backend
+            .stage(SnapshotId::new(1), Kind::Active, &[], &max_size(20 * GIB))
+            .expect_err("growth fails");
+        assert!(err.to_string().contains("resize2fs"), "{err}");
+        assert!(!dm.has_thin(1) && !dm.is_active("test-1"));
+        assert_eq!(record(&backend, 1), None);
+    }
+
+    #[test]
+    fn after_a_restart_devices_are_activated_at_their_recorded_size() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let first = backend(&dm);
+        stage_sized(&first, 1, Kind::Committed, &[], 20 * GIB);
+        stage(&first, 2, Kind::Active, &[1]);
+        first.shutdown();
+        assert!(!dm.is_active("test-2"));
+        let Fixture { backend, dir, .. } = first;
+        drop(backend);
+        let pool = Pool::open_existing(&dm, POOL).expect("the pool opens");
+        let again = assemble_in(&dm, pool, dir);
+        again
+            .resume(&[LiveSnapshot {
+                id: SnapshotId::new(2),
+                kind: Kind::Active,
+                parent: Some(SnapshotId::new(1)),
+                labels: Labels::new(),
+            }])
+            .expect("resume succeeds");
+        assert_eq!(dm.sectors("test-2"), Some(20 * GIB / SECTOR));
+        assert!(again.grow.grown().is_empty(), "nothing is grown again");
+    }
+
+    #[test]
+    fn cleanup_deletes_a_size_record_and_device_the_metadata_never_knew() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage_sized(&backend, 1, Kind::Committed, &[], 20 * GIB);
+        stage_sized(&backend, 2, Kind::Committed, &[], 20 * GIB);
+        let removed = backend
+            .cleanup(&|id| id.get() == 1, &[])
+            .expect("cleanup succeeds");
+        assert_eq!(removed, 0, "only active devices and suspects are counted");
+        assert!(dm.has_thin(1) && record(&backend, 1).is_some());
+        assert!(!dm.has_thin(2) && record(&backend, 2).is_none());
+    }
+
+    #[test]
+    fn removing_a_larger_layer_forgets_its_size() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage_sized(&backend, 1, Kind::Active, &[], 20 * GIB);
+        backend.remove(SnapshotId::new(1)).expect("remove succeeds");
+        assert_eq!(record(&backend, 1), None);
+        stage(&backend, 1, Kind::Active, &[]);
+        assert_eq!(dm.sectors("test-1"), Some(10 * GIB / SECTOR));
+    }
+
     #[test]
     fn a_nearly_full_pool_refuses_new_snapshots_and_changes_nothing() {
         let dm = RecordingDm::with_pool(POOL, 95, 100);
@@ -739,7 +1110,7 @@ mod tests {
         );
     }
 
-    fn managed(dm: &RecordingDm, dir: &Path) -> (DevmapperBackend, RecordingLoopAttacher) {
+    fn managed(dm: &RecordingDm, dir: &Path) -> (Fixture, RecordingLoopAttacher) {
         let loops = RecordingLoopAttacher::default();
         let pool = Pool::open_managed(
             dm,
@@ -755,16 +1126,7 @@ mod tests {
         .expect("the managed pool is made");
         dm.set_pool_usage(POOL, 0, 1024);
         dm.add_thin(0);
-        let backend = DevmapperBackend::assemble(
-            Box::new(dm.clone()),
-            pool,
-            PREFIX.into(),
-            config(),
-            false,
-            |_| Ok(()),
-        )
-        .expect("the backend assembles");
-        (backend, loops)
+        (assemble(dm, pool), loops)
     }
 
     #[test]

@@ -34,9 +34,9 @@ pub enum Error {
     #[error(transparent)]
     Mount(#[from] rustlayer_mount::Error),
     #[error("{command}: {detail}")]
-    Mkfs { command: String, detail: String },
+    FsTool { command: String, detail: String },
     #[error("{program}: cannot run it ({source}); install {package}")]
-    MkfsMissing {
+    FsToolMissing {
         program: String,
         package: &'static str,
         #[source]

@@ -1,6 +1,7 @@
 //! rustlayer's devicemapper backend: block-level copy-on-write through a dm-thin pool,
 //! one filesystem per thin device. Device-mapper is driven through its ioctls (the
-//! `devicemapper` crate); the only program run is mkfs, once per pool.
+//! `devicemapper` crate); the only programs run are mkfs, once per pool, and
+//! resize2fs or xfs_growfs for a snapshot larger than the base.
 
 mod backend;
 mod base;
@@ -12,6 +13,7 @@ mod preflight;
 #[cfg(test)]
 mod recording_dm;
 mod size;
+mod sizes;
 #[doc(hidden)]
 pub mod testing;
 

@@ -27,6 +27,7 @@ struct Active {
     number: Device,
     open: i32,
     suspended: bool,
+    sectors: u64,
     target: String,
     params: String,
     status: String,
@@ -95,6 +96,11 @@ impl RecordingDm {
             .get_mut(device)
             .expect("the device is active")
             .open = open;
+    }
+
+    /// The size an active device's table gives it.
+    pub fn sectors(&self, device: &str) -> Option<u64> {
+        self.lock().devices.get(device).map(|active| active.sectors)
     }
 
     pub fn is_active(&self, device: &str) -> bool {
@@ -175,7 +181,7 @@ impl DeviceMapper for RecordingDm {
     fn activate(
         &self,
         device: &str,
-        _sectors: u64,
+        sectors: u64,
         target: &str,
         params: &str,
         read_only: bool,
@@ -199,6 +205,7 @@ impl DeviceMapper for RecordingDm {
                 number,
                 open: 0,
                 suspended: false,
+                sectors,
                 target: target.to_owned(),
                 params: params.to_owned(),
                 status: "0 -".to_owned(),

@@ -531,3 +531,141 @@ fn user_namespaced_snapshots_are_idmapped_whole_with_remap_ids() {
         "without remap_ids containerd makes a chowned copy; the mounts stay plain"
     );
 }
+
+fn max_size(bytes: u64) -> Labels {
+    [(rustlayer_core::MAX_SIZE_LABEL.to_owned(), bytes.to_string())].into()
+}
+
+/// The size the mounted filesystem reports, in bytes.
+fn filesystem_bytes(mountpoint: &Path) -> u64 {
+    let stat = rustix::fs::statvfs(mountpoint).unwrap();
+    stat.f_blocks * stat.f_frsize
+}
+
+/// Writes `bytes` of non-zero data to `path` and syncs it, so the blocks are
+/// really allocated on the thin device.
+fn write_synced(path: &Path, bytes: u64) -> std::io::Result<()> {
+    let mut file = fs::File::create(path)?;
+    let chunk = vec![0x5au8; 1 << 20];
+    for _ in 0..bytes / chunk.len() as u64 {
+        file.write_all(&chunk)?;
+    }
+    file.sync_all()
+}
+
+/// A filesystem of roughly `device` bytes: its own metadata (journal, log,
+/// inode tables, allocation groups) takes a little, never a quarter.
+fn assert_fills(filesystem: u64, device: u64, what: &str) {
+    assert!(
+        filesystem <= device && filesystem >= device / 4 * 3,
+        "{what}: a filesystem of {filesystem} bytes on a device of {device}"
+    );
+}
+
+/// max-size larger than the base: the snapshot's filesystem is grown to it, holds
+/// more than the base could, its children inherit the size, a smaller max-size is
+/// refused without a trace, and a restart activates every device at its size.
+fn max_size_grows_the_filesystem(config: DevmapperConfig, big: u64, write: u64) {
+    let base = config.base_image_size.get();
+    assert!(
+        base < write && write < big,
+        "the test writes more than the base holds"
+    );
+    let (dir, root) = new_root();
+    let prefix = canonical_prefix(&root);
+    let mnt = dir.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let measure = |s: &Snapshotter, key: &str| -> u64 {
+        mount_all(&LinuxMounter, &s.mounts(key).unwrap(), &mnt).unwrap();
+        let bytes = filesystem_bytes(&mnt);
+        LinuxMounter.unmount(&mnt, false).unwrap();
+        bytes
+    };
+    {
+        let (backend, s) = open(&root, &config);
+        let started = std::time::Instant::now();
+        s.prepare("plain", "", &none()).unwrap();
+        let plain_took = started.elapsed();
+        let started = std::time::Instant::now();
+        s.prepare("big", "", &max_size(big)).unwrap();
+        let big_took = started.elapsed();
+        let (plain_used, big_used) = (
+            s.usage("plain").unwrap().bytes,
+            s.usage("big").unwrap().bytes,
+        );
+        eprintln!(
+            "{}: prepare at the base size {plain_took:?} ({plain_used} bytes of the pool), \
+             grown from {base} to {big} bytes {big_took:?} ({big_used} bytes of the pool)",
+            config.fs_type
+        );
+        assert!(
+            big_used - plain_used < (big - base) / 32,
+            "growing writes little into the pool: {big_used} bytes against {plain_used}"
+        );
+        if config.fs_type == FsType::Ext4 {
+            // The grown groups' inode tables are never zeroed into the pool.
+            let options = &s.mounts("big").unwrap()[0].options;
+            assert!(options.contains(&"noinit_itable".to_owned()), "{options:?}");
+        }
+        assert_fills(measure(&s, "plain"), base, "without max-size");
+        mount_all(&LinuxMounter, &s.mounts("big").unwrap(), &mnt).unwrap();
+        assert_fills(filesystem_bytes(&mnt), big, "with max-size");
+        let written = write_synced(&mnt.join("large"), write);
+        LinuxMounter.unmount(&mnt, false).unwrap();
+        written.expect("a write larger than the base fits under max-size");
+        s.commit("BIG", "big", "", &none()).unwrap();
+        assert!(
+            s.usage("BIG").unwrap().bytes >= write,
+            "the layer holds the write"
+        );
+
+        s.prepare("child", "BIG", &none()).unwrap();
+        assert_fills(measure(&s, "child"), big, "a child of the larger layer");
+
+        let devices = active_devices(&format!("{prefix}-"));
+        let thin = backend.pool_stats().unwrap().unwrap().thin_devices;
+        let err = s.prepare("small", "BIG", &max_size(big / 2)).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert_eq!(s.stat("small").unwrap_err().code(), Code::NotFound);
+        assert_eq!(active_devices(&format!("{prefix}-")), devices);
+        assert_eq!(backend.pool_stats().unwrap().unwrap().thin_devices, thin);
+        s.close().unwrap();
+    }
+
+    let (_backend, s) = open(&root, &config);
+    assert_fills(measure(&s, "child"), big, "the child after a restart");
+    s.prepare("grandchild", "BIG", &none()).unwrap();
+    mount_all(&LinuxMounter, &s.mounts("grandchild").unwrap(), &mnt).unwrap();
+    let size = filesystem_bytes(&mnt);
+    let data = fs::metadata(mnt.join("large")).map(|m| m.len());
+    LinuxMounter.unmount(&mnt, false).unwrap();
+    assert_fills(size, big, "a new child of the larger layer after a restart");
+    assert_eq!(data.unwrap(), write);
+    assert_fills(
+        measure(&s, "plain"),
+        base,
+        "the base-sized snapshot after a restart",
+    );
+    s.close().unwrap();
+}
+
+#[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
+fn max_size_grows_an_ext4_snapshot_and_survives_a_restart() {
+    require_device_mapper("a thin pool on loop devices");
+    max_size_grows_the_filesystem(small_pool(), 256 << 20, 96 << 20);
+}
+
+#[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
+fn max_size_grows_an_xfs_snapshot_and_survives_a_restart() {
+    require_device_mapper("a thin pool on loop devices");
+    // mkfs.xfs refuses filesystems under 300 MiB.
+    let config = DevmapperConfig {
+        fs_type: FsType::Xfs,
+        base_image_size: ByteSize::bytes(320 << 20),
+        pool_data_size: ByteSize::bytes(1 << 30),
+        ..small_pool()
+    };
+    max_size_grows_the_filesystem(config, 768 << 20, 400 << 20);
+}
