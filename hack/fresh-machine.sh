@@ -218,7 +218,10 @@ fi
 site_cas=(/usr/local/share/ca-certificates/*.crt)
 if [[ -e ${site_cas[0]} ]]; then
   cp "${site_cas[@]}" "$root/usr/local/share/ca-certificates/"
-  chroot "$root" /usr/sbin/update-ca-certificates >/dev/null
+  if ! out=$(chroot "$root" /usr/sbin/update-ca-certificates 2>&1); then
+    not_ok "update-ca-certificates in the chroot failed" "$out"
+    abort
+  fi
 fi
 printf '#!/bin/sh\n# no init here: packages must not start services\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 0755 "$root/usr/sbin/policy-rc.d"
