@@ -8,7 +8,7 @@
 #
 # On xfs it also runs the crash torture with a default size (every active snapshot
 # a limited project), checking after each SIGKILL that no limit outlives its
-# snapshot; RUSTLAYER_TORTURE_KILLS (default 20 here) sets the number of kills.
+# snapshot; RUSTLAYER_TORTURE_KILLS (default 12 here) sets the number of kills.
 #
 #   quota-guest.sh OUT_DIR SIZE_LIMITS_TEST_BINARY [CRASH_TORTURE_TEST_BINARY]
 # Needs the disks quotaxfs and quotaext4 (hack/vm-run.sh --disk). Logs go to
@@ -41,7 +41,7 @@ run_on() {
   ((PIPESTATUS[0] == 0)) || failed+=("size limits on $name")
   if [[ $name == xfs && -n $torture_tests ]]; then
     section "crash torture on $name with project quotas: SIGKILL at random instants"
-    RUSTLAYER_QUOTA_ROOT=$mnt RUSTLAYER_TORTURE_KILLS=${RUSTLAYER_TORTURE_KILLS:-20} \
+    RUSTLAYER_QUOTA_ROOT=$mnt RUSTLAYER_TORTURE_KILLS=${RUSTLAYER_TORTURE_KILLS:-12} \
       "$torture_tests" --exact sigkill_at_random_instants_leaks_no_project_limit_with_project_quotas \
       --include-ignored --nocapture 2>&1 | tee "$out/crash-torture-$name.log"
     ((PIPESTATUS[0] == 0)) || failed+=("crash torture on $name")
