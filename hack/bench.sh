@@ -68,6 +68,8 @@ source hack/lib/containerd.sh
 source hack/bench/lib.sh
 # shellcheck source=hack/lib/machine.sh
 source hack/lib/machine.sh
+# shellcheck source=hack/lib/process.sh
+source hack/lib/process.sh
 me=bench
 
 mode=full
@@ -128,17 +130,7 @@ say "dependencies"
 if [[ -x hack/deps.sh ]]; then
   hack/deps.sh
 fi
-packages=(containerd runc debootstrap python3 strace util-linux e2fsprogs)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "$me: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install_missing containerd runc debootstrap python3 strace util-linux e2fsprogs
 containerd_use || die "no containerd ${CONTAINERD_VERSION:-$CONTAINERD_DEFAULT_VERSION}"
 # Each release's binaries, fetched now: a missing one fails before any row runs.
 read -ra also_versions <<<"${BENCH_ALSO_CONTAINERD-2.1.9}"
@@ -216,32 +208,16 @@ sock='' rl_sock='' floor_sock='' rl_root='' rl_pid='' floor_pid='' cd_pid='' str
 containerd_pids=() daemon_pids=()
 namespaces=(bench bench-import bench-unpack bench-run bench-gc)
 
-stop_pid() { # stop_pid PID NAME: TERM, up to 20 s, then KILL
-  local pid=$1 i
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 200; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "$me: $2 (pid $pid) ignored SIGTERM; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
+# A daemon with thousands of snapshots may take its time to stop (stop_pid).
+STOP_PID_GRACE=20
 
 cleanup() {
-  local rc=$? pid f
+  local rc=$? pid
   trap - EXIT INT TERM
   set +e
   for pid in "${strace_pids[@]}"; do kill -INT "$pid" 2>/dev/null; done
   if ((rc != 0)); then
-    for f in "$tmp"/rustlayer.log "$tmp"/containerd.log "$tmp"/*/rustlayer.log "$tmp"/*/containerd.log; do
-      [[ -s $f ]] || continue
-      echo "---- last 30 lines of $f"
-      grep -v 'msg="\{0,1\}loading plugin' "$f" | tail -n 30
-    done
+    tail_logs 30 "$tmp"/rustlayer.log "$tmp"/containerd.log "$tmp"/*/rustlayer.log "$tmp"/*/containerd.log
   fi
   for pid in "${containerd_pids[@]}"; do stop_pid "$pid" containerd; done
   for pid in "${daemon_pids[@]}"; do stop_pid "$pid" "rustlayer or the proxy floor"; done
@@ -275,24 +251,13 @@ fi
 fs_desc=$(findmnt -n -T "$roots" -o FSTYPE,SOURCE | tr -s ' ')
 if [[ ${BENCH_FS:-host} == fresh ]]; then fs_desc="a fresh $fs_desc"; fi
 
-# wait_for_socket SOCKET PID NAME: until the server started as PID listens (30 s)
-wait_for_socket() {
-  local socket=$1 pid=$2 name=$3 i
-  for ((i = 0; i < 300; i++)); do
-    [[ -S $socket ]] && return 0
-    kill -0 "$pid" 2>/dev/null || die "$name exited during start"
-    sleep 0.1
-  done
-  die "$name did not create $socket within 30 s"
-}
-
 # start_stack DIR ROOTS: a rustlayer daemon, the proxy floor, and a containerd (the
 # one first on PATH) using both as proxy plugins; sockets, state and logs in DIR,
 # the snapshotters' roots under ROOTS. Each containerd has a daemon of its own:
 # its garbage collector removes whatever the daemon holds that it did not make.
 # Sets sock, rl_sock, floor_sock, rl_root, rl_pid, floor_pid and cd_pid.
 start_stack() {
-  local dir=$1 root=$2 i plugins s complaints
+  local dir=$1 root=$2 plugins complaints
   sock=$dir/containerd.sock rl_sock=$dir/rl.sock floor_sock=$dir/floor.sock rl_root=$root/rl
   mkdir -p "$dir/containerd" "$root/containerd"
   : >"$dir/rustlayer.toml" # defaults, whatever /etc/rustlayer holds
@@ -300,31 +265,24 @@ start_stack() {
     >"$dir/rustlayer.log" 2>&1 &
   rl_pid=$!
   daemon_pids+=("$rl_pid")
-  wait_for_socket "$rl_sock" "$rl_pid" rustlayer
+  wait_for_socket 30 "$rl_pid" rustlayer "$rl_sock" || exit 1
 
   # The proxy floor: containerd's snapshots API from memory, no I/O.
   "$bench" proxy-floor --socket "$floor_sock" >"$dir/floor.log" 2>&1 &
   floor_pid=$!
   daemon_pids+=("$floor_pid")
-  wait_for_socket "$floor_sock" "$floor_pid" "the proxy floor"
+  wait_for_socket 30 "$floor_pid" "the proxy floor" "$floor_sock" || exit 1
 
   containerd_config "$root/containerd/root" "$dir/containerd/state" "$sock" "$rl_sock" \
     "[proxy_plugins.floor]
   type = \"snapshot\"
   address = \"$floor_sock\"" >"$dir/containerd.toml"
-  containerd --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
-  cd_pid=$!
+  containerd_start "$dir/containerd.toml" "$dir/containerd.log" "$sock" 30 || true
+  cd_pid=$containerd_pid
   containerd_pids+=("$cd_pid")
-  for ((i = 0; i < 300; i++)); do
-    kill -0 "$cd_pid" 2>/dev/null || die "containerd exited during start"
-    ctr -a "$sock" version >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  plugins=$(ctr -a "$sock" plugins ls 2>&1)
-  for s in rustlayer overlayfs native floor; do
-    grep -qE "^io\.containerd\.snapshotter\.v1 +$s .* ok" <<<"$plugins" ||
-      die "containerd lacks a working snapshotter $s:"$'\n'"$plugins"
-  done
+  kill -0 "$cd_pid" 2>/dev/null || die "containerd exited during start"
+  plugins=$(containerd_has_snapshotters "$sock" rustlayer overlayfs native floor) ||
+    die "containerd lacks a working snapshotter (rustlayer, overlayfs, native, floor):"$'\n'"$plugins"
   complaints=$(containerd_config_check "$dir/containerd.log" "$sock")
   [[ -z $complaints ]] || echo "$me: containerd $CONTAINERD_VERSION complained about its config:"$'\n'"$complaints" >&2
   echo "$me: containerd $CONTAINERD_VERSION pid $cd_pid, rustlayer pid $rl_pid, in $dir"
@@ -338,12 +296,9 @@ start_stack "$tmp" "$roots"
 # Let deferred work finish before the next timed step: containerd's GC, rustlayer's
 # trash reaper, the page cache's dirty data.
 settle() {
-  local i
   gc_now
-  for ((i = 0; i < 600; i++)); do
-    [[ -z $(ls -A "$rl_root/trash" 2>/dev/null) ]] && break
-    sleep 0.1
-  done
+  # shellcheck disable=SC2016 # expanded by eval, on each try
+  wait_until 60 - eval '[[ -z $(ls -A "$rl_root/trash" 2>/dev/null) ]]' || true
   sync
   sleep 1
 }
@@ -356,25 +311,18 @@ settle
 # rows_1_to_3 SUFFIX SNAPSHOTTER-ARGS...: rows 1 to 3 on the stack started last,
 # SUFFIX after each row's name; row 1 on the targets SNAPSHOTTER-ARGS name.
 rows_1_to_3() {
-  local suffix=$1 r s
+  local suffix=$1
   shift
   say "row 1$suffix: snapshot cycle, $rounds rounds x $cycle_iterations cycles"
-  for ((r = 0; r < rounds; r++)); do
-    "$bench" cycle --containerd "$sock" --namespace bench "$@" --row "1 snapshot cycle$suffix" \
-      --iterations "$cycle_iterations" --warmup 10 --round "$r" --results "$results"
-  done
+  cycle_rounds "1 snapshot cycle$suffix" "$rounds" "$cycle_iterations" 10 "$@"
   settle
 
   say "row 2$suffix: image import, $import_rounds rounds cold and $import_rounds with the content present"
   # Cold first: no other namespace may hold the image's content yet, or containerd
   # would take the blobs as already there.
-  for ((r = 0; r < import_rounds; r++)); do
-    for s in $(ordered "$r" rustlayer overlayfs); do import_cold "2 image import$suffix" "$s" "$r"; done
-  done
+  interleaved_imports import_cold "2 image import$suffix" "$import_rounds" rustlayer overlayfs
   ctrn bench-unpack images import --no-unpack "$archive" >/dev/null
-  for ((r = 0; r < import_rounds; r++)); do
-    for s in $(ordered "$r" rustlayer overlayfs); do import_warm "2 image import$suffix" "$s" "$r"; done
-  done
+  interleaved_imports import_warm "2 image import$suffix" "$import_rounds" rustlayer overlayfs
 
   say "row 3$suffix: container start, $rounds rounds x $runs_per_round runs"
   container_starts "3 container start$suffix" overlayfs "$rounds" "$runs_per_round"
@@ -404,9 +352,9 @@ for v in "${also_versions[@]}"; do
   start_stack "$tmp/containerd-$v" "$roots/containerd-$v"
   rows_1_to_3 " (containerd $v)" --snapshotter rustlayer --snapshotter overlayfs --snapshotter floor
   # Its containers ran with --rm: nothing of it is left running or mounted.
-  stop_pid "$cd_pid" "containerd $v"
-  stop_pid "$rl_pid" "rustlayer of containerd $v"
-  stop_pid "$floor_pid" "the proxy floor of containerd $v"
+  stop_pid "$cd_pid" "containerd $v" || true
+  stop_pid "$rl_pid" "rustlayer of containerd $v" || true
+  stop_pid "$floor_pid" "the proxy floor of containerd $v" || true
 done
 PATH=$main_path CONTAINERD_VERSION=$main_version
 sock=${main_stack[0]} rl_sock=${main_stack[1]} floor_sock=${main_stack[2]} rl_root=${main_stack[3]}
@@ -428,15 +376,12 @@ settle
 # ---------------------------------------------------------------- profile
 say "where the time goes: strace -T -y during $profile_cycles cycles"
 trace() { # trace OUT PID -- COMMAND...: COMMAND runs while PID is traced
-  local out=$1 pid=$2 spid i
+  local out=$1 pid=$2 spid
   shift 3
   strace -f -T -y -o "$out" -p "$pid" 2>"$out.err" &
   spid=$!
   strace_pids+=("$spid")
-  for ((i = 0; i < 50; i++)); do
-    grep -q attached "$out.err" 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_until 5 - grep -q attached "$out.err" || true
   sleep 0.5
   "$@" >/dev/null 2>&1 || die "traced command failed: $*"
   kill -INT "$spid"

@@ -28,18 +28,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+me=conformance
+# shellcheck source=hack/lib/machine.sh
+source hack/lib/machine.sh
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "conformance: must run as root (the suite mounts overlayfs)" >&2
-  exit 1
-fi
-
-bin=${RUSTLAYER_BIN:-$repo/target/debug/rustlayer}
-if [[ ! -f $bin || ! -x $bin ]]; then
-  echo "conformance: no rustlayer binary at $bin (run cargo build, or set RUSTLAYER_BIN)" >&2
-  exit 1
-fi
-bin=$(realpath "$bin")
+require_root "the suite mounts overlayfs"
+bin=$(rustlayer_bin)
 
 case ${CONFORMANCE_SUITE:=1.6} in
   1.6)

@@ -11,6 +11,10 @@
 #
 # hack/fresh-machine.sh checks, in a clean Debian 12, that these are enough.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+me=deps
+# shellcheck source=hack/lib/machine.sh
+source hack/lib/machine.sh
 
 build=(
   pkg-config libdevmapper-dev libclang-dev # devicemapper-sys: pkg-config + bindgen
@@ -48,19 +52,6 @@ if [[ -n $list ]]; then
   exit 0
 fi
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "installing: ${missing[*]}"
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "need root to install packages: ${missing[*]}" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install_missing "${packages[@]}"
 # Debian's containerd package starts a system containerd, and docker-registry a
 # registry on :5000; the tests run private ones and never touch either.

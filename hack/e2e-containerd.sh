@@ -50,67 +50,22 @@
 # exits 1 on failure. Every check line names the containerd release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
-# shellcheck source=hack/lib/containerd.sh
-source hack/lib/containerd.sh
+# shellcheck source=hack/lib/e2e.sh
+source hack/lib/e2e.sh
 me=containerd-e2e
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "$me: must run as root (containerd, runc and overlay mounts need it)" >&2
-  exit 1
-fi
-containerd_use || exit 1
+containerd_tier "containerd, runc and overlay mounts need it"
 
 snapshotter=${SNAPSHOTTER:-rustlayer}
 ns=rustlayer-e2e
 image=docker.io/library/rustlayer-e2e:latest
 
-missing=()
-for cmd in containerd ctr containerd-shim-runc-v2 runc python3 mount umount timeout awk; do
-  command -v "$cmd" >/dev/null || missing+=("$cmd")
-done
-[[ -x /bin/busybox ]] || missing+=(/bin/busybox)
-if ((${#missing[@]})); then
-  echo "$me: missing ${missing[*]}; install the Debian packages:" >&2
-  echo "  apt-get install -y --no-install-recommends containerd runc busybox-static python3 util-linux" >&2
-  exit 1
-fi
+require_commands "install the Debian packages:
+  apt-get install -y --no-install-recommends containerd runc busybox-static python3 util-linux" \
+  containerd ctr containerd-shim-runc-v2 runc python3 mount umount timeout awk /bin/busybox
 
 bin=''
-if [[ $snapshotter == rustlayer ]]; then
-  bin=${RUSTLAYER_BIN:-$repo/target/debug/rustlayer}
-  if [[ ! -f $bin || ! -x $bin ]]; then
-    echo "$me: no rustlayer binary at $bin (run cargo build, or set RUSTLAYER_BIN)" >&2
-    exit 1
-  fi
-  bin=$(realpath "$bin")
-fi
-
-# ---------------------------------------------------------------- reporting
-passed=0 failed=0
-ok() { # ok NAME
-  passed=$((passed + 1))
-  echo "ok - [containerd $CONTAINERD_VERSION] $1"
-}
-not_ok() { # not_ok NAME [DETAIL]: the detail indented under it
-  failed=$((failed + 1))
-  echo "not ok - [containerd $CONTAINERD_VERSION] $1"
-  # shellcheck disable=SC2001 # indents every line
-  if [[ -n ${2-} ]]; then sed 's/^/    /' <<<"$2"; fi
-}
-# abort: stop here after a failed check that later ones depend on.
-aborting=''
-abort() {
-  aborting=1
-  exit 1
-}
-expect_eq() { # expect_eq NAME WANT GOT
-  if [[ $2 == "$3" ]]; then
-    ok "$1"
-  else
-    not_ok "$1" "want: $2"$'\n'"got:  $3"
-  fi
-}
+if [[ $snapshotter == rustlayer ]]; then bin=$(rustlayer_bin); fi
 
 # ---------------------------------------------------------------- helpers
 tmp=$(mktemp -d /tmp/rustlayer-containerd-e2e.XXXXXX)
@@ -142,31 +97,6 @@ run_() { # run_ [--rm] ID CMD...: a container from the image, on our runc root
 # "mount -t TYPE SOURCE TARGET -o OPTIONS" lines; `ctr run` takes the same flags.
 table() { awk 'NR > 1 && NF { print $1, $NF, (NF >= 3 ? $2 : "-") }'; }
 
-# wait_until SECONDS PID CMD...: runs CMD every 0.1 s until it succeeds. Fails
-# after SECONDS, or at once when process PID (unless "-") has died.
-wait_until() {
-  local deadline=$((SECONDS + $1)) pid=$2
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    if [[ $pid != - ]] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
-    ((SECONDS < deadline)) || return 1
-    sleep 0.1
-  done
-}
-
-# stop_pid PID NAME: SIGTERM, up to 15 s, then SIGKILL; returns its exit status.
-stop_pid() {
-  local pid=$1 rc=0
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_until 15 - eval "! kill -0 $pid"; then
-    echo "$me: $2 (pid $pid) ignored SIGTERM for 15 s; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || rc=$?
-  return "$rc"
-}
-
 # mount_snapshot KEY TARGET: mounts a snapshot the way ctr prints it.
 mount_snapshot() {
   local out word1 flag type src target flag2 opts
@@ -184,53 +114,17 @@ mount_snapshot() {
   mount -t "$type" "$src" "$target" -o "$opts"
 }
 
-tail_logs() {
-  local f
-  for f in rustlayer.log containerd.log ctr-stderr.log; do
-    [[ -s $tmp/$f ]] || continue
-    # containerd's start-up chatter would fill the tail.
-    echo "---- last 40 lines of $f"
-    grep -v 'msg="loading plugin' "$tmp/$f" | tail -n 40
-  done
-  echo "----"
-}
-
-cleanup() {
-  local rc=$? id
-  trap - EXIT INT TERM ERR
-  set +e
-  if ((rc != 0)) && [[ -z $aborting ]]; then
-    not_ok "the script stopped early: '$err_cmd' (line $err_line) exited $rc"
-  fi
-  if ((failed)); then tail_logs; fi
+teardown() {
+  if ((failed)); then tail_logs 40 "$tmp/rustlayer.log" "$tmp/containerd.log" "$tmp/ctr-stderr.log"; fi
   if [[ -n $containerd_pid ]] && kill -0 "$containerd_pid" 2>/dev/null; then
-    # Short timeouts: a hung daemon must not hold up the cleanup for long.
-    for id in c1 c2 c3; do
-      timeout 10 ctr -a "$sock" -n "$ns" tasks kill -s SIGKILL "$id" >/dev/null 2>&1
-      timeout 10 ctr -a "$sock" -n "$ns" tasks delete -f "$id" >/dev/null 2>&1
-      timeout 10 ctr -a "$sock" -n "$ns" containers delete "$id" >/dev/null 2>&1
-    done
+    containerd_remove_containers "$sock" "$ns" c1 c2 c3
     timeout 20 ctr -a "$sock" -n "$ns" images rm --sync "$image" >/dev/null 2>&1
   fi
   stop_pid "$containerd_pid" containerd
   [[ -n $daemon_stopped ]] || stop_pid "$daemon_pid" rustlayer
-  if ! release_leftovers "$ns"; then
-    not_ok "cleanup: mounts left under $tmp; not removing it" "$(mounted_under_tmp)"
-  else
-    rm -rf "$tmp"
-  fi
-  echo "$me (containerd $CONTAINERD_VERSION): finished in $((SECONDS - start))s"
-  echo "$me (containerd $CONTAINERD_VERSION): $passed passed, $failed failed"
-  if ((failed)); then exit 1; fi
-  exit 0
+  remove_scratch "$ns"
 }
-start=$SECONDS
-trap cleanup EXIT
-trap 'err_cmd="(a signal)" err_line=-; exit 130' INT TERM
-# Which command set -e stopped on, for the report (-E: in functions too).
-err_cmd='' err_line=''
-set -E
-trap 'err_cmd=$BASH_COMMAND err_line=$LINENO' ERR
+report_traps teardown
 
 echo "$me: containerd $CONTAINERD_VERSION ($(command -v containerd)), snapshotter $snapshotter${bin:+ ($bin)}, working in $tmp"
 
@@ -271,25 +165,15 @@ start_rustlayer() {
 }
 
 start_containerd() {
-  mkdir -p "$tmp/containerd"
-  containerd_config "$tmp/containerd/root" "$tmp/containerd/state" "$sock" "$rl_sock" \
-    "$CONTAINERD_GC_AT_ONCE" >"$tmp/containerd.toml"
-  containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
-  containerd_pid=$!
-  if ! wait_until 60 "$containerd_pid" ctr -a "$sock" version; then
-    not_ok "containerd did not answer on $sock within 60 s"
-    abort
-  fi
-  local plugins complaints
-  plugins=$(stdout_of ctr -a "$sock" plugins ls) || true
-  if grep -qE "^io\.containerd\.snapshotter\.v1 +$snapshotter .* ok *\$" <<<"$plugins"; then
+  containerd_up "$CONTAINERD_GC_AT_ONCE"
+  local plugins
+  if plugins=$(containerd_has_snapshotters "$sock" "$snapshotter"); then
     ok "containerd up (pid $containerd_pid) with snapshotter $snapshotter"
   else
     not_ok "containerd has no working snapshotter $snapshotter" "$plugins"
     abort
   fi
-  complaints=$(containerd_config_check "$tmp/containerd.log" "$sock")
-  expect_eq "containerd took its config without a complaint (its log; from 1.7 on, ctr deprecations list)" "" "$complaints"
+  expect_clean_containerd_config
 }
 
 # ---------------------------------------------------------------- import
@@ -540,22 +424,11 @@ check_image_removal() {
 }
 
 check_shutdown() {
-  local rc=0
   stop_pid "$containerd_pid" containerd || true
   containerd_pid=''
   [[ $snapshotter == rustlayer ]] || return 0
   daemon_stopped=1
-  if ! kill -0 "$daemon_pid" 2>/dev/null; then
-    wait "$daemon_pid" 2>/dev/null || rc=$?
-    not_ok "rustlayer daemon died before the end of the test (status $rc)"
-    return 0
-  fi
-  stop_pid "$daemon_pid" rustlayer || rc=$?
-  if ((rc == 0)); then
-    ok "rustlayer daemon exited 0 on SIGTERM"
-  else
-    not_ok "rustlayer daemon exited with status $rc on SIGTERM" "$(tail -n 5 "$tmp/rustlayer.log")"
-  fi
+  expect_clean_exit "rustlayer daemon" "$daemon_pid" "$tmp/rustlayer.log" kill -TERM "$daemon_pid"
 }
 
 # ---------------------------------------------------------------- restart

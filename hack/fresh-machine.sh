@@ -47,11 +47,12 @@ repo=$(pwd)
 me=fresh-machine
 # shellcheck source=hack/lib/machine.sh
 source hack/lib/machine.sh
+# shellcheck source=hack/lib/process.sh
+source hack/lib/process.sh
+# shellcheck source=hack/lib/report.sh
+source hack/lib/report.sh
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "$me: must run as root (debootstrap, chroot and mounts need it)" >&2
-  exit 1
-fi
+require_root "debootstrap, chroot and mounts need it"
 
 # A private mount namespace: nothing mounted for the chroot is ever visible on the
 # host, and even a killed run cannot leave a mount behind there.
@@ -59,14 +60,7 @@ if [[ -z ${FRESH_MACHINE_NAMESPACE:-} ]]; then
   exec env FRESH_MACHINE_NAMESPACE=1 unshare --mount --propagation private "$repo/hack/fresh-machine.sh" "$@"
 fi
 
-missing=()
-for cmd in debootstrap git chroot tar gzip findmnt; do
-  command -v "$cmd" >/dev/null || missing+=("$cmd")
-done
-if ((${#missing[@]})); then
-  echo "$me: missing ${missing[*]} (hack/deps.sh installs debootstrap)" >&2
-  exit 1
-fi
+require_commands "hack/deps.sh installs debootstrap" debootstrap git chroot tar gzip findmnt
 
 cargo_home=$(realpath -m "${CARGO_HOME:-$HOME/.cargo}")
 rustup_home=$(realpath -m "${RUSTUP_HOME:-$HOME/.rustup}")
@@ -106,24 +100,6 @@ sock=/run/rustlayer/rustlayer.sock
 timeout=${FRESH_MACHINE_TIMEOUT:-2700}
 mkdir -p "$cache/debs" "$logs"
 
-# ---------------------------------------------------------------- reporting
-passed=0 failed=0
-ok() { # ok NAME
-  passed=$((passed + 1))
-  echo "ok - $1"
-}
-not_ok() { # not_ok NAME [DETAIL]: the detail indented under it
-  failed=$((failed + 1))
-  echo "not ok - $1"
-  # shellcheck disable=SC2001 # indents every line
-  if [[ -n ${2-} ]]; then sed 's/^/    /' <<<"$2"; fi
-}
-# abort: stop here after a failed step that later ones depend on.
-aborting=''
-abort() {
-  aborting=1
-  exit 1
-}
 log_tail() { # log_tail FILE: its first error (cargo's, apt's) and last lines, for a failure's detail
   local first
   first=$(grep -m 1 -E '^(error|E:)' "$1" || true)
@@ -152,15 +128,6 @@ in_tree() { # in_tree SCRIPT: a shell script run in the clone, as if pasted ther
   in_chroot bash -c "cd $tree || exit 1"$'\n'"$1"
 }
 
-mounts_under() { # mounts_under DIR: mount points below DIR, deepest first
-  awk -v p="$1/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r
-}
-unmount_under() {
-  local m
-  for m in $(mounts_under "$1"); do
-    umount "$m" 2>/dev/null || umount -l "$m"
-  done
-}
 chroot_pids() { # processes running in the chroot
   local p
   for p in /proc/[0-9]*; do
@@ -168,26 +135,17 @@ chroot_pids() { # processes running in the chroot
   done
 }
 kill_chroot() { # SIGTERM, up to 10 s, then SIGKILL, for whatever runs in the chroot
-  local pids deadline=$((SECONDS + 10))
+  local pids
   pids=$(chroot_pids)
   [[ -n $pids ]] || return 0
   # shellcheck disable=SC2086 # one pid per word
   kill -TERM $pids 2>/dev/null
-  while [[ -n $(chroot_pids) ]] && ((SECONDS < deadline)); do sleep 0.1; done
+  # shellcheck disable=SC2016 # expanded by eval, on each try
+  wait_until 10 - eval '[[ -z $(chroot_pids) ]]' || true
   pids=$(chroot_pids)
   # shellcheck disable=SC2086 # one pid per word
   if [[ -n $pids ]]; then kill -KILL $pids 2>/dev/null; fi
 }
-# wait_until SECONDS CMD...: runs CMD every 0.2 s until it succeeds; fails after SECONDS.
-wait_until() {
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
-}
-
 host_state() { # what the host has at the daemon's default paths
   local p
   for p in /run/rustlayer /var/lib/rustlayer; do
@@ -196,13 +154,7 @@ host_state() { # what the host has at the daemon's default paths
 }
 
 target_cache='' keep_target=''
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM ERR
-  set +e
-  if ((rc != 0)) && [[ -z $aborting ]]; then
-    not_ok "the script stopped early: '$err_cmd' (line $err_line) exited $rc"
-  fi
+teardown() {
   kill_chroot
   unmount_under "$root"
   if [[ -n $(mounts_under "$root") ]]; then
@@ -214,16 +166,9 @@ cleanup() {
     fi
     rm -rf --one-file-system "$root"
   fi
-  echo "$me: finished in $((SECONDS - start))s; logs in $logs"
-  echo "$me: $passed passed, $failed failed"
-  if ((failed)); then exit 1; fi
-  exit 0
+  echo "$me: logs in $logs"
 }
-start=$SECONDS
-trap cleanup EXIT
-trap 'err_cmd="(a signal)" err_line=-; exit 130' INT TERM
-err_cmd='' err_line=''
-trap 'err_cmd=$BASH_COMMAND err_line=$LINENO' ERR
+report_traps teardown
 
 host_before=$(host_state)
 # What a killed run left (its mounts went with its namespace).
@@ -267,6 +212,13 @@ if [[ -r /etc/apt/sources.list.d/debian.sources ]]; then
   # The same archive, suites and updates as the host's apt.
   cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/"
   rm -f "$root/etc/apt/sources.list"
+fi
+# Certificate authorities the machine's administrator added (a site's TLS proxy in
+# front of crates.io, say): a machine on this network trusts them as this one does.
+site_cas=(/usr/local/share/ca-certificates/*.crt)
+if [[ -e ${site_cas[0]} ]]; then
+  cp "${site_cas[@]}" "$root/usr/local/share/ca-certificates/"
+  chroot "$root" /usr/sbin/update-ca-certificates >/dev/null
 fi
 printf '#!/bin/sh\n# no init here: packages must not start services\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 0755 "$root/usr/sbin/policy-rc.d"
@@ -324,16 +276,8 @@ echo "$me: the README's run command, in $tree: $run_cmd"
 in_tree "$run_cmd" >"$logs/readme-run.log" 2>&1 &
 run_pid=$!
 answers() { [[ -S $root$sock ]] && in_chroot_for 30 "$tree/target/release/rustlayer" ls; }
-deadline=$((SECONDS + timeout))
 ready=''
-while ((SECONDS < deadline)); do
-  if answers >/dev/null 2>&1; then
-    ready=1
-    break
-  fi
-  kill -0 "$run_pid" 2>/dev/null || break
-  sleep 0.5
-done
+if wait_until "$timeout" "$run_pid" answers; then ready=1; fi
 run_ok=''
 if [[ -n $ready ]]; then
   ok "README's run command: built the daemon and its socket $sock answers 'rustlayer ls' ($((SECONDS - t))s, $build_kind)"
@@ -355,7 +299,7 @@ if [[ -n $ready ]]; then
     not_ok "expected one rustlayer process in the chroot, found ${#daemon_pids[@]}"
   else
     kill -TERM "${daemon_pids[0]}"
-    if ! wait_until 30 eval "! kill -0 $run_pid"; then
+    if ! wait_until 30 - eval "! kill -0 $run_pid"; then
       not_ok "the daemon (pid ${daemon_pids[0]}) did not stop within 30 s of SIGTERM" "$(log_tail "$logs/readme-run.log")"
     else
       rc=0

@@ -31,24 +31,13 @@
 # exits 1 on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
-# shellcheck source=hack/lib/containerd.sh
-source hack/lib/containerd.sh
+# shellcheck source=hack/lib/e2e.sh
+source hack/lib/e2e.sh
 me="image-e2e"
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "$me: must run as root (containerd, runc and mounts need it)" >&2
-  exit 1
-fi
-containerd_use || exit 1
-missing=()
-for cmd in containerd ctr containerd-shim-runc-v2 runc python3 mount umount timeout curl; do
-  command -v "$cmd" >/dev/null || missing+=("$cmd")
-done
-if ((${#missing[@]})); then
-  echo "$me: missing ${missing[*]} (hack/deps.sh installs them)" >&2
-  exit 1
-fi
+containerd_tier "containerd, runc and mounts need it"
+require_commands "hack/deps.sh installs them" \
+  containerd ctr containerd-shim-runc-v2 runc python3 mount umount timeout curl
 
 archive=${IMAGE_ARCHIVE:-$repo/.cache/image/rustlayer.oci.tar}
 if [[ ! -f $archive ]]; then
@@ -64,21 +53,6 @@ want_name=${IMAGE:-ghcr.io/rustlayer/rustlayer:$version}
 ns=rustlayer-image-e2e
 workload=docker.io/library/rustlayer-e2e:latest
 daemon=rustlayer-daemon
-
-# ---------------------------------------------------------------- reporting
-passed=0 failed=0
-ok() { passed=$((passed + 1)); echo "ok - [containerd $CONTAINERD_VERSION] $1"; }
-not_ok() {
-  failed=$((failed + 1))
-  echo "not ok - [containerd $CONTAINERD_VERSION] $1"
-  # shellcheck disable=SC2001 # indents every line
-  if [[ -n ${2-} ]]; then sed 's/^/    /' <<<"$2"; fi
-}
-aborting=''
-abort() { aborting=1; exit 1; }
-expect_eq() { # expect_eq NAME WANT GOT
-  if [[ $2 == "$3" ]]; then ok "$1"; else not_ok "$1" "want: $2"$'\n'"got:  $3"; fi
-}
 
 # ---------------------------------------------------------------- helpers
 tmp=$(mktemp -d /tmp/rustlayer-image-e2e.XXXXXX)
@@ -97,28 +71,6 @@ in_daemon() { # in_daemon EXEC-ID CMD...: a process in the daemon's container
   ctr_ task exec --exec-id "$id" "$daemon" "$@"
 }
 
-wait_until() { # wait_until SECONDS PID CMD...: retries CMD every 0.1 s
-  local deadline=$((SECONDS + $1)) pid=$2
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    if [[ $pid != - ]] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
-    ((SECONDS < deadline)) || return 1
-    sleep 0.1
-  done
-}
-
-stop_pid() { # stop_pid PID NAME: SIGTERM, up to 15 s, then SIGKILL; its exit status
-  local pid=$1 rc=0
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_until 15 - eval "! kill -0 $pid"; then
-    echo "$me: $2 (pid $pid) ignored SIGTERM for 15 s; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || rc=$?
-  return "$rc"
-}
-
 # The daemon's snapshots as "NAME KIND" lines, sorted, from `rustlayer ls -o json`.
 ls_table() {
   python3 -c '
@@ -134,69 +86,26 @@ host_ls() { stdout_of timeout 30 ctr -a "$rl_sock" -n "$ns" snapshots --snapshot
 daemon_ls_json() { stdout_of in_daemon "ls-$RANDOM" rustlayer ls -o json; }
 daemon_count() { daemon_ls_json | ls_table | grep -c . || true; }
 
-tail_logs() {
-  local f
-  for f in daemon.log containerd.log ctr-stderr.log; do
-    [[ -s $tmp/$f ]] || continue
-    echo "---- last 40 lines of $f"
-    grep -v 'msg="loading plugin' "$tmp/$f" | tail -n 40
-  done
-  echo "----"
-}
-
-cleanup() {
-  local rc=$? id
-  trap - EXIT INT TERM ERR
-  set +e
-  if ((rc != 0)) && [[ -z $aborting ]]; then
-    not_ok "the script stopped early: '$err_cmd' (line $err_line) exited $rc"
-  fi
-  if ((failed)); then tail_logs; fi
+teardown() {
+  if ((failed)); then tail_logs 40 "$tmp/daemon.log" "$tmp/containerd.log" "$tmp/ctr-stderr.log"; fi
   if [[ -n $containerd_pid ]] && kill -0 "$containerd_pid" 2>/dev/null; then
-    for id in w2 "$daemon"; do
-      timeout 10 ctr -a "$sock" -n "$ns" tasks kill -s SIGKILL "$id" >/dev/null 2>&1
-      timeout 10 ctr -a "$sock" -n "$ns" tasks delete -f "$id" >/dev/null 2>&1
-      timeout 10 ctr -a "$sock" -n "$ns" containers delete "$id" >/dev/null 2>&1
-    done
+    containerd_remove_containers "$sock" "$ns" w2 "$daemon"
   fi
   [[ -n $daemon_ctr_pid ]] && kill -KILL "$daemon_ctr_pid" 2>/dev/null
   stop_pid "$containerd_pid" containerd
-  if ! release_leftovers "$ns"; then
-    not_ok "cleanup: mounts left under $tmp; not removing it" "$(mounted_under_tmp)"
-  else
-    rm -rf "$tmp"
-  fi
-  echo "$me (containerd $CONTAINERD_VERSION): finished in $((SECONDS - start))s"
-  echo "$me (containerd $CONTAINERD_VERSION): $passed passed, $failed failed"
-  if ((failed)); then exit 1; fi
-  exit 0
+  remove_scratch "$ns"
 }
-start=$SECONDS
-trap cleanup EXIT
-trap 'err_cmd="(a signal)" err_line=-; exit 130' INT TERM
-err_cmd='' err_line=''
-set -E
-trap 'err_cmd=$BASH_COMMAND err_line=$LINENO' ERR
+report_traps teardown
 
 echo "$me: containerd $CONTAINERD_VERSION ($(command -v containerd)), image $image from $archive, working in $tmp"
 
 # ---------------------------------------------------------------- containerd
 start_containerd() {
-  mkdir -p "$tmp/containerd"
   # One containerd, as on a node: the DaemonSet's pod on overlayfs, workloads on
   # rustlayer through the proxy plugin.
-  containerd_config "$tmp/containerd/root" "$tmp/containerd/state" "$sock" "$rl_sock" \
-    "$CONTAINERD_GC_AT_ONCE" >"$tmp/containerd.toml"
-  containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
-  containerd_pid=$!
-  if wait_until 60 "$containerd_pid" ctr -a "$sock" version; then
-    ok "private containerd up (pid $containerd_pid)"
-  else
-    not_ok "containerd did not answer on $sock within 60 s"
-    abort
-  fi
-  expect_eq "containerd took its config without a complaint (its log; from 1.7 on, ctr deprecations list)" \
-    "" "$(containerd_config_check "$tmp/containerd.log" "$sock")"
+  containerd_up "$CONTAINERD_GC_AT_ONCE"
+  ok "private containerd up (pid $containerd_pid)"
+  expect_clean_containerd_config
 }
 
 # ---------------------------------------------------------------- the image
@@ -347,24 +256,10 @@ check_workload() {
 }
 
 check_shutdown() {
-  local rc=0
-  if ! kill -0 "$daemon_ctr_pid" 2>/dev/null; then
-    wait "$daemon_ctr_pid" 2>/dev/null || rc=$?
-    not_ok "the daemon's container ended before the end of the test (status $rc)"
-    return 0
-  fi
-  ctr_ task kill -s SIGTERM "$daemon" >/dev/null 2>&1 || true
-  if wait_until 30 - eval "! kill -0 $daemon_ctr_pid"; then
-    wait "$daemon_ctr_pid" 2>/dev/null || rc=$?
-    if ((rc == 0)); then
-      ok "the daemon exited 0 on SIGTERM (ctr task kill)"
-    else
-      not_ok "the daemon exited $rc on SIGTERM" "$(tail -n 5 "$tmp/daemon.log")"
-    fi
-  else
-    not_ok "the daemon ignored SIGTERM for 30 s"
-  fi
-  daemon_ctr_pid=''
+  # Attached to the daemon's container, ctr exits with the daemon's status.
+  expect_clean_exit "the daemon" "$daemon_ctr_pid" "$tmp/daemon.log" ctr_ task kill -s SIGTERM "$daemon"
+  # One that ignored SIGTERM is the teardown's to kill.
+  kill -0 "$daemon_ctr_pid" 2>/dev/null || daemon_ctr_pid=''
   ctr_ task delete "$daemon" >/dev/null 2>&1 || true
   ctr_ containers rm "$daemon" >/dev/null 2>&1 || true
 }

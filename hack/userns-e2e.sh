@@ -41,15 +41,11 @@
 # check and ends with "userns-e2e: N passed, N failed"; exits 1 on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
-# shellcheck source=hack/lib/containerd.sh
-source hack/lib/containerd.sh
+# shellcheck source=hack/lib/e2e.sh
+source hack/lib/e2e.sh
 me=userns-e2e
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "$me: must run as root (containerd, runc and idmapped mounts need it)" >&2
-  exit 1
-fi
+require_root "containerd, runc and idmapped mounts need it"
 
 bench=${USERNS_BENCH:-1}
 bench_runs=${USERNS_BENCH_RUNS:-5}
@@ -60,52 +56,10 @@ big_image=docker.io/library/rustlayer-userns-bench:latest
 map=0:100000:65536
 host_root=100000
 
-bin=${RUSTLAYER_BIN:-$repo/target/debug/rustlayer}
-if [[ ! -f $bin || ! -x $bin ]]; then
-  echo "$me: no rustlayer binary at $bin (run cargo build, or set RUSTLAYER_BIN)" >&2
-  exit 1
-fi
-bin=$(realpath "$bin")
-
-if ! containerd_bin=$(hack/containerd-fetch.sh 2.1.9); then
-  echo "$me: cannot fetch containerd 2.1.9" >&2
-  exit 1
-fi
-PATH=$containerd_bin:$PATH
-missing=()
-for cmd in containerd ctr containerd-shim-runc-v2 runc python3 timeout awk du; do
-  command -v "$cmd" >/dev/null || missing+=("$cmd")
-done
-[[ -x /bin/busybox ]] || missing+=(/bin/busybox)
-if ((${#missing[@]})); then
-  echo "$me: missing ${missing[*]}" >&2
-  exit 1
-fi
-
-# ---------------------------------------------------------------- reporting
-passed=0 failed=0
-ok() {
-  passed=$((passed + 1))
-  echo "ok - $1"
-}
-not_ok() { # not_ok NAME [DETAIL]
-  failed=$((failed + 1))
-  echo "not ok - $1"
-  # shellcheck disable=SC2001 # indents every line
-  if [[ -n ${2-} ]]; then sed 's/^/    /' <<<"$2"; fi
-}
-aborting=''
-abort() {
-  aborting=1
-  exit 1
-}
-expect_eq() { # expect_eq NAME WANT GOT
-  if [[ $2 == "$3" ]]; then
-    ok "$1"
-  else
-    not_ok "$1" "want: $2"$'\n'"got:  $3"
-  fi
-}
+bin=$(rustlayer_bin)
+CONTAINERD_VERSION=2.1.9
+containerd_use || exit 1
+require_commands "" containerd ctr containerd-shim-runc-v2 runc python3 timeout awk du /bin/busybox
 
 # ---------------------------------------------------------------- helpers
 tmp=$(mktemp -d /tmp/rustlayer-userns-e2e.XXXXXX)
@@ -114,6 +68,10 @@ tmp=$(mktemp -d /tmp/rustlayer-userns-e2e.XXXXXX)
 # to traverse it, as it can /run/containerd (0711) on a node.
 chmod 0711 "$tmp"
 sock=$tmp/containerd.sock
+# The daemons' sockets: containerd_up's proxy plugin "rustlayer", and the
+# chowning one's.
+rl_sock=$tmp/rustlayer.sock
+chown_sock=$tmp/rustlayer-chown.sock
 containerd_pid=''
 declare -A daemon_pid=()
 
@@ -126,72 +84,23 @@ backend() { # backend NAME ARGS...
 }
 committed_in() { backend "$1" ls | awk 'NR > 1 && $NF == "Committed"' | wc -l; }
 
-wait_until() { # wait_until SECONDS PID CMD...
-  local deadline=$((SECONDS + $1)) pid=$2
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    if [[ $pid != - ]] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
-    ((SECONDS < deadline)) || return 1
-    sleep 0.1
-  done
-}
-
-stop_pid() { # stop_pid PID NAME
-  local pid=$1 rc=0
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_until 15 - eval "! kill -0 $pid"; then
-    echo "$me: $2 (pid $pid) ignored SIGTERM for 15 s; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || rc=$?
-  return "$rc"
-}
-
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # option NAME MOUNT_LINE: the value of NAME= in a `ctr snapshots mounts` line.
 option() { tr ',' '\n' <<<"${2##* -o }" | sed -n "s/^$1=//p"; }
 
-cleanup() {
-  local rc=$? id name
-  trap - EXIT INT TERM ERR
-  set +e
-  if ((rc != 0)) && [[ -z $aborting ]]; then
-    not_ok "the script stopped early: '$err_cmd' (line $err_line) exited $rc"
-  fi
-  if ((failed)); then
-    for name in rustlayer.log rustlayer-chown.log containerd.log; do
-      [[ -s $tmp/$name ]] || continue
-      echo "---- last 30 lines of $name"
-      grep -v 'msg="loading plugin' "$tmp/$name" | tail -n 30
-    done
-  fi
+teardown() {
+  local name
+  if ((failed)); then tail_logs 30 "$tmp/rustlayer.log" "$tmp/rustlayer-chown.log" "$tmp/containerd.log"; fi
   if [[ -n $containerd_pid ]] && kill -0 "$containerd_pid" 2>/dev/null; then
-    for id in $(timeout 10 ctr -a "$sock" -n "$ns" containers ls -q 2>/dev/null); do
-      timeout 10 ctr -a "$sock" -n "$ns" tasks kill -s SIGKILL "$id" >/dev/null 2>&1
-      timeout 10 ctr -a "$sock" -n "$ns" tasks delete -f "$id" >/dev/null 2>&1
-      timeout 10 ctr -a "$sock" -n "$ns" containers delete "$id" >/dev/null 2>&1
-    done
+    # shellcheck disable=SC2046 # one id per word
+    containerd_remove_containers "$sock" "$ns" $(timeout 10 ctr -a "$sock" -n "$ns" containers ls -q 2>/dev/null)
   fi
   stop_pid "$containerd_pid" containerd
   for name in "${!daemon_pid[@]}"; do stop_pid "${daemon_pid[$name]}" "$name"; done
-  if ! release_leftovers "$ns"; then
-    not_ok "cleanup: mounts left under $tmp; not removing it" "$(mounted_under_tmp)"
-  else
-    rm -rf "$tmp"
-  fi
-  echo "$me: finished in $((SECONDS - start))s"
-  echo "$me: $passed passed, $failed failed"
-  if ((failed)); then exit 1; fi
-  exit 0
+  remove_scratch "$ns"
 }
-start=$SECONDS
-trap cleanup EXIT
-trap 'err_cmd="(a signal)" err_line=-; exit 130' INT TERM
-err_cmd='' err_line=''
-set -E
-trap 'err_cmd=$BASH_COMMAND err_line=$LINENO' ERR
+report_traps teardown
 
 echo "$me: containerd $(containerd --version | awk '{ print $3 }'), $(runc --version | head -n 1), rustlayer $bin, in $tmp"
 
@@ -211,46 +120,11 @@ start_daemon() { # start_daemon NAME REMAP_IDS
 }
 
 start_containerd() {
-  mkdir -p "$tmp/containerd"
-  cat >"$tmp/containerd.toml" <<EOF
-version = 3
-root = "$tmp/containerd/root"
-state = "$tmp/containerd/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.cri.v1.images",
-  "io.containerd.cri.v1.runtime",
-]
-
-[grpc]
-  address = "$sock"
-
-[ttrpc]
-  address = "$sock.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-$CONTAINERD_GC_AT_ONCE
-
-[proxy_plugins.rustlayer]
-  type = "snapshot"
-  address = "$tmp/rustlayer.sock"
-  capabilities = ["remap-ids"]
+  containerd_up "$CONTAINERD_GC_AT_ONCE
 
 [proxy_plugins.rustlayer-chown]
-  type = "snapshot"
-  address = "$tmp/rustlayer-chown.sock"
-EOF
-  containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
-  containerd_pid=$!
-  if ! wait_until 60 "$containerd_pid" ctr -a "$sock" version; then
-    not_ok "containerd did not answer on $sock within 60 s"
-    abort
-  fi
+  type = \"snapshot\"
+  address = \"$chown_sock\"" remap-ids
   local caps name
   for name in rustlayer rustlayer-chown overlayfs; do
     caps=$(ctr -a "$sock" plugins ls -d "id==$name" 2>/dev/null | awk '/^Capabilities:/ { print $2 }')

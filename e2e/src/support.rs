@@ -13,7 +13,27 @@ use std::time::{Duration, Instant};
 use rustlayer_api::snapshots as pb;
 use tonic::Code;
 
-use crate::Client;
+use crate::{Client, Mounted};
+
+/// Commits a chain of `layers` layers as containerd's unpack names them
+/// (`default/N/sha256:…`, each extracted from `default/N/extract-N …`), with a
+/// file `layer-N` holding N in the first and the last; returns the top's name.
+/// The real mounts of the long chains the overlay tests need.
+pub async fn commit_chain(c: &Client, layers: usize) -> String {
+    let mut parent = String::new();
+    for i in 0..layers {
+        let key = format!("default/{i}/extract-{i} sha256:{i:064x}");
+        let mounts = c.prepare(&key, &parent).await.unwrap();
+        if i == 0 || i + 1 == layers {
+            let m = Mounted::new(&mounts);
+            fs::write(m.path().join(format!("layer-{i}")), i.to_string()).unwrap();
+        }
+        let name = format!("default/{i}/sha256:{i:064x}");
+        c.commit(&name, &key).await.unwrap();
+        parent = name;
+    }
+    parent
+}
 
 /// xorshift64*: deterministic and dependency-free, so a failing seed replays.
 #[derive(Debug, Clone)]

@@ -203,9 +203,55 @@ fn kill_child(child: &mut Option<Child>) {
     }
 }
 
+/// Starts `command` (`name` in messages), its stdout and stderr in `log`, and waits
+/// up to [`DEADLINE`] for `ready` to hold. If it exits first or the time runs
+/// out, it is killed and the test panics with `tail` (what its log says).
+fn start_server(
+    name: &str,
+    command: &mut Command,
+    log: &Path,
+    ready: impl Fn() -> bool,
+    tail: impl Fn() -> String,
+) -> Child {
+    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("{name} log: {e}"));
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    let started = Instant::now();
+    while !ready() {
+        let failure = match child.try_wait() {
+            Ok(Some(status)) => format!("{name} exited with {status}"),
+            _ if started.elapsed() >= DEADLINE => format!("{name} not ready after {DEADLINE:?}"),
+            _ => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        kill_child(&mut Some(child));
+        panic!("{failure}:\n{}", tail());
+    }
+    child
+}
+
 /// The last `n` lines of a file, for a failure message.
 fn tail_of(path: &Path, n: usize) -> String {
     tail(&std::fs::read_to_string(path).unwrap_or_default(), n)
+}
+
+/// The registry API's base endpoint on `host` answers 200: the registry serves.
+fn registry_answers(host: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(host) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET /v2/ HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    let mut reply = String::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_string(&mut reply).is_ok()
+        && (reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"))
 }
 
 /// Debian's distribution registry on 127.0.0.1, storage and config in `dir`.
@@ -230,53 +276,21 @@ impl Registry {
             storage = dir.join("storage").display(),
         );
         std::fs::write(dir.join("config.yml"), config).expect("registry config");
-        let log = std::fs::File::create(dir.join("registry.log")).expect("registry log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.join("config.yml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        let mut registry = Registry {
+        let log = dir.join("registry.log");
+        let child = start_server(
+            &format!("docker-registry on {host}"),
+            Command::new("docker-registry")
+                .arg("serve")
+                .arg(dir.join("config.yml")),
+            &log,
+            || registry_answers(&host),
+            || tail_of(&log, 20),
+        );
+        Registry {
             dir,
             host,
             child: Some(child),
-        };
-        let started = Instant::now();
-        while !registry.answers_v2() {
-            if let Some(status) = registry
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "docker-registry exited with {status}:\n{}",
-                    tail_of(&registry.dir.join("registry.log"), 20)
-                );
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "docker-registry not answering on {} after {DEADLINE:?}",
-                registry.host
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        registry
-    }
-
-    /// The registry API's base endpoint answers 200: the registry serves.
-    fn answers_v2(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(&self.host) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let request = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.host);
-        let mut reply = String::new();
-        stream.write_all(request.as_bytes()).is_ok()
-            && stream.read_to_string(&mut reply).is_ok()
-            && (reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"))
     }
 
     /// Pushes an OCI archive as `name` ("<host>/<repository>:<tag>").
@@ -398,9 +412,8 @@ const POD_NETWORK: &str = r#"{
 /// adjustment here, which the kubelet would otherwise be refused lowering. Stream
 /// server on a free port, so parallel containerds do not collide on 10010. The
 /// runtime handler `rustlayer` exists on every release.
-fn containerd_config(setup: &Setup, d: &Path, socket: &Path) -> String {
-    let d = d.display();
-    let sock = socket.display();
+fn containerd_config(setup: &Setup, dir: &Path, socket: &Path) -> String {
+    let d = dir.display();
     let rl = setup.snapshotter_socket.display();
     let rl_root = setup.snapshotter_root.display();
     let sandbox = setup.sandbox_image;
@@ -427,36 +440,20 @@ fn containerd_config(setup: &Setup, d: &Path, socket: &Path) -> String {
                 format!("bin_dirs = [\"{d}/cni/bin\"]"),
             ),
         };
+        let head = config_head(
+            3,
+            &[
+                "io.containerd.snapshotter.v1.blockfile",
+                "io.containerd.snapshotter.v1.btrfs",
+                "io.containerd.snapshotter.v1.devmapper",
+                "io.containerd.snapshotter.v1.erofs",
+                "io.containerd.snapshotter.v1.zfs",
+            ],
+            dir,
+            socket,
+        );
         return format!(
-            r#"version = 3
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.blockfile",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.erofs",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
-[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1
-
+            r#"{head}
 # On by default in 2.x, on a socket under /var/run shared by every containerd.
 [plugins."io.containerd.nri.v1.nri"]
   disable = true
@@ -534,35 +531,19 @@ disabled_plugins = [
         } else {
             ("rustlayer", String::new(), String::new())
         };
+    let head = config_head(
+        2,
+        &[
+            "io.containerd.snapshotter.v1.aufs",
+            "io.containerd.snapshotter.v1.btrfs",
+            "io.containerd.snapshotter.v1.devmapper",
+            "io.containerd.snapshotter.v1.zfs",
+        ],
+        dir,
+        socket,
+    );
     format!(
-        r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
-[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1
-
+        r#"{head}
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{sandbox}"
   restrict_oom_score_adj = true
@@ -598,6 +579,51 @@ disabled_plugins = [
   address = "{rl}"{exports}
 "#
     )
+}
+
+/// What every release's config starts with: config VERSION, the private root,
+/// state and sockets under `d`, the DISABLED plugins, no debug or metrics
+/// listener, and a garbage collection at every deletion.
+fn config_head(version: u32, disabled: &[&str], d: &Path, socket: &Path) -> String {
+    let d = d.display();
+    let sock = socket.display();
+    let disabled: String = disabled.iter().map(|p| format!("  \"{p}\",\n")).collect();
+    format!(
+        r#"version = {version}
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = [
+{disabled}]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+
+[plugins."io.containerd.gc.v1.scheduler"]
+  deletion_threshold = 1
+"#
+    )
+}
+
+/// The tail of the log of the containerd in `dir`, past its plugin-loading chatter.
+fn containerd_log_tail(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains("loading plugin"))
+        .collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// A private containerd with CRI on, configured for its release by
@@ -638,37 +664,20 @@ impl Containerd {
             containerd_config(setup, d, &socket),
         )
         .expect("config");
-        let log = std::fs::File::create(d.join("containerd.log")).expect("log");
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("containerd.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
-        let mut containerd = Containerd {
+        let child = start_server(
+            "containerd",
+            Command::new("containerd")
+                .arg("--config")
+                .arg(d.join("containerd.toml")),
+            &d.join("containerd.log"),
+            || StdUnixStream::connect(&socket).is_ok(),
+            || containerd_log_tail(d),
+        );
+        Containerd {
             dir,
             socket,
             child: Some(child),
-        };
-        let started = Instant::now();
-        while StdUnixStream::connect(&containerd.socket).is_err() {
-            if let Some(status) = containerd
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("containerd exited with {status}:\n{}", containerd.log());
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "containerd not listening after {DEADLINE:?}:\n{}",
-                containerd.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        containerd
     }
 
     fn path(&self) -> &Path {
@@ -681,13 +690,7 @@ impl Containerd {
     }
 
     fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.path().join("containerd.log")).unwrap_or_default();
-        // The tail, past the plugin-loading chatter.
-        let lines: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.contains("loading plugin"))
-            .collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        containerd_log_tail(self.path())
     }
 
     /// `ctr` against this containerd, in CRI's namespace; panics on failure.
@@ -951,6 +954,57 @@ fn assert_one_active_root(added: &[(String, i32)], id: &str, what: &str) -> Stri
     added[0].0.clone()
 }
 
+/// The CRI spec of image `name` for the rustlayer handler.
+fn handler_image(name: &str) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: name.into(),
+        runtime_handler: HANDLER.into(),
+        ..Default::default()
+    }
+}
+
+/// PullImage of each image for the rustlayer handler, with the pod's
+/// `sandbox_config` (whose annotation 1.7 to 2.2 read the handler from), timed;
+/// what PullImage answered for each, in order.
+async fn pull_for_handler(
+    images: &ImageServiceClient<Channel>,
+    pulled: [&TestImage; 2],
+    sandbox_config: &cri::PodSandboxConfig,
+) -> Vec<String> {
+    let mut refs = Vec::new();
+    for image in pulled {
+        let started = Instant::now();
+        let image_ref = bounded(
+            &format!("PullImage {} for handler {HANDLER}", image.name),
+            images.clone().pull_image(cri::PullImageRequest {
+                image: Some(handler_image(&image.name)),
+                auth: None,
+                sandbox_config: Some(sandbox_config.clone()),
+            }),
+        )
+        .await
+        .image_ref;
+        eprintln!(
+            "PullImage {}: {image_ref} in {:?}",
+            image.name,
+            started.elapsed()
+        );
+        refs.push(image_ref);
+    }
+    refs
+}
+
+/// Every layer of the images, by chain id, sorted: what the daemon holds committed
+/// once they are pulled.
+fn layers_of(images: [&TestImage; 2]) -> Vec<String> {
+    let mut layers: Vec<String> = images
+        .iter()
+        .flat_map(|image| image.chain_ids.iter().cloned())
+        .collect();
+    layers.sort();
+    layers
+}
+
 /// What every test here starts from: a rustlayer daemon, a local registry
 /// holding the sandbox and workload images, and a containerd with CRI
 /// configured for this release and the daemon, with CRI clients on it, once its
@@ -1141,28 +1195,9 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
     };
 
     // --- 1. Pulls for the handler land in rustlayer -----------------------------
-    let handler_image = |name: &str| cri::ImageSpec {
-        image: name.into(),
-        runtime_handler: HANDLER.into(),
-        ..Default::default()
-    };
-    for image in [&sandbox_image, &workload_image] {
-        let started = Instant::now();
-        let image_ref = bounded(
-            &format!("PullImage {} for handler {HANDLER}", image.name),
-            images.pull_image(cri::PullImageRequest {
-                image: Some(handler_image(&image.name)),
-                auth: None,
-                sandbox_config: Some(sandbox_config.clone()),
-            }),
-        )
-        .await
-        .image_ref;
-        eprintln!(
-            "PullImage {}: {image_ref} in {:?}",
-            image.name,
-            started.elapsed()
-        );
+    let pulled = [&*sandbox_image, &*workload_image];
+    let refs = pull_for_handler(images, pulled, &sandbox_config).await;
+    for (image, image_ref) in pulled.into_iter().zip(refs) {
         let status = bounded(
             "ImageStatus",
             images.image_status(cri::ImageStatusRequest {
@@ -1181,13 +1216,7 @@ async fn kubelet_runs_a_pod_on_rustlayer() {
             image.name
         );
     }
-    let mut layers: Vec<String> = sandbox_image
-        .chain_ids
-        .iter()
-        .chain(&workload_image.chain_ids)
-        .cloned()
-        .collect();
-    layers.sort();
+    let layers = layers_of(pulled);
     assert_eq!(
         daemon_committed_names(snapshots).await,
         layers,

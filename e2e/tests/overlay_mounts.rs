@@ -5,6 +5,7 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use rustlayer_e2e::support::commit_chain;
 use rustlayer_e2e::{Daemon, Mounted, require_root};
 
 fn read(path: &Path) -> String {
@@ -91,20 +92,9 @@ async fn a_500_layer_chain_mounts() {
     require_root();
     let daemon = Daemon::start();
     let c = daemon.client().await;
-    let mut parent = String::new();
     // 499 committed layers under one active top: 500 lower directories for a view
     // of the top once committed.
-    for i in 0..500 {
-        let key = format!("default/{i}/extract-{i} sha256:{i:064x}");
-        let mounts = c.prepare(&key, &parent).await.unwrap();
-        if i == 0 || i == 499 {
-            let m = Mounted::new(&mounts);
-            fs::write(m.path().join(format!("layer-{i}")), i.to_string()).unwrap();
-        }
-        let name = format!("default/{i}/sha256:{i:064x}");
-        c.commit(&name, &key).await.unwrap();
-        parent = name;
-    }
+    let parent = commit_chain(&c, 500).await;
     let top = c.prepare("container", &parent).await.unwrap();
     let data = top[0].options.join(",");
     assert!(data.len() > 4096, "the test must exercise compaction");

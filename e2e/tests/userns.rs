@@ -13,7 +13,7 @@ use std::process::Command;
 
 use rustlayer_api::snapshots as pb;
 use rustlayer_core::{GID_MAPPING_LABEL, Mount, UID_MAPPING_LABEL};
-use rustlayer_e2e::support::{code_of, count_entries, labels};
+use rustlayer_e2e::support::{code_of, commit_chain, count_entries, labels};
 use rustlayer_e2e::{Client, Daemon, Labels, Mounted, require_root};
 use rustlayer_mount::{LinuxMounter, Mounter};
 use tonic::Code;
@@ -29,13 +29,15 @@ fn mapping(uids: &str, gids: &str) -> Labels {
     ])
 }
 
-/// A daemon whose configuration says containerd declares `remap-ids`.
-fn remapping_daemon() -> (tempfile::TempDir, Daemon) {
+/// A daemon whose configuration says containerd declares `remap-ids` (its config
+/// file's directory, kept for as long as the daemon), and a client of it.
+async fn remapping_daemon() -> (tempfile::TempDir, Daemon, Client) {
     let config_dir = tempfile::tempdir().unwrap();
     let config = config_dir.path().join("config.toml");
     fs::write(&config, "remap_ids = true\n").unwrap();
     let daemon = Daemon::start_with(&["--config", config.to_str().unwrap()]);
-    (config_dir, daemon)
+    let client = daemon.client().await;
+    (config_dir, daemon, client)
 }
 
 fn option<'a>(mount: &'a Mount, key: &str) -> Option<&'a str> {
@@ -50,33 +52,46 @@ fn owner(path: &Path) -> (u32, u32) {
     (meta.uid(), meta.gid())
 }
 
-/// Runs a shell command as host uid and gid `id`, as the container's root runs.
-fn sh_as(id: u32, script: &str) -> std::process::Output {
-    Command::new("sh")
+/// Runs a shell command as host uid and gid [`HOST_ROOT`], as the container's root
+/// runs, and asserts that it succeeds.
+fn as_container_root(script: &str) {
+    let out = Command::new("sh")
         .args(["-c", script])
-        .uid(id)
-        .gid(id)
+        .uid(HOST_ROOT)
+        .gid(HOST_ROOT)
         .output()
-        .expect("run sh")
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "the container's root (host uid {HOST_ROOT}) cannot run `{script}`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Prepares `key` on `parent` for a container whose uids and gids map as `map`.
+async fn prepare_mapped(c: &Client, key: &str, parent: &str, map: &str) -> Vec<Mount> {
+    c.prepare_labeled(key, parent, mapping(map, map))
+        .await
+        .unwrap()
+}
+
+/// Commits `name` on `parent`: a layer holding `dir/file` with `content`, root's.
+async fn commit_layer(c: &Client, name: &str, parent: &str, dir: &str, file: &str, content: &str) {
+    let key = format!("{name}-a");
+    let mounts = c.prepare(&key, parent).await.unwrap();
+    {
+        let m = Mounted::new(&mounts);
+        fs::create_dir(m.path().join(dir)).unwrap();
+        fs::write(m.path().join(dir).join(file), content).unwrap();
+    }
+    c.commit(name, &key).await.unwrap();
 }
 
 /// Two committed layers with root-owned content: `/etc/motd` below, `/srv/app`
 /// above.
 async fn image(c: &Client) {
-    let base = c.prepare("base-a", "").await.unwrap();
-    {
-        let m = Mounted::new(&base);
-        fs::create_dir(m.path().join("etc")).unwrap();
-        fs::write(m.path().join("etc/motd"), "hello").unwrap();
-    }
-    c.commit("base", "base-a").await.unwrap();
-    let app = c.prepare("app-a", "base").await.unwrap();
-    {
-        let m = Mounted::new(&app);
-        fs::create_dir(m.path().join("srv")).unwrap();
-        fs::write(m.path().join("srv/app"), "app").unwrap();
-    }
-    c.commit("app", "app-a").await.unwrap();
+    commit_layer(c, "base", "", "etc", "motd", "hello").await;
+    commit_layer(c, "app", "base", "srv", "app", "app").await;
 }
 
 fn upper(mount: &Mount) -> PathBuf {
@@ -87,7 +102,7 @@ fn upper(mount: &Mount) -> PathBuf {
 #[ignore = "needs root: the daemon mounts overlayfs"]
 async fn the_container_root_owns_its_layer_through_idmapped_lowers() {
     require_root();
-    let (_config, daemon) = remapping_daemon();
+    let (_config, daemon, c) = remapping_daemon().await;
     assert!(
         daemon
             .log()
@@ -95,13 +110,9 @@ async fn the_container_root_owns_its_layer_through_idmapped_lowers() {
         "the start-up probe ran and passed:\n{}",
         daemon.log()
     );
-    let c = daemon.client().await;
     image(&c).await;
 
-    let mounts = c
-        .prepare_labeled("ctr", "app", mapping(MAP, MAP))
-        .await
-        .unwrap();
+    let mounts = prepare_mapped(&c, "ctr", "app", MAP).await;
     assert_eq!(mounts.len(), 1);
     let m = &mounts[0];
     assert_eq!(m.fs_type, "overlay");
@@ -140,18 +151,10 @@ async fn the_container_root_owns_its_layer_through_idmapped_lowers() {
         assert_eq!(owner(&p.join("srv/app")), (HOST_ROOT, HOST_ROOT));
         // The container's root writes where only the image's root may: possible only
         // if the lower layers are idmapped.
-        let out = sh_as(
-            HOST_ROOT,
-            &format!(
-                "echo changed > {0}/etc/motd && mkdir {0}/proc && echo new > {0}/srv/new",
-                p.display()
-            ),
-        );
-        assert!(
-            out.status.success(),
-            "the container's root cannot write its rootfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        as_container_root(&format!(
+            "echo changed > {0}/etc/motd && mkdir {0}/proc && echo new > {0}/srv/new",
+            p.display()
+        ));
     }
     for written in ["etc/motd", "proc", "srv/new"] {
         assert_eq!(
@@ -179,10 +182,7 @@ async fn without_remap_ids_mounts_stay_plain_and_the_upper_is_still_root_s() {
     );
     let c = daemon.client().await;
     image(&c).await;
-    let mounts = c
-        .prepare_labeled("ctr", "app", mapping(MAP, MAP))
-        .await
-        .unwrap();
+    let mounts = prepare_mapped(&c, "ctr", "app", MAP).await;
     let m = &mounts[0];
     assert!(
         !m.options
@@ -197,10 +197,7 @@ async fn without_remap_ids_mounts_stay_plain_and_the_upper_is_still_root_s() {
     );
     assert_eq!(owner(&upper(m)), (HOST_ROOT, HOST_ROOT));
 
-    let parentless = c
-        .prepare_labeled("empty", "", mapping(MAP, MAP))
-        .await
-        .unwrap();
+    let parentless = prepare_mapped(&c, "empty", "", MAP).await;
     assert_eq!(parentless[0].fs_type, "overlay");
     assert_eq!(
         owner(&upper(&parentless[0])),
@@ -213,12 +210,8 @@ async fn without_remap_ids_mounts_stay_plain_and_the_upper_is_still_root_s() {
 #[ignore = "needs root: the daemon mounts overlayfs"]
 async fn a_parentless_snapshot_is_an_idmapped_overlay_whose_upper_the_container_root_owns() {
     require_root();
-    let (_config, daemon) = remapping_daemon();
-    let c = daemon.client().await;
-    let mounts = c
-        .prepare_labeled("scratch", "", mapping(MAP, MAP))
-        .await
-        .unwrap();
+    let (_config, _daemon, c) = remapping_daemon().await;
+    let mounts = prepare_mapped(&c, "scratch", "", MAP).await;
     let m = &mounts[0];
     assert_eq!(m.fs_type, "overlay", "{m:?}");
     assert_eq!(
@@ -235,15 +228,7 @@ async fn a_parentless_snapshot_is_an_idmapped_overlay_whose_upper_the_container_
     {
         let rootfs = Mounted::new(&mounts);
         assert_eq!(owner(rootfs.path()), (HOST_ROOT, HOST_ROOT));
-        let out = sh_as(
-            HOST_ROOT,
-            &format!("mkdir {}/proc", rootfs.path().display()),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        as_container_root(&format!("mkdir {}/proc", rootfs.path().display()));
     }
     assert_eq!(
         owner(&layer.join("proc")),
@@ -259,28 +244,20 @@ async fn a_mapping_change_on_a_chain_maps_every_layer_with_the_new_mapping() {
     // As containerd's own overlay snapshotter: only the new snapshot's labels count.
     // A layer committed from a container with another mapping holds that mapping's
     // host ids, which the new mapping does not cover: they show as the overflow id.
-    let (_config, daemon) = remapping_daemon();
-    let c = daemon.client().await;
+    let (_config, _daemon, c) = remapping_daemon().await;
     image(&c).await;
-    let first = c
-        .prepare_labeled("first-a", "app", mapping(MAP, MAP))
-        .await
-        .unwrap();
+    let first = prepare_mapped(&c, "first-a", "app", MAP).await;
     {
         let rootfs = Mounted::new(&first);
-        let out = sh_as(
-            HOST_ROOT,
-            &format!("echo mine > {}/srv/first", rootfs.path().display()),
-        );
-        assert!(out.status.success());
+        as_container_root(&format!(
+            "echo mine > {}/srv/first",
+            rootfs.path().display()
+        ));
     }
     c.commit("first", "first-a").await.unwrap();
 
     let other = "0:200000:65536";
-    let second = c
-        .prepare_labeled("second", "first", mapping(other, other))
-        .await
-        .unwrap();
+    let second = prepare_mapped(&c, "second", "first", other).await;
     let m = &second[0];
     assert_eq!(m.options[0], format!("uidmap={other}"));
     assert_eq!(option(m, "lowerdir").unwrap().split(':').count(), 3);
@@ -306,24 +283,9 @@ async fn a_500_layer_chain_mounts_on_idmapped_lowers() {
     // Real directory names are longer than the short links: the options fit a page
     // only once the lowers are relative to their idmapped copy, as containerd makes
     // them.
-    let (_config, daemon) = remapping_daemon();
-    let c = daemon.client().await;
-    let mut parent = String::new();
-    for i in 0..500 {
-        let key = format!("default/{i}/extract-{i} sha256:{i:064x}");
-        let mounts = c.prepare(&key, &parent).await.unwrap();
-        if i == 0 || i == 499 {
-            let m = Mounted::new(&mounts);
-            fs::write(m.path().join(format!("layer-{i}")), i.to_string()).unwrap();
-        }
-        let name = format!("default/{i}/sha256:{i:064x}");
-        c.commit(&name, &key).await.unwrap();
-        parent = name;
-    }
-    let top = c
-        .prepare_labeled("container", &parent, mapping(MAP, MAP))
-        .await
-        .unwrap();
+    let (_config, _daemon, c) = remapping_daemon().await;
+    let parent = commit_chain(&c, 500).await;
+    let top = prepare_mapped(&c, "container", &parent, MAP).await;
     assert_eq!(option(&top[0], "lowerdir").unwrap().split(':').count(), 500);
     assert!(
         top[0].options.join(",").len() > 4096,
@@ -333,19 +295,14 @@ async fn a_500_layer_chain_mounts_on_idmapped_lowers() {
     for layer in ["layer-0", "layer-499"] {
         assert_eq!(owner(&rootfs.path().join(layer)), (HOST_ROOT, HOST_ROOT));
     }
-    let out = sh_as(
-        HOST_ROOT,
-        &format!("echo top >> {}/layer-0", rootfs.path().display()),
-    );
-    assert!(out.status.success(), "{out:?}");
+    as_container_root(&format!("echo top >> {}/layer-0", rootfs.path().display()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root: the daemon mounts overlayfs"]
 async fn bad_mapping_labels_are_refused_and_change_nothing() {
     require_root();
-    let (_config, daemon) = remapping_daemon();
-    let c = daemon.client().await;
+    let (_config, daemon, c) = remapping_daemon().await;
     image(&c).await;
     let snapshots = daemon.root.join("snapshots");
     let before = (c.names(&[]).await, count_entries(&snapshots));
@@ -385,9 +342,7 @@ async fn bad_mapping_labels_are_refused_and_change_nothing() {
     );
 
     // A label update must leave a mapping whole.
-    c.prepare_labeled("ctr", "app", mapping(MAP, MAP))
-        .await
-        .unwrap();
+    prepare_mapped(&c, "ctr", "app", MAP).await;
     let r = c
         .raw
         .clone()
@@ -480,8 +435,7 @@ async fn ext4_and_xfs_mounts_are_idmapped_whole_as_containerd_does_for_devmapper
         LinuxMounter.mount(&mount, &target).unwrap();
         let unmount = Unmount(target.clone());
         assert_eq!(owner(&target), (HOST_ROOT, HOST_ROOT), "{fs_type}");
-        let out = sh_as(HOST_ROOT, &format!("mkdir {}/proc", target.display()));
-        assert!(out.status.success(), "{fs_type}: {out:?}");
+        as_container_root(&format!("mkdir {}/proc", target.display()));
         assert_eq!(owner(&target.join("proc")), (HOST_ROOT, HOST_ROOT));
         drop(unmount);
         // Only one mount was stacked on the target, and no scratch mount remains.

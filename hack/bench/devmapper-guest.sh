@@ -19,6 +19,8 @@ export DM_DISABLE_UDEV=1
 cd "$(dirname "$0")/../.."
 # shellcheck source=hack/lib/containerd.sh
 source hack/lib/containerd.sh
+# shellcheck source=hack/lib/process.sh
+source hack/lib/process.sh
 # shellcheck source=hack/bench/lib.sh
 source hack/bench/lib.sh
 results=$1 bin=$2 bench=$3 archive=$4 image=$5 layers=$6 rounds=$7 cycles=$8 import_rounds=$9 runs=${10}
@@ -68,12 +70,7 @@ EOF
 env -u RUST_LOG "$bin" serve --config "$tmp/rustlayer.toml" --root "$tmp/rl" --address "$rl_sock" \
   >"$tmp/rustlayer.log" 2>&1 &
 rl_pid=$!
-for ((i = 0; i < 600; i++)); do
-  [[ -S $rl_sock ]] && break
-  kill -0 "$rl_pid" 2>/dev/null || die "rustlayer exited during start: $(tail -n 20 "$tmp/rustlayer.log")"
-  sleep 0.1
-done
-[[ -S $rl_sock ]] || die "rustlayer did not create $rl_sock within 60 s"
+wait_for_socket 60 "$rl_pid" rustlayer "$rl_sock" || die "$(tail -n 20 "$tmp/rustlayer.log")"
 
 # containerd 1.6's devmapper snapshotter: ext4 is its only filesystem; deletes
 # synchronously (async_remove's default), as it ships.
@@ -82,18 +79,11 @@ containerd_config "$tmp/containerd/root" "$tmp/containerd/state" "$sock" "$rl_so
   pool_name = "bench-cd-pool"
   base_image_size = "1024MB"
   discard_blocks = true' >"$tmp/containerd.toml"
-containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
-cd_pid=$!
-for ((i = 0; i < 600; i++)); do
-  kill -0 "$cd_pid" 2>/dev/null || die "containerd exited during start: $(tail -n 20 "$tmp/containerd.log")"
-  ctr -a "$sock" version >/dev/null 2>&1 && break
-  sleep 0.1
-done
-plugins=$(ctr -a "$sock" plugins ls 2>&1)
-for s in rustlayer devmapper; do
-  grep -qE "^io\.containerd\.snapshotter\.v1 +$s .* ok" <<<"$plugins" ||
-    die "containerd lacks a working snapshotter $s:"$'\n'"$plugins"$'\n'"$(tail -n 30 "$tmp/containerd.log")"
-done
+containerd_start "$tmp/containerd.toml" "$tmp/containerd.log" "$sock" 60 || true
+cd_pid=$containerd_pid
+kill -0 "$cd_pid" 2>/dev/null || die "containerd exited during start: $(tail -n 20 "$tmp/containerd.log")"
+plugins=$(containerd_has_snapshotters "$sock" rustlayer devmapper) ||
+  die "containerd lacks a working snapshotter (rustlayer, devmapper):"$'\n'"$plugins"$'\n'"$(tail -n 30 "$tmp/containerd.log")"
 
 settle() {
   gc_now
@@ -101,16 +91,11 @@ settle() {
 }
 
 say "snapshot cycle: $rounds rounds x $cycles cycles"
-for ((r = 0; r < rounds; r++)); do
-  "$bench" cycle --containerd "$sock" --namespace bench --snapshotter rustlayer --snapshotter devmapper \
-    --iterations "$cycles" --warmup 3 --round "$r" --row "$row" --results "$results"
-done
+cycle_rounds "$row" "$rounds" "$cycles" 3 --snapshotter rustlayer --snapshotter devmapper
 settle
 
 say "image import, cold: $import_rounds rounds"
-for ((r = 0; r < import_rounds; r++)); do
-  for s in $(ordered "$r" rustlayer devmapper); do import_cold "$row" "$s" "$r"; done
-done
+interleaved_imports import_cold "$row" "$import_rounds" rustlayer devmapper
 
 say "container start: $rounds rounds x $runs runs"
 container_starts "$row" devmapper "$rounds" "$runs"

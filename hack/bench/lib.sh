@@ -3,7 +3,7 @@
 # the same way. Each script sets $sock (containerd's socket), $bench (the
 # rustlayer-bench binary), $results (the JSON-lines file), $archive, $image and
 # $layers (the test image), $tmp (scratch), and defines settle (let deferred work
-# finish) and die.
+# finish), die, and import_warm where it passes that to interleaved_imports.
 # shellcheck disable=SC2154 # the globals above belong to the sourcing script
 
 ctrn() { # ctrn NAMESPACE ARGS...
@@ -49,6 +49,28 @@ timed_import() {
   n=$(count_snapshots "$ns" "$s")
   ((n == layers)) || die "import on $s: $n snapshots, expected $layers"
   record "$row" "$metric" "$s" s "$(elapsed "$t0" "$t1")" "$r" --main
+}
+
+# cycle_rounds ROW ROUNDS ITERATIONS WARMUP TARGET-ARGS...: ROUNDS rounds of
+# ITERATIONS snapshot cycles (after WARMUP) on each target TARGET-ARGS name.
+cycle_rounds() {
+  local row=$1 rounds=$2 iterations=$3 warmup=$4 r
+  shift 4
+  for ((r = 0; r < rounds; r++)); do
+    "$bench" cycle --containerd "$sock" --namespace bench "$@" --row "$row" \
+      --iterations "$iterations" --warmup "$warmup" --round "$r" --results "$results"
+  done
+}
+
+# interleaved_imports IMPORT ROW ROUNDS SNAPSHOTTER...: ROUNDS rounds of IMPORT
+# (import_cold or import_warm) ROW SNAPSHOTTER ROUND on each SNAPSHOTTER, in the
+# round's order.
+interleaved_imports() {
+  local import=$1 row=$2 rounds=$3 r s
+  shift 3
+  for ((r = 0; r < rounds; r++)); do
+    for s in $(ordered "$r" "$@"); do "$import" "$row" "$s" "$r"; done
+  done
 }
 
 # import_cold ROW SNAPSHOTTER ROUND: an import with nothing present, then the

@@ -10,20 +10,31 @@
 # unless the containerd on PATH already is that release. Exports
 # CONTAINERD_VERSION and PATH.
 #
-#   containerd_config ROOT STATE SOCKET RUSTLAYER_SOCKET [EXTRA_TOML]
+#   containerd_config ROOT STATE SOCKET RUSTLAYER_SOCKET [EXTRA_TOML [CAPABILITIES]]
 #
 # prints a config for the containerd on PATH: version 2 for 1.6 and 1.7, version
 # 3 for 2.x. The CRI plugin off (the scripts drive containerd directly), the
 # plugins that cannot work here or would reach outside the private directories
 # off, debug and metrics listeners off, and the proxy plugin "rustlayer" on
-# RUSTLAYER_SOCKET. EXTRA_TOML is appended as it is; a devmapper snapshotter
-# configured there stays enabled.
+# RUSTLAYER_SOCKET, declaring the snapshotter CAPABILITIES (words like
+# remap-ids; none by default). EXTRA_TOML is appended as it is; a devmapper
+# snapshotter configured there stays enabled.
+#
+#   containerd_start CONFIG LOG SOCKET SECONDS
+#
+# starts the containerd on PATH with CONFIG, its output in LOG, as
+# $containerd_pid, and waits up to SECONDS for it to answer on SOCKET; fails if it
+# exits or does not answer in time. containerd_up does the same for a test
+# script's one private containerd, and reports.
 #
 #   containerd_config_check LOG SOCKET
 #
 # prints what the containerd logging to LOG and serving SOCKET had to say about
 # its configuration: a key it ignored, a deprecated setting, a plugin it failed
 # to load. Empty for a clean start.
+#
+# Some functions use hack/lib/process.sh's (wait_until), those that report
+# checks hack/lib/report.sh's: the script sources those files too.
 
 # The release the tiers run against unless CONTAINERD_VERSION names another:
 # Debian 12's own package.
@@ -61,7 +72,7 @@ containerd_release() {
 }
 
 containerd_config() {
-  local root=$1 state=$2 sock=$3 rl_sock=$4 extra=${5:-} release devmapper=1 disabled
+  local root=$1 state=$2 sock=$3 rl_sock=$4 extra=${5:-} capabilities=${6:-} release devmapper=1 disabled
   release=$(containerd_release)
   [[ $extra == *'plugins."io.containerd.snapshotter.v1.devmapper"'* ]] && devmapper=''
   # Only ids the release has: containerd ignores an unknown one silently, so a
@@ -118,6 +129,10 @@ $(printf '  "%s",\n' "${disabled[@]}")
   type = "snapshot"
   address = "$rl_sock"
 EOF
+  if [[ -n $capabilities ]]; then
+    # shellcheck disable=SC2086 # one capability per word
+    printf '  capabilities = [%s]\n' "$(printf '"%s", ' $capabilities | sed 's/, $//')"
+  fi
   if [[ $release == 2.* ]]; then
     # 2.x's ctr imports through the transfer service, which unpacks only into
     # the snapshotters listed here (the default list, replaced by any list
@@ -139,6 +154,66 @@ EOF
   if [[ -n $extra ]]; then
     printf '\n%s\n' "$extra"
   fi
+}
+
+containerd_start() {
+  local config=$1 log=$2 sock=$3 seconds=$4
+  containerd --config "$config" >"$log" 2>&1 &
+  containerd_pid=$!
+  wait_until "$seconds" "$containerd_pid" ctr -a "$sock" version
+}
+
+# containerd_up [EXTRA_TOML [CAPABILITIES]]: a test script's private containerd
+# (report.sh's checks): its config (containerd_config) in $tmp/containerd.toml,
+# root and state under $tmp/containerd, serving $sock, the proxy plugin
+# "rustlayer" on $rl_sock; started (containerd_start, log $tmp/containerd.log).
+# A failed check, and abort, when it does not answer within 60 s.
+# shellcheck disable=SC2154 # $tmp, $sock and $rl_sock are the script's
+containerd_up() {
+  mkdir -p "$tmp/containerd"
+  containerd_config "$tmp/containerd/root" "$tmp/containerd/state" "$sock" "$rl_sock" "$@" \
+    >"$tmp/containerd.toml"
+  if ! containerd_start "$tmp/containerd.toml" "$tmp/containerd.log" "$sock" 60; then
+    not_ok "containerd did not answer on $sock within 60 s"
+    abort
+  fi
+}
+
+# expect_clean_containerd_config: the check that the private containerd of
+# containerd_up took its config without a complaint (containerd_config_check).
+# shellcheck disable=SC2154 # $tmp and $sock are the script's
+expect_clean_containerd_config() {
+  expect_eq "containerd took its config without a complaint (its log; from 1.7 on, ctr deprecations list)" \
+    "" "$(containerd_config_check "$tmp/containerd.log" "$sock")"
+}
+
+# containerd_has_snapshotters SOCKET NAME...: whether the containerd on SOCKET
+# lists each snapshotter NAME as loaded ("ok"); prints its plugin list when one
+# is not, for the failure's detail.
+containerd_has_snapshotters() {
+  local sock=$1 plugins name
+  shift
+  plugins=$(ctr -a "$sock" plugins ls 2>&1) || true
+  for name in "$@"; do
+    if ! grep -qE "^io\.containerd\.snapshotter\.v1 +$name .* ok *\$" <<<"$plugins"; then
+      echo "$plugins"
+      return 1
+    fi
+  done
+}
+
+# containerd_remove_containers SOCKET NS ID...: kills and deletes the containers
+# ID and their tasks, whatever state they are in. For a teardown: each call is
+# bounded (a hung daemon must not hold it up), and nothing fails.
+containerd_remove_containers() {
+  local sock=$1 ns=$2 id
+  shift 2
+  for id in "$@"; do
+    timeout 10 ctr -a "$sock" -n "$ns" tasks kill -s SIGKILL "$id" >/dev/null 2>&1
+    timeout 10 ctr -a "$sock" -n "$ns" tasks delete -f "$id" >/dev/null 2>&1
+    timeout 10 ctr -a "$sock" -n "$ns" containers delete "$id" >/dev/null 2>&1
+  done
+  return 0
 }
 
 # containerd_import_path: who unpacks what `ctr images import` brings, for the
@@ -223,11 +298,6 @@ stdout_of() {
   return "$rc"
 }
 
-# mounted_under_tmp: the mount points under $tmp (the script's scratch directory),
-# one a line.
-# shellcheck disable=SC2154 # $tmp is set by the script that sources this file
-mounted_under_tmp() { awk -v p="$tmp/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo; }
-
 # release_leftovers NS...: once the private containerd has stopped, what its
 # containers leave: shims (they outlive containerd; ours name $tmp on their command
 # line), the namespaces' cgroups (v1: one per hierarchy) and the mounts under $tmp,
@@ -245,8 +315,27 @@ release_leftovers() {
       [[ -d $m ]] && find "$m" -depth -type d -exec rmdir {} + 2>/dev/null
     done
   done
-  for m in $(mounted_under_tmp | sort -r); do
-    umount "$m" 2>/dev/null || umount -l "$m"
-  done
-  [[ -z $(mounted_under_tmp) ]]
+  unmount_under "$tmp"
+  [[ -z $(mounts_under "$tmp") ]]
+}
+
+# remove_scratch NS...: release_leftovers NS..., then $tmp removed; a failed
+# check instead (report.sh) while a mount stays under it.
+remove_scratch() {
+  if release_leftovers "$@"; then
+    rm -rf "$tmp"
+  else
+    not_ok "cleanup: mounts left under $tmp; not removing it" "$(mounts_under "$tmp")"
+  fi
+}
+
+# containerd_tier WHY: the start of a test tier that runs against one containerd
+# release: root (WHY says what needs it), that release first on PATH
+# (containerd_use), and every check line and the closing lines naming it
+# (report.sh's REPORT_TAG and REPORT_LABEL).
+# shellcheck disable=SC2034,SC2154 # REPORT_* are read by report.sh, $me is the script's
+containerd_tier() {
+  require_root "$1"
+  containerd_use || exit 1
+  REPORT_LABEL="$me (containerd $CONTAINERD_VERSION)" REPORT_TAG="[containerd $CONTAINERD_VERSION]"
 }

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # What the hack/ scripts learn about the machine they run on, rather than assume:
-# where its Rust toolchain is, and which Debian archive its apt uses.
+# where its Rust toolchain is, which Debian archive its apt uses; and what a
+# script needs of it before it starts (root, commands, the daemon binary).
 
 # cargo_on_path ME: makes sure cargo is on PATH. `sudo hack/...` runs with sudo's
 # secure_path, which leaves out ~/.cargo/bin where rustup puts cargo, so a root
@@ -59,4 +60,56 @@ debian_mirror() {
     return 1
   fi
   echo "${uri%/}"
+}
+
+# require_root WHY: exits unless this runs as root; WHY says what needs it.
+require_root() {
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "${me:-$0}: must run as root ($1)" >&2
+    exit 1
+  fi
+}
+
+# require_commands HINT COMMAND...: exits, naming the missing ones and HINT (how
+# to get them), unless every COMMAND is there: a name on PATH, or an
+# executable's path.
+require_commands() {
+  local hint=$1 cmd missing=()
+  shift
+  for cmd in "$@"; do
+    command -v "$cmd" >/dev/null || missing+=("$cmd")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  echo "${me:-$0}: missing ${missing[*]}${hint:+; $hint}" >&2
+  exit 1
+}
+
+# rustlayer_bin: the absolute path of the daemon binary a test runs:
+# $RUSTLAYER_BIN, else the tree's target/debug/rustlayer (run from the tree's
+# top). Exits when there is none.
+rustlayer_bin() {
+  local bin=${RUSTLAYER_BIN:-$PWD/target/debug/rustlayer}
+  if [[ ! -f $bin || ! -x $bin ]]; then
+    echo "${me:-$0}: no rustlayer binary at $bin (run cargo build, or set RUSTLAYER_BIN)" >&2
+    exit 1
+  fi
+  realpath "$bin"
+}
+
+# apt_install_missing PACKAGE...: installs those of the Debian packages that are
+# not installed yet (as root).
+apt_install_missing() {
+  local p missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  echo "${me:-$0}: installing ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "${me:-$0}: need root to install packages: ${missing[*]}" >&2
+    return 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }

@@ -39,9 +39,7 @@ struct Floor {
 
 impl Floor {
     fn snapshots(&self) -> MutexGuard<'_, HashMap<String, pb::Info>> {
-        self.snapshots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        rustlayer_core::sync::lock(&self.snapshots)
     }
 
     /// The same checks a real snapshotter makes, so containerd sees the same codes.

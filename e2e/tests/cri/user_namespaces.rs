@@ -27,7 +27,7 @@ use rustlayer_e2e_cri::v1::{self as cri, NamespaceMode};
 use super::{
     CGROUP_PARENT, DEADLINE, HANDLER, Node, RUNTIME_HANDLER_ANNOTATION, Release,
     UserNamespaceRuntime, added_snapshots, bounded, daemon_committed_names, daemon_snapshots,
-    eventually, tail, within,
+    eventually, layers_of, pull_for_handler, tail, within,
 };
 
 /// The size of every pod's id range, as the kubelet allocates them.
@@ -148,34 +148,12 @@ impl UserNamespaceNode {
         );
 
         let annotated = pod_config("pull", "uid-pull", Path::new("/"), None);
-        let mut workload_ref = String::new();
-        for image in [&node.sandbox_image, &node.workload_image] {
-            let started = Instant::now();
-            let image_ref = bounded(
-                &format!("PullImage {} for handler {HANDLER}", image.name),
-                node.images.clone().pull_image(cri::PullImageRequest {
-                    image: Some(cri::ImageSpec {
-                        image: image.name.clone(),
-                        runtime_handler: HANDLER.into(),
-                        ..Default::default()
-                    }),
-                    auth: None,
-                    sandbox_config: Some(annotated.clone()),
-                }),
-            )
+        let pulled = [&node.sandbox_image, &node.workload_image];
+        let workload_ref = pull_for_handler(&node.images, pulled, &annotated)
             .await
-            .image_ref;
-            eprintln!("PullImage {}: {:?}", image.name, started.elapsed());
-            workload_ref = image_ref;
-        }
-        let mut layers: Vec<String> = node
-            .sandbox_image
-            .chain_ids
-            .iter()
-            .chain(&node.workload_image.chain_ids)
-            .cloned()
-            .collect();
-        layers.sort();
+            .pop()
+            .expect("the workload's PullImage answer");
+        let layers = layers_of(pulled);
         assert_eq!(
             daemon_committed_names(&node.snapshots).await,
             layers,

@@ -25,6 +25,18 @@ impl Staged {
     }
 }
 
+/// A snapshot the metadata holds at start, as [`Backend::resume`] sees it: enough
+/// to make its storage again as its Prepare made it (on which parent, for which
+/// user namespace).
+#[derive(Debug, Clone)]
+pub struct LiveSnapshot {
+    pub id: SnapshotId,
+    pub kind: Kind,
+    /// The snapshot it was prepared on, if any.
+    pub parent: Option<SnapshotId>,
+    pub labels: Labels,
+}
+
 /// A snapshot as a backend needs to see it: which storage, and on top of what.
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotRef<'a> {
@@ -147,7 +159,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Called once at start, after Cleanup, with every snapshot the metadata holds,
     /// so that storage active snapshots and views need attached to be mounted is,
     /// and what a power loss took back of derived or unsynced storage is made again.
-    fn resume(&self, snapshots: &[(SnapshotId, Kind)]) -> Result<()> {
+    fn resume(&self, snapshots: &[LiveSnapshot]) -> Result<()> {
         let _ = snapshots;
         Ok(())
     }

@@ -13,10 +13,11 @@ pub mod filter;
 mod idmap;
 mod model;
 mod observe;
+pub mod reaper;
 pub mod sync;
 pub mod validate;
 
-pub use backend::{Backend, PoolStats, SnapshotRef, Staged};
+pub use backend::{Backend, LiveSnapshot, PoolStats, SnapshotRef, Staged};
 pub use check::Check;
 pub use error::{Code, Error, IoContext, LayerError, Result};
 pub use filter::Filters;

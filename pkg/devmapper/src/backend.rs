@@ -5,13 +5,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
 use devicemapper::Device;
+use rustlayer_core::reaper::Reaper;
+use rustlayer_core::sync::lock;
 use rustlayer_core::{
-    Backend, IdMapping, Kind, Labels, Mount, PoolStats, SnapshotId, SnapshotRef, Staged, Usage,
+    Backend, IdMapping, Kind, Labels, LiveSnapshot, Mount, PoolStats, SnapshotId, SnapshotRef,
+    Staged, Usage,
 };
 use rustlayer_mount::{LinuxLoopAttacher, LinuxMounter, Mounter};
 use tracing::{debug, info, warn};
@@ -40,7 +41,8 @@ pub struct DevmapperOptions {
 
 pub struct DevmapperBackend {
     inner: Arc<Inner>,
-    reaper: Mutex<Option<Reaper>>,
+    /// Deletes removed thin devices in the background (`async_remove`).
+    reaper: Option<Reaper<ThinId>>,
     remap_ids: bool,
 }
 
@@ -55,11 +57,6 @@ struct Inner {
     /// Pool messages and the activation state they depend on (a snapshot's origin
     /// must be inactive or suspended) change together.
     lock: Mutex<()>,
-}
-
-struct Reaper {
-    queue: Sender<ThinId>,
-    worker: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for DevmapperBackend {
@@ -136,7 +133,7 @@ impl DevmapperBackend {
         });
         ensure_base(&inner)?;
         let reaper = if inner.config.async_remove {
-            Some(Reaper::start(Arc::clone(&inner))?)
+            Some(start_reaper(Arc::clone(&inner))?)
         } else {
             None
         };
@@ -150,7 +147,7 @@ impl DevmapperBackend {
         );
         Ok(DevmapperBackend {
             inner,
-            reaper: Mutex::new(reaper),
+            reaper,
             remap_ids,
         })
     }
@@ -166,23 +163,9 @@ impl DevmapperBackend {
 
     /// Blocks until every Remove so far has deleted its device (tests, shutdown).
     pub fn drain_removals(&self) {
-        if self.stop_reaper() {
-            match Reaper::start(Arc::clone(&self.inner)) {
-                Ok(fresh) => *lock(&self.reaper) = Some(fresh),
-                Err(err) => warn!(%err, "removals now happen inline"),
-            }
+        if let Some(reaper) = &self.reaper {
+            reaper.wait_idle();
         }
-    }
-
-    /// Lets the reaper finish its queue and stop; false if there was none.
-    fn stop_reaper(&self) -> bool {
-        let reaper = lock(&self.reaper).take();
-        let Some(reaper) = reaper else {
-            return false;
-        };
-        drop(reaper.queue);
-        let _ = reaper.worker.join();
-        true
     }
 }
 
@@ -342,22 +325,16 @@ impl Inner {
     }
 }
 
-impl Reaper {
-    fn start(inner: Arc<Inner>) -> Result<Reaper> {
-        let (queue, work) = mpsc::channel::<ThinId>();
-        let worker = std::thread::Builder::new()
-            .name("rustlayer-thin-reaper".into())
-            .spawn(move || {
-                for id in work {
-                    // A device left here stays reserved in the store; Cleanup retries.
-                    if let Err(err) = inner.delete(id) {
-                        warn!(thin = id.get(), %err, "thin device not deleted; Cleanup retries");
-                    }
-                }
-            })
-            .map_err(Error::io("start thread", "rustlayer-thin-reaper"))?;
-        Ok(Reaper { queue, worker })
-    }
+/// The thread that deletes removed devices. It finishes its queue even when the
+/// backend is dropped: each deletion is short.
+fn start_reaper(inner: Arc<Inner>) -> Result<Reaper<ThinId>> {
+    Reaper::start("rustlayer-thin-reaper", move |id: ThinId, _| {
+        // A device left here stays reserved in the store; Cleanup retries.
+        if let Err(err) = inner.delete(id) {
+            warn!(thin = id.get(), %err, "thin device not deleted; Cleanup retries");
+        }
+    })
+    .map_err(Error::io("start thread", "rustlayer-thin-reaper"))
 }
 
 impl Backend for DevmapperBackend {
@@ -456,8 +433,8 @@ impl Backend for DevmapperBackend {
 
     fn remove(&self, id: SnapshotId) -> rustlayer_core::Result<()> {
         let thin = thin_id(id)?;
-        if let Some(reaper) = lock(&self.reaper).as_ref()
-            && reaper.queue.send(thin).is_ok()
+        if let Some(reaper) = &self.reaper
+            && reaper.hand_over(thin).is_ok()
         {
             return Ok(());
         }
@@ -493,9 +470,9 @@ impl Backend for DevmapperBackend {
     }
 
     /// Committed layers stay inactive until a snapshot of them is taken.
-    fn resume(&self, snapshots: &[(SnapshotId, Kind)]) -> rustlayer_core::Result<()> {
-        for (id, kind) in snapshots.iter().filter(|(_, k)| *k != Kind::Committed) {
-            self.inner.activate(thin_id(*id)?, *kind == Kind::View)?;
+    fn resume(&self, snapshots: &[LiveSnapshot]) -> rustlayer_core::Result<()> {
+        for s in snapshots.iter().filter(|s| s.kind != Kind::Committed) {
+            self.inner.activate(thin_id(s.id)?, s.kind == Kind::View)?;
         }
         Ok(())
     }
@@ -503,7 +480,9 @@ impl Backend for DevmapperBackend {
     /// Deactivates every device nothing has open; a mounted one (a running
     /// container) stays, and with it the pool.
     fn shutdown(&self) {
-        self.stop_reaper();
+        if let Some(reaper) = &self.reaper {
+            reaper.finish();
+        }
         let inner = &self.inner;
         let mut busy = 0;
         let ids = inner.active_ids().unwrap_or_default();
@@ -558,12 +537,6 @@ fn node(device: Device) -> Result<PathBuf> {
             path.display()
         )))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -702,8 +675,9 @@ mod tests {
         let err = backend
             .stage(SnapshotId::new(1), Kind::Active, &[], &Labels::new())
             .expect_err("a pool 95% full refuses with min_free_percent 10");
-        assert!(
-            matches!(err, rustlayer_core::Error::ResourceExhausted(_)),
+        assert_eq!(
+            err.code(),
+            rustlayer_core::Code::ResourceExhausted,
             "{err:?}"
         );
         assert_eq!(dm.calls(), vec![]);
@@ -722,8 +696,9 @@ mod tests {
         let err = backend
             .remove(SnapshotId::new(1))
             .expect_err("a mounted device cannot go");
-        assert!(
-            matches!(err, rustlayer_core::Error::FailedPrecondition(_)),
+        assert_eq!(
+            err.code(),
+            rustlayer_core::Code::FailedPrecondition,
             "{err:?}"
         );
         assert!(dm.has_thin(1));

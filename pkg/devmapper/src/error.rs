@@ -80,9 +80,12 @@ pub fn dm_errno(err: &DmError) -> Option<i32> {
     }
 }
 
+/// Kept whole ([`rustlayer_core::Error::Layer`]): the ioctl's errno and the
+/// device-mapper error stay reachable as the error's source, only the class is
+/// decided here.
 impl From<Error> for rustlayer_core::Error {
     fn from(err: Error) -> Self {
-        use rustlayer_core::Error as E;
+        use rustlayer_core::{Code, Error as E};
         let err = match err {
             Error::Mount(err) => return err.into(),
             Error::Io {
@@ -94,15 +97,16 @@ impl From<Error> for rustlayer_core::Error {
             }
             err => err,
         };
-        match &err {
-            Error::PoolFull(_) => E::ResourceExhausted(err.to_string()),
-            Error::Busy { .. } => E::FailedPrecondition(err.to_string()),
-            _ if err.errno() == Some(libc::ENOSPC) => E::ResourceExhausted(err.to_string()),
+        let code = match &err {
+            Error::PoolFull(_) => Code::ResourceExhausted,
+            Error::Busy { .. } => Code::FailedPrecondition,
+            _ if err.errno() == Some(libc::ENOSPC) => Code::ResourceExhausted,
             Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
-                E::ResourceExhausted(err.to_string())
+                Code::ResourceExhausted
             }
-            _ => E::Internal(err.to_string()),
-        }
+            _ => Code::Internal,
+        };
+        E::layer(code, err)
     }
 }
 
@@ -140,6 +144,32 @@ mod tests {
                 "{core}"
             );
         }
+    }
+
+    #[test]
+    fn device_mapper_errors_reach_the_core_error_whole() {
+        let core: rustlayer_core::Error =
+            ioctl_error("message create_snap 2 1", libc::EEXIST).into();
+        assert_eq!(core.code(), rustlayer_core::Code::Internal);
+        let rustlayer_core::Error::Layer(layer) = &core else {
+            panic!("not kept whole: {core:?}");
+        };
+        let err = layer
+            .get_ref()
+            .downcast_ref::<Error>()
+            .expect("the device-mapper error is kept");
+        assert_eq!(err.errno(), Some(libc::EEXIST));
+        assert!(
+            core.source()
+                .is_some_and(|s| s.downcast_ref::<DmError>().is_some()),
+            "the ioctl's error is the source: {core:?}"
+        );
+        let busy: rustlayer_core::Error = Error::Busy {
+            device: "rustlayer-7".into(),
+        }
+        .into();
+        assert_eq!(busy.code(), rustlayer_core::Code::FailedPrecondition);
+        assert!(busy.to_string().contains("rustlayer-7"), "{busy}");
     }
 
     #[test]

@@ -110,9 +110,7 @@ impl RecordingDm {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        rustlayer_core::sync::lock(&self.state)
     }
 }
 

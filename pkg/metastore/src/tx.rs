@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use rustlayer_core::{Info, Kind, Labels, SnapshotId, Usage, saturating_i64};
+use rustlayer_core::{Info, Kind, Labels, LiveSnapshot, SnapshotId, Usage, saturating_i64};
 
 use crate::error::{Error, Result};
 
@@ -175,17 +175,40 @@ impl<'c> Tx<'c> {
         rows.map(|r| id_from_sql(r?)).collect()
     }
 
-    /// Every snapshot's id and kind, by id.
-    pub fn id_kinds(&self) -> Result<Vec<(SnapshotId, Kind)>> {
+    /// The ids of the snapshots of `kind`: for the metrics collector, every 10 s.
+    pub fn ids_of_kind(&self, kind: Kind) -> Result<HashSet<SnapshotId>> {
         let mut stmt = self
             .txn
-            .prepare_cached("SELECT id, kind FROM snapshots ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        rows.map(|row| {
-            let (id, kind) = row?;
-            Ok((id_from_sql(id)?, kind_from_sql(&kind)?))
-        })
-        .collect()
+            .prepare_cached("SELECT id FROM snapshots WHERE kind = ?1")?;
+        let rows = stmt.query_map([kind.as_str()], |r| r.get::<_, i64>(0))?;
+        rows.map(|r| id_from_sql(r?)).collect()
+    }
+
+    /// Every snapshot with its parent and labels, by id: what a backend needs at
+    /// start to make storage a power loss took again.
+    pub fn live_snapshots(&self) -> Result<Vec<LiveSnapshot>> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("SELECT id, kind, parent_id FROM snapshots ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
+        let mut live = Vec::new();
+        for row in rows {
+            let (id, kind, parent) = row?;
+            let id = id_from_sql(id)?;
+            live.push(LiveSnapshot {
+                id,
+                kind: kind_from_sql(&kind)?,
+                parent: parent.map(id_from_sql).transpose()?,
+                labels: self.labels(id)?,
+            });
+        }
+        Ok(live)
     }
 
     pub fn has_children(&self, id: SnapshotId) -> Result<bool> {

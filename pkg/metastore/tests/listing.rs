@@ -80,3 +80,54 @@ fn every_snapshot_lists_with_exactly_its_own_labels() {
     );
     assert!(expected.values().filter(|l| l.is_empty()).count() > 10);
 }
+
+#[test]
+fn ids_of_a_kind_are_exactly_those_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("metadata.db"),
+        &StoreOptions {
+            backend: "test".into(),
+        },
+    )
+    .unwrap();
+    let ids = store
+        .write(|tx| tx.reserve_ids(6, SnapshotId::MIN, SnapshotId::MAX))
+        .unwrap();
+    let kinds = [
+        Kind::Active,
+        Kind::View,
+        Kind::Active,
+        Kind::Active,
+        Kind::View,
+        Kind::Active,
+    ];
+    for (n, (id, kind)) in ids.iter().zip(kinds).enumerate() {
+        let key = format!("snapshot {n}");
+        store
+            .write(|tx| {
+                tx.insert(&NewSnapshot {
+                    id: *id,
+                    key: &key,
+                    parent: None,
+                    kind,
+                    labels: &Labels::new(),
+                    now: SystemTime::now(),
+                })
+                .map(|_| ())
+            })
+            .unwrap();
+    }
+    store.write(|tx| tx.delete(ids[3])).unwrap();
+    let active = store.read(|tx| tx.ids_of_kind(Kind::Active)).unwrap();
+    let want: std::collections::HashSet<SnapshotId> = [ids[0], ids[2], ids[5]].into();
+    assert_eq!(active, want);
+    let views = store.read(|tx| tx.ids_of_kind(Kind::View)).unwrap();
+    assert_eq!(views, [ids[1], ids[4]].into());
+    assert!(
+        store
+            .read(|tx| tx.ids_of_kind(Kind::Committed))
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -50,7 +50,9 @@ impl From<Error> for rustlayer_core::Error {
             Error::Fs { what, path, source } => {
                 CoreError::io(format!("{what} {}", path.display()), source)
             }
-            err @ Error::OptionsTooLong { .. } => CoreError::Internal(err.to_string()),
+            err @ Error::OptionsTooLong { .. } => {
+                CoreError::layer(rustlayer_core::Code::Internal, err)
+            }
         }
     }
 }

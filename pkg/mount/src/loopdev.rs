@@ -95,16 +95,13 @@ pub struct RecordingLoopAttacher {
 
 impl RecordingLoopAttacher {
     pub fn attached(&self) -> Vec<PathBuf> {
-        self.attached.lock().map(|a| a.clone()).unwrap_or_default()
+        rustlayer_core::sync::lock(&self.attached).clone()
     }
 }
 
 impl LoopAttacher for RecordingLoopAttacher {
     fn attach(&self, _backing: &File, name: &Path) -> Result<LoopDevice> {
-        let mut attached = self
-            .attached
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut attached = rustlayer_core::sync::lock(&self.attached);
         let minor = u32::try_from(attached.len()).unwrap_or(u32::MAX);
         attached.push(name.to_owned());
         Ok(LoopDevice {

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustlayer_core::reaper::Reaper;
 use rustlayer_core::{
-    Backend, IdMapping, Kind, Labels, LimitStats, Limits, Measured, Mount, SnapshotId, SnapshotRef,
-    Staged, Usage, UsageMethod,
+    Backend, IdMapping, Kind, Labels, LimitStats, Limits, LiveSnapshot, Measured, Mount,
+    SnapshotId, SnapshotRef, Staged, Usage, UsageMethod,
 };
 use rustlayer_mount::{LinuxProjectQuota, ProjectLimits, ProjectQuota};
 use tracing::{debug, info, warn};
@@ -16,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::error::{Result, io_err};
 use crate::layout::Layout;
 use crate::quota::{Quotas, SizeLimits};
-use crate::reaper::Reaper;
+use crate::reaper;
 use crate::usage::{Whiteouts, disk_usage, layer_usage};
 
 /// With overlay's inode index on, a layer used as lower by one mount and upper by
@@ -48,7 +49,7 @@ pub struct OverlayBackend {
     /// Staging directories of Prepares in flight, which Cleanup must not touch.
     staging_live: Mutex<HashSet<String>>,
     sequence: AtomicU64,
-    reaper: Reaper,
+    reaper: Reaper<()>,
     quotas: Quotas,
 }
 
@@ -85,7 +86,7 @@ impl OverlayBackend {
         }
         let quotas = Quotas::new(layout.root(), quota, options.size_limits.clone())?;
         let reaper =
-            Reaper::start(layout.trash()).map_err(io_err("start reaper for", layout.trash()))?;
+            reaper::start(layout.trash()).map_err(io_err("start reaper for", layout.trash()))?;
         info!(root = %layout.root().display(), options = ?common_options, "overlay backend ready");
         let backend = OverlayBackend {
             layout,
@@ -246,15 +247,11 @@ impl OverlayBackend {
         kind: Kind,
         mapping: &IdMapping,
     ) -> Result<()> {
-        let (uid, gid) = mapping.root();
         let mut dirs = vec![self.layout.upper(id)];
         if kind == Kind::Active {
             dirs.push(self.layout.work(id));
         }
-        for dir in dirs {
-            lchown(&dir, Some(uid), Some(gid)).map_err(io_err("chown", &dir))?;
-        }
-        Ok(())
+        chown_to_container_root(&dirs, mapping)
     }
 
     /// containerd 2.x mounts an idmapped overlay with its lower directories
@@ -294,13 +291,18 @@ impl OverlayBackend {
     }
 
     /// At start: an active snapshot or view whose directories a power loss took back
-    /// (they are not synced at Prepare) is made again, empty, as its Prepare made it.
-    /// Nothing the daemon acknowledged is lost: the layer was empty when Prepare
-    /// answered, and writes into it are never promised durable. A committed layer's
-    /// short link, derived from its id and not synced at Commit, is made again too.
-    fn repair(&self, snapshots: &[(SnapshotId, Kind)]) -> Result<usize> {
+    /// (they are not synced at Prepare) is made again, empty, as its Prepare made it:
+    /// an upper directory with its parent's root attributes, in its project, and
+    /// owned by the container's root in a user namespace (else that root could not
+    /// write into its own layer). Whatever survived keeps the owner and mode the
+    /// container may have given it. Nothing the daemon acknowledged is lost: the
+    /// layer was empty when Prepare answered, and writes into it are never promised
+    /// durable. A committed layer's short link, derived from its id and not synced
+    /// at Commit, is made again too.
+    fn repair(&self, snapshots: &[LiveSnapshot]) -> Result<usize> {
         let mut repaired = 0;
-        for &(id, kind) in snapshots {
+        for snapshot in snapshots {
+            let (id, kind) = (snapshot.id, snapshot.kind);
             if kind == Kind::Committed {
                 if fs::symlink_metadata(self.layout.link(id)).is_err() {
                     self.link_layer(id)?;
@@ -309,18 +311,37 @@ impl OverlayBackend {
                 continue;
             }
             let upper = self.layout.upper(id);
+            let upper_missing = !upper.is_dir();
             let work_missing = kind == Kind::Active && !self.layout.work(id).is_dir();
-            if upper.is_dir() && !work_missing {
+            if !upper_missing && !work_missing {
                 continue;
             }
             warn!(%id, %kind, path = %upper.display(), "storage of a live snapshot is missing after a crash; making the missing directories again");
+            // The parent's attributes only onto an upper directory made anew.
+            let parent = snapshot.parent.filter(|_| upper_missing);
             self.make_dirs(
                 id,
                 kind,
-                None,
+                parent,
                 true,
                 self.quotas.counted() && kind == Kind::Active,
             )?;
+            // Labels were checked at Prepare; a mapping that no longer parses
+            // (an older release's metadata) leaves the directories root's.
+            match IdMapping::from_labels(&snapshot.labels) {
+                Ok(Some(mapping)) => {
+                    let remade: Vec<PathBuf> =
+                        [(upper, upper_missing), (self.layout.work(id), work_missing)]
+                            .into_iter()
+                            .filter_map(|(dir, missing)| missing.then_some(dir))
+                            .collect();
+                    chown_to_container_root(&remade, &mapping)?;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    warn!(%id, %err, "the snapshot's id mapping labels do not parse; its remade directories stay root's");
+                }
+            }
             repaired += 1;
         }
         Ok(repaired)
@@ -422,7 +443,9 @@ impl OverlayBackend {
         let to = self.layout.trash().join(self.unique_name("gone-"));
         match fs::rename(path, &to) {
             Ok(()) => {
-                self.reaper.wake();
+                // Only a finished reaper gives the pass back; this one runs
+                // until the backend is dropped.
+                let _ = self.reaper.hand_over(());
                 Ok(())
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -512,15 +535,15 @@ impl Backend for OverlayBackend {
         self.discard_dir(&staged);
     }
 
-    fn resume(&self, snapshots: &[(SnapshotId, Kind)]) -> rustlayer_core::Result<()> {
+    fn resume(&self, snapshots: &[LiveSnapshot]) -> rustlayer_core::Result<()> {
         let repaired = self.repair(snapshots)?;
         if repaired > 0 {
             info!(repaired, "made the storage of live snapshots again");
         }
         let active: Vec<SnapshotId> = snapshots
             .iter()
-            .filter(|(_, kind)| *kind == Kind::Active)
-            .map(|(id, _)| *id)
+            .filter(|s| s.kind == Kind::Active)
+            .map(|s| s.id)
             .collect();
         self.quotas
             .find_uncounted(|id| self.layout.upper(id), &active)?;
@@ -633,6 +656,14 @@ fn inherit_root_attributes(parent_upper: &Path, upper: &Path) -> Result<()> {
     lchown(upper, Some(meta.uid()), Some(meta.gid())).map_err(io_err("chown", upper))?;
     fs::set_permissions(upper, fs::Permissions::from_mode(meta.mode() & 0o7777))
         .map_err(io_err("chmod", upper))
+}
+
+fn chown_to_container_root(dirs: &[PathBuf], mapping: &IdMapping) -> Result<()> {
+    let (uid, gid) = mapping.root();
+    for dir in dirs {
+        lchown(dir, Some(uid), Some(gid)).map_err(io_err("chown", dir))?;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -898,6 +929,73 @@ mod tests {
         );
     }
 
+    fn live(n: u64, kind: Kind, parent: Option<u64>) -> LiveSnapshot {
+        LiveSnapshot {
+            id: id(n),
+            kind,
+            parent: parent.map(id),
+            labels: Labels::new(),
+        }
+    }
+
+    #[test]
+    #[ignore = "needs root: directories are given to a user namespace's root (chown)"]
+    fn power_loss_repair_makes_layers_again_for_their_parent_and_user_namespace() {
+        rustlayer_mount::testing::require_root(
+            "directories are given to a user namespace's root (chown)",
+        );
+        let (_dir, b) = backend();
+        staged(&b, 1, Kind::Committed, &[]);
+        fs::set_permissions(b.layout.upper(id(1)), fs::Permissions::from_mode(0o750)).unwrap();
+        let labels = mapped("0:100000:65536");
+        for (n, kind) in [(2, Kind::Active), (3, Kind::View), (4, Kind::Active)] {
+            b.stage(id(n), kind, &[id(1)], &labels).unwrap();
+        }
+        let owner = |p: &Path| {
+            let m = fs::metadata(p).unwrap();
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        };
+        // The container's root made its layer's root its own mode, then the
+        // power loss took all of 2 and 3 and 4's work directory.
+        fs::set_permissions(b.layout.upper(id(4)), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::remove_dir_all(b.layout.snapshot(id(2))).unwrap();
+        fs::remove_dir_all(b.layout.snapshot(id(3))).unwrap();
+        fs::remove_dir(b.layout.work(id(4))).unwrap();
+        let in_namespace = |n, kind| LiveSnapshot {
+            labels: labels.clone(),
+            ..live(n, kind, Some(1))
+        };
+        let snapshots = [
+            live(1, Kind::Committed, None),
+            in_namespace(2, Kind::Active),
+            in_namespace(3, Kind::View),
+            in_namespace(4, Kind::Active),
+        ];
+        b.resume(&snapshots).unwrap();
+        assert_eq!(owner(&b.layout.upper(id(2))), (100000, 100000, 0o750));
+        assert_eq!(owner(&b.layout.work(id(2))), (100000, 100000, 0o711));
+        assert_eq!(owner(&b.layout.upper(id(3))), (100000, 100000, 0o750));
+        assert!(
+            !b.layout.work(id(3)).exists(),
+            "a view has no work directory"
+        );
+        assert_eq!(
+            owner(&b.layout.upper(id(4))),
+            (100000, 100000, 0o700),
+            "what survived keeps what the container gave it"
+        );
+        assert_eq!(owner(&b.layout.work(id(4))), (100000, 100000, 0o711));
+
+        // Without a mapping the remade layer is root's, with the parent's mode.
+        fs::remove_dir_all(b.layout.snapshot(id(2))).unwrap();
+        b.resume(&[
+            live(1, Kind::Committed, None),
+            live(2, Kind::Active, Some(1)),
+        ])
+        .unwrap();
+        assert_eq!(owner(&b.layout.upper(id(2))), (0, 0, 0o750));
+    }
+
     fn staged(b: &OverlayBackend, n: u64, kind: Kind, parents: &[SnapshotId]) -> Staged {
         let staged = b.stage_dir(id(n), kind, parents, None, None).unwrap();
         b.publish(&staged, id(n)).unwrap();
@@ -949,10 +1047,10 @@ mod tests {
         fs::remove_file(b.layout.link(id(4))).unwrap();
 
         let all = [
-            (id(1), Kind::Active),
-            (id(2), Kind::View),
-            (id(3), Kind::Active),
-            (id(4), Kind::Committed),
+            live(1, Kind::Active, None),
+            live(2, Kind::View, None),
+            live(3, Kind::Active, None),
+            live(4, Kind::Committed, None),
         ];
         assert_eq!(b.repair(&all).unwrap(), 4);
         assert!(b.layout.upper(id(1)).is_dir() && b.layout.work(id(1)).is_dir());
@@ -1342,7 +1440,7 @@ mod tests {
         staged(&b, 2, Kind::Active, &[]);
         b.stage(id(3), Kind::Active, &[], &Labels::new()).unwrap();
         quota.charge(3, 777, 7);
-        b.resume(&[(id(1), Kind::Active), (id(3), Kind::Active)])
+        b.resume(&[live(1, Kind::Active, None), live(3, Kind::Active, None)])
             .unwrap();
         let usage = |n| {
             b.usage(SnapshotRef {
@@ -1362,7 +1460,7 @@ mod tests {
         let (_dir, b) = quota_backend(Arc::clone(&quota), SizeLimits::default());
         b.stage(id(5), Kind::Active, &[], &Labels::new()).unwrap();
         fs::remove_dir_all(b.layout.snapshot(id(5))).unwrap();
-        b.resume(&[(id(5), Kind::Active)]).unwrap();
+        b.resume(&[live(5, Kind::Active, None)]).unwrap();
         assert_eq!(quota.project_of(&b.layout.upper(id(5))).unwrap(), 5);
         assert_eq!(quota.project_of(&b.layout.work(id(5))).unwrap(), 5);
     }

@@ -1,86 +1,25 @@
-//! Deferred deletion. containerd holds its garbage-collection lock across a proxy's
-//! Remove, so Remove only renames storage into `trash/`; this thread deletes it.
-//! Anything left in `trash/` by a crash is picked up at the next start.
+//! The overlay backend's deferred deletion: Remove renames storage into `trash/`
+//! and hands the reaper (core's [`Reaper`]) a pass over it; the pass deletes
+//! whatever is there. Anything left in `trash/` by a crash is picked up by the pass
+//! made at start.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
 
-use rustlayer_core::sync::{lock, wait};
+use rustlayer_core::reaper::{Cancel, Reaper};
 use tracing::{debug, warn};
 
-#[derive(Debug, Default)]
-struct Signal {
-    wake: Mutex<bool>,
-    cond: Condvar,
-    busy: Mutex<bool>,
-    idle: Condvar,
-    stop: AtomicBool,
+/// The reaper of the trash directory `trash`, with a first pass handed over.
+pub(crate) fn start(trash: PathBuf) -> std::io::Result<Reaper<()>> {
+    let reaper = Reaper::start("rustlayer-reaper", move |(), cancel: &Cancel<'_>| {
+        empty(&trash, cancel);
+    })?;
+    // Newly started: it cannot have finished.
+    let _ = reaper.hand_over(());
+    Ok(reaper)
 }
 
-#[derive(Debug)]
-pub(crate) struct Reaper {
-    signal: Arc<Signal>,
-}
-
-impl Reaper {
-    pub fn start(trash: PathBuf) -> std::io::Result<Reaper> {
-        let signal = Arc::new(Signal::default());
-        let worker = Arc::clone(&signal);
-        thread::Builder::new()
-            .name("rustlayer-reaper".into())
-            .spawn(move || run(&trash, &worker))?;
-        let reaper = Reaper { signal };
-        reaper.wake();
-        Ok(reaper)
-    }
-
-    pub fn wake(&self) {
-        let mut wake = lock(&self.signal.wake);
-        *wake = true;
-        self.signal.cond.notify_one();
-    }
-
-    /// Blocks until everything handed over so far is deleted (for shutdown and tests).
-    pub fn wait_idle(&self) {
-        let mut busy = lock(&self.signal.busy);
-        while *busy || *lock(&self.signal.wake) {
-            busy = wait(&self.signal.idle, busy);
-        }
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        self.signal.stop.store(true, Ordering::SeqCst);
-        self.wake();
-    }
-}
-
-fn run(trash: &Path, signal: &Signal) {
-    loop {
-        {
-            let mut wake = lock(&signal.wake);
-            while !*wake {
-                wake = wait(&signal.cond, wake);
-            }
-            *wake = false;
-            *lock(&signal.busy) = true;
-        }
-        if signal.stop.load(Ordering::SeqCst) {
-            *lock(&signal.busy) = false;
-            signal.idle.notify_all();
-            return;
-        }
-        empty(trash, signal);
-        *lock(&signal.busy) = false;
-        signal.idle.notify_all();
-    }
-}
-
-fn empty(trash: &Path, signal: &Signal) {
+fn empty(trash: &Path, cancel: &Cancel<'_>) {
     let entries = match fs::read_dir(trash) {
         Ok(entries) => entries,
         Err(err) => {
@@ -89,7 +28,7 @@ fn empty(trash: &Path, signal: &Signal) {
         }
     };
     for entry in entries.flatten() {
-        if signal.stop.load(Ordering::SeqCst) {
+        if cancel.requested() {
             return;
         }
         let path = entry.path();

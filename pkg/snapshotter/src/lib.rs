@@ -108,7 +108,7 @@ impl Snapshotter {
             ids: Mutex::new(IdPool::default()),
         };
         let removed = snapshotter.cleanup()?;
-        let snapshots = snapshotter.store.read(|tx| tx.id_kinds())?;
+        let snapshots = snapshotter.store.read(|tx| tx.live_snapshots())?;
         snapshotter.backend.resume(&snapshots)?;
         let counts = snapshotter.counts()?;
         info!(
@@ -520,13 +520,7 @@ impl Snapshotter {
     /// How many active snapshots are held to a size or inode limit and how many are
     /// near it; `None` where the backend enforces no limits.
     pub fn limit_stats(&self) -> Result<Option<LimitStats>> {
-        let active: HashSet<SnapshotId> = self
-            .store
-            .read(|tx| tx.id_kinds())?
-            .into_iter()
-            .filter(|&(_, kind)| kind == Kind::Active)
-            .map(|(id, _)| id)
-            .collect();
+        let active = self.store.read(|tx| tx.ids_of_kind(Kind::Active))?;
         self.backend.limit_stats(&|id| active.contains(&id))
     }
 
