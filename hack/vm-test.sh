@@ -4,7 +4,8 @@
 # containerd's conformance suite against `--backend devmapper`, and a real
 # containerd on an existing thin pool made on virtio disks (hack/vm/devmapper-guest.sh);
 # then, in a second guest, the overlay backend's size limits and counted usage on
-# roots with project quotas, xfs and ext4 (hack/vm/quota-guest.sh).
+# roots with project quotas, xfs and ext4, and crash torture with limits on xfs
+# (hack/vm/quota-guest.sh).
 # Everything is built here first; the guest runs the host's binaries.
 #
 #   hack/vm-test.sh
@@ -43,7 +44,7 @@ hack/vm-run.sh --timeout "${VM_TEST_TIMEOUT:-2400}" --mem 6144 \
   --disk pooldata:4G --disk poolmeta:128M --share "$out" \
   -- hack/vm/devmapper-guest.sh "$out" "$thin_tests" "$torture_tests" || rc=$?
 hack/vm-run.sh --timeout "${VM_TEST_TIMEOUT:-2400}" --mem 4096 \
-  --disk quotaxfs:4G --disk quotaext4:4G --share "$out" --env RUSTLAYER_USAGE_FILES \
-  -- hack/vm/quota-guest.sh "$out" "$size_limit_tests" || rc=$?
+  --disk quotaxfs:4G --disk quotaext4:4G --share "$out" --env RUSTLAYER_USAGE_FILES --env RUSTLAYER_TORTURE_KILLS \
+  -- hack/vm/quota-guest.sh "$out" "$size_limit_tests" "$torture_tests" || rc=$?
 echo "vm-test: $( ((rc == 0)) && echo passed || echo "FAILED (status $rc)") in $(($(date +%s) - start))s; logs in $out"
 exit "$rc"

@@ -428,6 +428,39 @@ class ConfigToml(unittest.TestCase):
         self.assertEqual(toml["root"], "/var/lib/rust layer")
         self.assertEqual(toml["metrics_address"], "[::]:9192")
 
+    def test_overlay_size_limits(self):
+        """ConfigMap: the [overlay] size limits come from values, typed; left out by default"""
+        self.assertNotIn("overlay", config_toml(render()))
+        limits = {"default_size": "10GiB", "default_inodes": 500000, "enforce_size": True}
+        self.assertEqual(config_toml(render({"config": {"overlay": limits}}))["overlay"], limits)
+        self.assertEqual(
+            config_toml(render({"config": {"overlay": {"default_size": 1073741824}}}))["overlay"],
+            {"default_size": 1073741824},
+        )
+
+    def test_overlay_size_limits_reach_the_daemon(self):
+        """the rendered [overlay] table is read by the real rustlayer binary: with enforce_size, a default size
+        on a root without project quotas fails `rustlayer check`, saying it cannot be applied"""
+        binary = Path(os.environ.get("RUSTLAYER_BIN", REPO / "target" / "debug" / "rustlayer"))
+        if os.geteuid() != 0:
+            self.skipTest("rustlayer check mounts overlay: needs root")
+        self.assertTrue(binary.is_file(), f"no rustlayer binary at {binary}: cargo build first (or set RUSTLAYER_BIN)")
+        objects = render({"config": {"overlay": {"default_size": "64MiB", "enforce_size": True}}})
+        cm = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == RELEASE)
+        with tempfile.TemporaryDirectory() as scratch:
+            config = Path(scratch) / "config.toml"
+            config.write_text(cm["data"]["config.toml"])
+            check = subprocess.run(
+                [str(binary), "check", "--config", str(config), "--root", str(Path(scratch) / "root"),
+                 "--address", str(Path(scratch) / "none.sock")],
+                capture_output=True, text=True, timeout=120,
+            )
+        line = next((l for l in check.stdout.splitlines() if l.startswith("project quotas")), "")
+        if "on:" in line:
+            self.skipTest(f"this machine's temporary directory has project quotas: {line}")
+        self.assertIn("FAIL", line, check.stdout + check.stderr)
+        self.assertIn("default size cannot be applied", line)
+
     def test_integer_sizes(self):
         """ConfigMap: byte sizes given as integers stay integers"""
         toml = config_toml(render({"config": {"devmapper": {"base_image_size": 17179869184}}}))
@@ -464,7 +497,7 @@ class ValuesSchema(unittest.TestCase):
     def test_readme_lists_every_value(self):
         """the chart README's values table lists every value"""
         readme = (CHART / "README.md").read_text()
-        opaque = {"resources", "tolerations", "nodeSelector", "affinity", "devmapper"}
+        opaque = {"resources", "tolerations", "nodeSelector", "affinity", "devmapper", "overlay"}
 
         def walk(values: dict, path: str) -> None:
             for key, value in values.items():
@@ -487,6 +520,10 @@ class ValuesSchema(unittest.TestCase):
             "relative root": {"config": {"root": "var/lib/rustlayer"}},
             "size without a known unit": {"config": {"devmapper": {"base_image_size": "10 parsecs"}}},
             "min_free_percent over 99": {"config": {"devmapper": {"min_free_percent": 100}}},
+            "unknown overlay key": {"config": {"overlay": {"max_size": "1GiB"}}},
+            "default_inodes of zero": {"config": {"overlay": {"default_inodes": 0}}},
+            "default_size without a known unit": {"config": {"overlay": {"default_size": "1 GB of disk"}}},
+            "enforce_size as a string": {"config": {"overlay": {"enforce_size": "yes"}}},
             "runtime handler not a bare TOML key": {"runtimeClass": {"handler": "a.b"}},
             "patch mode not add/remove": {"containerdConfig": {"patch": {"mode": "replace"}}},
         }

@@ -41,6 +41,8 @@ METRICS = {
     "rustlayer_root_filesystem_inodes_free": "gauge",
     "rustlayer_collector_last_success_timestamp_seconds": "gauge",
     "rustlayer_project_quotas": "gauge",
+    "rustlayer_limited_snapshots": "gauge",
+    "rustlayer_snapshots_near_limit": "gauge",
     "rustlayer_thin_pool_data_used_bytes": "gauge",
     "rustlayer_thin_pool_data_size_bytes": "gauge",
     "rustlayer_thin_pool_metadata_used_bytes": "gauge",
@@ -443,6 +445,7 @@ EXPECTED_ALERTS = {
     "RustlayerThinPoolDataNearlyFull": {"warning", "critical"},
     "RustlayerThinPoolMetadataNearlyFull": {"warning", "critical"},
     "RustlayerHighErrorRate": {"warning"},
+    "RustlayerSnapshotsNearSizeLimit": {"warning"},
     "RustlayerMetricsStale": {"warning"},
 }
 ROOT_FS_ALERTS = {"RustlayerRootInodesNearlyExhausted", "RustlayerRootDiskNearlyFull"}

@@ -24,6 +24,7 @@ use rustlayer_e2e::support::{
     Rng, env_or, require_device_mapper, storage_matches_metadata, thin_pool_matches_metadata,
 };
 use rustlayer_e2e::{Client, Daemon, Mounted, require_root};
+use rustlayer_mount::{LinuxProjectQuota, ProjectQuota};
 use tonic::Code;
 
 const WORKERS: usize = 4;
@@ -467,7 +468,70 @@ fn layer_files(present: &BTreeMap<String, Snap>, key: &str) -> Vec<String> {
 #[derive(Debug, Clone, Copy)]
 enum Storage {
     Overlay,
+    /// Overlay on a root with project quotas and a default size: every active
+    /// snapshot is a limited project.
+    OverlayWithQuotas,
     Devmapper,
+}
+
+impl Storage {
+    fn is_overlay(self) -> bool {
+        matches!(self, Storage::Overlay | Storage::OverlayWithQuotas)
+    }
+}
+
+/// No project limit outlives its snapshot, and no active snapshot lost its limit:
+/// every limited project in the snapshot id range names a snapshot directory, and
+/// every active snapshot's project is limited. Called after Cleanup.
+async fn projects_match_snapshots(
+    c: &Client,
+    root: &Path,
+    present: &BTreeMap<String, Snap>,
+    when: &str,
+) {
+    let limited: BTreeSet<u64> = LinuxProjectQuota
+        .projects(root, 1)
+        .unwrap_or_else(|e| panic!("{when}: project quotas of {}: {e}", root.display()))
+        .into_iter()
+        .filter(|(id, usage)| *id < 1 << 24 && !usage.limits.is_none())
+        .map(|(id, _)| u64::from(id))
+        .collect();
+    let dirs: BTreeSet<u64> = fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+        .collect();
+    let leaked: Vec<_> = limited.difference(&dirs).collect();
+    assert!(
+        leaked.is_empty(),
+        "{when}: limits of projects no snapshot owns: {leaked:?}"
+    );
+    for key in present
+        .iter()
+        .filter(|(_, s)| s.kind == Kind::Active)
+        .map(|(k, _)| k)
+    {
+        let mounts = c
+            .mounts(key)
+            .await
+            .unwrap_or_else(|s| panic!("{when}: Mounts {key}: {s:?}"));
+        let id: u64 = mounts[0]
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("upperdir="))
+            .and_then(|upper| {
+                Path::new(upper)
+                    .parent()?
+                    .file_name()?
+                    .to_str()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{when}: no snapshot id in the mounts of {key}"));
+        assert!(
+            limited.contains(&id),
+            "{when}: active {key} (project {id}) lost its limit"
+        );
+    }
 }
 
 /// Everything the daemon shows agrees with what it acknowledged. Returns how many
@@ -545,6 +609,10 @@ async fn check(c: &Client, root: &Path, storage: Storage, model: &Mutex<Model>, 
 
     match storage {
         Storage::Overlay => storage_matches_metadata(c, root, when).await,
+        Storage::OverlayWithQuotas => {
+            storage_matches_metadata(c, root, when).await;
+            projects_match_snapshots(c, root, &present, when).await;
+        }
         Storage::Devmapper => thin_pool_matches_metadata(c, root, when).await,
     }
     checked
@@ -575,6 +643,31 @@ async fn sigkill_at_random_instants_loses_nothing_acknowledged_on_devmapper() {
     torture(daemon, Storage::Devmapper).await;
 }
 
+/// The same on a root with project quotas (the VM tier's xfs mounted prjquota, named
+/// by `RUSTLAYER_QUOTA_ROOT`) and a default size, so every active snapshot has a
+/// limit: after each kill no limit is left on a project no snapshot owns, and no
+/// active snapshot has lost its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs project quotas: xfs mounted prjquota at RUSTLAYER_QUOTA_ROOT (the VM tier)"]
+async fn sigkill_at_random_instants_leaks_no_project_limit_with_project_quotas() {
+    require_root();
+    let Some(base) = std::env::var_os("RUSTLAYER_QUOTA_ROOT").map(PathBuf::from) else {
+        panic!("RUSTLAYER_QUOTA_ROOT is unset: run this in the VM tier (hack/vm-test.sh)");
+    };
+    if let Err(err) = LinuxProjectQuota.probe(&base) {
+        panic!("{} has no project quotas: {err}", base.display());
+    }
+    let config = tempfile::NamedTempFile::new().expect("config file");
+    fs::write(config.path(), "[overlay]\ndefault_size = \"64MiB\"\n").expect("write config");
+    let daemon = Daemon::start_in(&base, &["--config", config.path().to_str().unwrap()]);
+    assert!(
+        daemon.log().contains("project quotas: on"),
+        "{}",
+        daemon.log()
+    );
+    torture(daemon, Storage::OverlayWithQuotas).await;
+}
+
 async fn torture(mut daemon: Daemon, storage: Storage) {
     let kills = env_or("RUSTLAYER_TORTURE_KILLS", 50);
     let seed = env_or("RUSTLAYER_TORTURE_SEED", 0x7017_u64);
@@ -603,7 +696,7 @@ async fn torture(mut daemon: Daemon, storage: Storage) {
             acked: tokio::sync::watch::Sender::new(0),
             killed: Arc::new(AtomicBool::new(false)),
             mounted: Arc::new(AtomicU64::new(0)),
-            rebase: matches!(storage, Storage::Overlay),
+            rebase: storage.is_overlay(),
         });
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| tokio::spawn(worker(Arc::clone(&round), w)))
@@ -668,7 +761,7 @@ async fn torture(mut daemon: Daemon, storage: Storage) {
     );
     println!("errors clients saw at the kills: {:#?}", m.kill_errors);
     assert!(m.acked_commits >= kills, "too little work between kills");
-    if matches!(storage, Storage::Overlay) {
+    if storage.is_overlay() {
         assert!(
             m.acked_rebases * 4 >= m.acked_commits,
             "too few rebases: {} of {} commits",

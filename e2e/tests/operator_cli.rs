@@ -88,6 +88,8 @@ async fn inspect_a_running_daemon() {
     let usage: serde_json::Value = serde_json::from_str(&usage).unwrap();
     assert!(usage[0]["bytes"].as_i64().unwrap() >= 300 * 1024);
     assert_eq!(usage[0]["inodes"].as_i64().unwrap(), 2);
+    assert_eq!(usage[0]["method"], "recorded", "cached at Commit: {usage}");
+    assert!(usage[0].get("limit_bytes").is_none(), "{usage}");
     let total = stdout(&run(&["usage", "--address", &sock]));
     assert!(
         total

@@ -114,6 +114,58 @@ fn check_report(daemon: &Daemon, config: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `rustlayer usage -o json KEY`'s one row.
+fn cli_usage(daemon: &Daemon, key: &str) -> serde_json::Value {
+    let out = Command::new(binary())
+        .args(["usage", "-o", "json", "--address"])
+        .arg(&daemon.socket)
+        .arg(key)
+        .output()
+        .expect("run rustlayer usage");
+    assert!(out.status.success(), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    rows[0].clone()
+}
+
+/// `rustlayer usage`'s table row for `key`, split into cells.
+fn cli_usage_row(daemon: &Daemon, key: &str) -> Vec<String> {
+    let out = Command::new(binary())
+        .args(["usage", "--address"])
+        .arg(&daemon.socket)
+        .output()
+        .expect("run rustlayer usage");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let header = text.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("LIMIT") && header.contains("USED") && header.contains("MEASURED"),
+        "{text}"
+    );
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .unwrap_or_else(|| panic!("no row for {key} in:\n{text}"))
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Polls `/metrics` until `name` reads `want` (the collector runs every 10 s).
+fn metric_reaches(port: u16, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = http_get(port, "/metrics");
+        if metric_value(&text, name) == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {want} in 30 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn project_quota_line(report: &str) -> &str {
     report
         .lines()
@@ -170,6 +222,22 @@ async fn without_project_quotas_usage_is_walked_and_max_size_ignored_unless_enfo
 
     let text = collected_metrics(port);
     assert_eq!(metric_value(&text, "rustlayer_project_quotas"), Some(0.0));
+    assert_eq!(
+        metric_value(&text, "rustlayer_limited_snapshots"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric_value(&text, "rustlayer_snapshots_near_limit"),
+        Some(0.0)
+    );
+
+    // The operator sees the label held to nothing: no limit, usage walked.
+    let row = cli_usage(&daemon, "a");
+    assert_eq!(row["method"], "walked", "{row}");
+    assert!(row.get("limit_bytes").is_none(), "{row}");
+    assert!(row.get("used_fraction").is_none(), "{row}");
+    let cells = cli_usage_row(&daemon, "a");
+    assert_eq!(cells[4..], ["-", "-", "walked"], "{cells:?}");
 
     let report = check_report(&daemon, &config);
     let line = project_quota_line(&report);
@@ -324,6 +392,37 @@ async fn max_size_is_a_hard_limit_and_usage_comes_from_the_counters_with_project
         write_file(&o.path().join("elsewhere"), 12 * MIB)
             .expect("another snapshot is untouched by the first one's limit");
         fs::remove_file(m.path().join("too-much")).unwrap();
+    }
+
+    // The operator sees each limit and the fraction of it used.
+    let row = cli_usage(&daemon, "limited");
+    assert_eq!(row["method"], "counted", "{row}");
+    assert_eq!(row["limit_bytes"].as_u64(), Some(8 * MIB), "{row}");
+    let fraction = row["used_fraction"].as_f64().unwrap();
+    assert!((0.5..0.6).contains(&fraction), "4 MiB of 8 MiB: {row}");
+    let cells = cli_usage_row(&daemon, "limited");
+    assert_eq!(
+        cells[4..],
+        ["8.0 MiB", &format!("{:.0}%", fraction * 100.0), "counted"],
+        "{cells:?}"
+    );
+    assert_eq!(
+        cli_usage(&daemon, "other")["limit_bytes"].as_u64(),
+        Some(32 * MIB),
+        "the default shows as the limit"
+    );
+
+    // Filling a snapshot to 90 % of its limit shows in the metric, without naming it.
+    metric_reaches(port, "rustlayer_limited_snapshots", 2.0);
+    metric_reaches(port, "rustlayer_snapshots_near_limit", 0.0);
+    {
+        let m = Mounted::new(&limited_mounts);
+        write_file(&m.path().join("nearly-full"), 3 * MIB + MIB / 2).expect("7.5 of 8 MiB");
+    }
+    metric_reaches(port, "rustlayer_snapshots_near_limit", 1.0);
+    {
+        let m = Mounted::new(&limited_mounts);
+        fs::remove_file(m.path().join("nearly-full")).unwrap();
     }
 
     // The counters are what a walk finds, without the walk.

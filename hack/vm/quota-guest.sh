@@ -6,13 +6,18 @@
 # and mounted prjquota. ext4 keeps its quotas in the vfsv1 format, which the
 # kernel loads on demand (quota_v2, quota_tree) through the guest's modprobe.
 #
-#   quota-guest.sh OUT_DIR SIZE_LIMITS_TEST_BINARY
+# On xfs it also runs the crash torture with a default size (every active snapshot
+# a limited project), checking after each SIGKILL that no limit outlives its
+# snapshot; RUSTLAYER_TORTURE_KILLS (default 12 here) sets the number of kills.
+#
+#   quota-guest.sh OUT_DIR SIZE_LIMITS_TEST_BINARY [CRASH_TORTURE_TEST_BINARY]
 # Needs the disks quotaxfs and quotaext4 (hack/vm-run.sh --disk). Logs go to
 # OUT_DIR (shared with the host). Exits non-zero if any part failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 out=$1
 size_limit_tests=$2
+torture_tests=${3:-}
 start=$(date +%s)
 failed=()
 section() { printf '\n=== %s (%ss)\n' "$*" "$(($(date +%s) - start))"; }
@@ -34,6 +39,13 @@ run_on() {
     "$size_limit_tests" --include-ignored --test-threads=1 --nocapture 2>&1 |
     tee "$out/size-limits-$name.log"
   ((PIPESTATUS[0] == 0)) || failed+=("size limits on $name")
+  if [[ $name == xfs && -n $torture_tests ]]; then
+    section "crash torture on $name with project quotas: SIGKILL at random instants"
+    RUSTLAYER_QUOTA_ROOT=$mnt RUSTLAYER_TORTURE_KILLS=${RUSTLAYER_TORTURE_KILLS:-12} \
+      "$torture_tests" --exact sigkill_at_random_instants_leaks_no_project_limit_with_project_quotas \
+      --include-ignored --nocapture 2>&1 | tee "$out/crash-torture-$name.log"
+    ((PIPESTATUS[0] == 0)) || failed+=("crash torture on $name")
+  fi
   umount "$mnt"
 }
 

@@ -65,9 +65,10 @@ log_format = {{ .Values.config.logFormat | toJson }}
 {{- if not (kindIs "invalid" .Values.config.socketGroup) }}
 socket_group = {{ int64 .Values.config.socketGroup }}
 {{- end }}
-{{- with .Values.config.devmapper }}
+{{- range $table := list "overlay" "devmapper" }}
+{{- with index $.Values.config $table }}
 
-[devmapper]
+[{{ $table }}]
 {{- range $key, $value := . }}
 {{- if or (kindIs "string" $value) (kindIs "slice" $value) }}
 {{ $key }} = {{ $value | toJson }}
@@ -75,6 +76,7 @@ socket_group = {{ int64 .Values.config.socketGroup }}
 {{ $key }} = {{ $value }}
 {{- else }}
 {{ $key }} = {{ int64 $value }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use rustlayer_api::snapshots::{self as pb, snapshots_client::SnapshotsClient};
-use rustlayer_core::Kind;
+use rustlayer_core::{Kind, Usage, UsageMethod, saturating_i64};
 use serde::Serialize;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -31,6 +31,53 @@ struct SnapshotUsage {
     kind: &'static str,
     bytes: i64,
     inodes: i64,
+    /// How the daemon found the figures: `counted` (project quota counters),
+    /// `walked`, `recorded` (cached at Commit), `measured` (asked from a device).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit_inodes: Option<u64>,
+    /// The larger of bytes / limit_bytes and inodes / limit_inodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    used_fraction: Option<f64>,
+}
+
+impl SnapshotUsage {
+    fn new(name: String, kind: &'static str, answer: tonic::Response<pb::UsageResponse>) -> Self {
+        let (method, limits) = rustlayer_server::read_usage_details(answer.metadata());
+        let u = answer.into_inner();
+        let usage = Usage {
+            bytes: u64::try_from(u.size).unwrap_or(0),
+            inodes: u64::try_from(u.inodes).unwrap_or(0),
+        };
+        SnapshotUsage {
+            name,
+            kind,
+            bytes: u.size,
+            inodes: u.inodes,
+            method: method.map(UsageMethod::as_str),
+            limit_bytes: limits.bytes,
+            limit_inodes: limits.inodes,
+            used_fraction: limits.fraction_used(usage),
+        }
+    }
+
+    /// The limits as one cell: `-` where none applies.
+    fn limit_cell(&self) -> String {
+        let bytes = self.limit_bytes.map(|b| human_bytes(saturating_i64(b)));
+        let inodes = self.limit_inodes.map(|i| format!("{i} inodes"));
+        match (bytes, inodes) {
+            (Some(b), Some(i)) => format!("{b}, {i}"),
+            (b, i) => b.or(i).unwrap_or_else(|| "-".into()),
+        }
+    }
+
+    fn used_cell(&self) -> String {
+        self.used_fraction
+            .map_or_else(|| "-".into(), |f| format!("{:.0}%", f * 100.0))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -65,15 +112,18 @@ async fn list(client: &mut SnapshotsClient<Channel>, filters: &[String]) -> Resu
     Ok(infos)
 }
 
-async fn usage(client: &mut SnapshotsClient<Channel>, key: &str) -> Result<pb::UsageResponse> {
-    Ok(client
+/// The Usage answer with its metadata, which carries the limits.
+async fn usage(
+    client: &mut SnapshotsClient<Channel>,
+    key: &str,
+) -> Result<tonic::Response<pb::UsageResponse>> {
+    client
         .usage(pb::UsageRequest {
             snapshotter: String::new(),
             key: key.to_owned(),
         })
         .await
-        .with_context(|| format!("Usage of {key:?}"))?
-        .into_inner())
+        .with_context(|| format!("Usage of {key:?}"))
 }
 
 fn kind_name(kind: i32) -> &'static str {
@@ -146,24 +196,24 @@ pub async fn usage_report(address: &Path, keys: &[String], output: Output) -> Re
     };
     let mut rows = Vec::new();
     for (name, kind) in targets {
-        let u = usage(&mut c, &name).await?;
-        rows.push(SnapshotUsage {
-            name,
-            kind,
-            bytes: u.size,
-            inodes: u.inodes,
-        });
+        let answer = usage(&mut c, &name).await?;
+        rows.push(SnapshotUsage::new(name, kind, answer));
     }
     match output {
         Output::Json => crate::output::print_json(&rows),
         Output::Table => {
-            let mut t = Table::new(&["NAME", "KIND", "SIZE", "INODES"]);
+            let mut t = Table::new(&[
+                "NAME", "KIND", "SIZE", "INODES", "LIMIT", "USED", "MEASURED",
+            ]);
             for r in &rows {
                 t.row(vec![
                     r.name.clone(),
                     r.kind.into(),
                     human_bytes(r.bytes),
                     r.inodes.to_string(),
+                    r.limit_cell(),
+                    r.used_cell(),
+                    r.method.unwrap_or("-").into(),
                 ]);
             }
             let bytes: i64 = rows.iter().map(|r| r.bytes).sum();
@@ -186,7 +236,10 @@ pub async fn tree(address: &Path, output: Output) -> Result<()> {
     let mut sizes = HashMap::new();
     for info in infos.iter().filter(|i| kind_name(i.kind) == "committed") {
         // Committed layers answer from the daemon's cache: cheap even for big trees.
-        sizes.insert(info.name.clone(), usage(&mut c, &info.name).await?.size);
+        sizes.insert(
+            info.name.clone(),
+            usage(&mut c, &info.name).await?.into_inner().size,
+        );
     }
     let names: std::collections::HashSet<&str> = infos.iter().map(|i| i.name.as_str()).collect();
     let mut children: BTreeMap<&str, Vec<&pb::Info>> = BTreeMap::new();

@@ -1,4 +1,6 @@
-use crate::{Kind, Labels, Mount, Result, SnapshotId, Usage};
+use crate::{
+    Kind, Labels, LimitStats, Limits, Measured, Mount, Result, SnapshotId, Usage, UsageMethod,
+};
 
 /// Storage made for a snapshot before the metadata knows its id. Only the backend
 /// that staged it can interpret the name.
@@ -118,6 +120,26 @@ pub trait Backend: Send + Sync + 'static {
     /// quotas) in constant time rather than measuring the layer.
     fn usage_is_counted(&self) -> bool {
         false
+    }
+
+    /// [`usage`](Self::usage) of an active snapshot, with how it was found and the
+    /// limits its writes meet, for operators (`rustlayer usage`). Backends that
+    /// enforce limits answer both from one read.
+    fn measure(&self, snapshot: SnapshotRef<'_>) -> Result<Measured> {
+        Ok(Measured {
+            usage: self.usage(snapshot)?,
+            method: UsageMethod::Measured,
+            limits: Limits::default(),
+        })
+    }
+
+    /// How many of the active snapshots `is_active` accepts are held to a limit and
+    /// how many are near it, for metrics; `None` where the backend enforces none.
+    /// Must be cheap enough for the metrics collector (one pass over counters, no
+    /// walks).
+    fn limit_stats(&self, is_active: &dyn Fn(SnapshotId) -> bool) -> Result<Option<LimitStats>> {
+        let _ = is_active;
+        Ok(None)
     }
 
     /// Detaches the storage of a snapshot the metadata has already forgotten.

@@ -22,6 +22,9 @@ pub use check::Check;
 pub use error::{Code, Error, IoContext, LayerError, Result};
 pub use filter::Filters;
 pub use idmap::{GID_MAPPING_LABEL, IdMapping, IdRange, IdRanges, UID_MAPPING_LABEL};
-pub use model::{Info, Kind, Labels, Mount, SnapshotId, Usage, saturating_i64};
+pub use model::{
+    Info, Kind, Labels, LimitStats, Limits, Measured, Mount, NEAR_LIMIT, SnapshotId, Usage,
+    UsageMethod, saturating_i64,
+};
 pub use observe::{Method, NoopObserver, RequestObserver};
 pub use validate::MAX_SIZE_LABEL;

@@ -104,6 +104,82 @@ pub struct Usage {
     pub inodes: u64,
 }
 
+/// The hard limits an active snapshot's writes meet; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub bytes: Option<u64>,
+    pub inodes: Option<u64>,
+}
+
+impl Limits {
+    /// The larger of the fractions of its limits `usage` takes, or `None` when
+    /// nothing is limited.
+    pub fn fraction_used(&self, usage: Usage) -> Option<f64> {
+        let of = |used: u64, limit: Option<u64>| {
+            limit.filter(|&l| l > 0).map(|l| used as f64 / l as f64)
+        };
+        match (of(usage.bytes, self.bytes), of(usage.inodes, self.inodes)) {
+            (Some(b), Some(i)) => Some(b.max(i)),
+            (b, i) => b.or(i),
+        }
+    }
+}
+
+/// How a usage figure was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageMethod {
+    /// Cached by the metadata when the layer was committed (or a view's nothing).
+    Recorded,
+    /// Read from counters the filesystem keeps (project quotas), in constant time.
+    Counted,
+    /// Walked file by file.
+    Walked,
+    /// Asked from the storage some other way (a thin device's mapped blocks).
+    Measured,
+}
+
+impl UsageMethod {
+    pub const ALL: [UsageMethod; 4] = [
+        UsageMethod::Recorded,
+        UsageMethod::Counted,
+        UsageMethod::Walked,
+        UsageMethod::Measured,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageMethod::Recorded => "recorded",
+            UsageMethod::Counted => "counted",
+            UsageMethod::Walked => "walked",
+            UsageMethod::Measured => "measured",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UsageMethod> {
+        UsageMethod::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// A snapshot's usage with how it was found and the limits it is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    pub usage: Usage,
+    pub method: UsageMethod,
+    pub limits: Limits,
+}
+
+/// How many active snapshots are held to a limit, and how many of those have used
+/// [`NEAR_LIMIT`] of it or more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitStats {
+    pub limited: u64,
+    pub near_limit: u64,
+}
+
+/// The fraction of its limit past which a snapshot counts as near it: a container
+/// about to see ENOSPC or EDQUOT.
+pub const NEAR_LIMIT: f64 = 0.9;
+
 /// What containerd sees of a snapshot: its `Info` message, minus transport details.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Info {
@@ -132,6 +208,28 @@ pub fn saturating_i64(n: impl TryInto<i64>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fraction_used_is_that_of_the_tightest_limit() {
+        let usage = Usage {
+            bytes: 50,
+            inodes: 9,
+        };
+        assert_eq!(Limits::default().fraction_used(usage), None);
+        let bytes_only = Limits {
+            bytes: Some(100),
+            inodes: None,
+        };
+        assert_eq!(bytes_only.fraction_used(usage), Some(0.5));
+        let both = Limits {
+            bytes: Some(100),
+            inodes: Some(10),
+        };
+        assert_eq!(both.fraction_used(usage), Some(0.9));
+        for method in UsageMethod::ALL {
+            assert_eq!(UsageMethod::parse(method.as_str()), Some(method));
+        }
+    }
 
     #[test]
     fn short_names_round_trip() {

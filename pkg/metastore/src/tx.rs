@@ -175,6 +175,15 @@ impl<'c> Tx<'c> {
         rows.map(|r| id_from_sql(r?)).collect()
     }
 
+    /// The ids of the snapshots of `kind`: for the metrics collector, every 10 s.
+    pub fn ids_of_kind(&self, kind: Kind) -> Result<HashSet<SnapshotId>> {
+        let mut stmt = self
+            .txn
+            .prepare_cached("SELECT id FROM snapshots WHERE kind = ?1")?;
+        let rows = stmt.query_map([kind.as_str()], |r| r.get::<_, i64>(0))?;
+        rows.map(|r| id_from_sql(r?)).collect()
+    }
+
     /// Every snapshot with its parent and labels, by id: what a backend needs at
     /// start to make storage a power loss took again.
     pub fn live_snapshots(&self) -> Result<Vec<LiveSnapshot>> {

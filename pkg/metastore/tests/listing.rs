@@ -8,16 +8,36 @@ use std::time::SystemTime;
 use rustlayer_core::{Kind, Labels, SnapshotId};
 use rustlayer_metastore::{NewSnapshot, Store, StoreOptions};
 
-#[test]
-fn every_snapshot_lists_with_exactly_its_own_labels() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        &dir.path().join("metadata.db"),
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(
+        &dir.join("metadata.db"),
         &StoreOptions {
             backend: "test".into(),
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn insert(store: &Store, id: SnapshotId, key: &str, kind: Kind, labels: &Labels) {
+    store
+        .write(|tx| {
+            tx.insert(&NewSnapshot {
+                id,
+                key,
+                parent: None,
+                kind,
+                labels,
+                now: SystemTime::now(),
+            })
+            .map(|_| ())
+        })
+        .unwrap();
+}
+
+#[test]
+fn every_snapshot_lists_with_exactly_its_own_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
     let ids = store
         .write(|tx| tx.reserve_ids(60, SnapshotId::MIN, SnapshotId::MAX))
         .unwrap();
@@ -32,19 +52,7 @@ fn every_snapshot_lists_with_exactly_its_own_labels() {
     for (n, id) in ids.iter().enumerate() {
         let key = format!("snapshot {n}");
         let labels = labels_of(n);
-        store
-            .write(|tx| {
-                tx.insert(&NewSnapshot {
-                    id: *id,
-                    key: &key,
-                    parent: None,
-                    kind: Kind::Active,
-                    labels: &labels,
-                    now: SystemTime::now(),
-                })
-                .map(|_| ())
-            })
-            .unwrap();
+        insert(&store, *id, &key, Kind::Active, &labels);
     }
     for n in (0..60).step_by(7) {
         store.write(|tx| tx.delete(ids[n])).unwrap();
@@ -79,4 +87,37 @@ fn every_snapshot_lists_with_exactly_its_own_labels() {
         "the data must hold snapshots with several labels"
     );
     assert!(expected.values().filter(|l| l.is_empty()).count() > 10);
+}
+
+#[test]
+fn ids_of_a_kind_are_exactly_those_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ids = store
+        .write(|tx| tx.reserve_ids(6, SnapshotId::MIN, SnapshotId::MAX))
+        .unwrap();
+    let kinds = [
+        Kind::Active,
+        Kind::View,
+        Kind::Active,
+        Kind::Active,
+        Kind::View,
+        Kind::Active,
+    ];
+    for (n, (id, kind)) in ids.iter().zip(kinds).enumerate() {
+        let key = format!("snapshot {n}");
+        insert(&store, *id, &key, kind, &Labels::new());
+    }
+    store.write(|tx| tx.delete(ids[3])).unwrap();
+    let active = store.read(|tx| tx.ids_of_kind(Kind::Active)).unwrap();
+    let want: std::collections::HashSet<SnapshotId> = [ids[0], ids[2], ids[5]].into();
+    assert_eq!(active, want);
+    let views = store.read(|tx| tx.ids_of_kind(Kind::View)).unwrap();
+    assert_eq!(views, [ids[1], ids[4]].into());
+    assert!(
+        store
+            .read(|tx| tx.ids_of_kind(Kind::Committed))
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -45,6 +45,10 @@ impl Collector {
         }
         self.metrics
             .set_project_quotas(self.snapshotter.backend().usage_is_counted());
+        match self.snapshotter.limit_stats() {
+            Ok(stats) => self.metrics.set_limit_stats(stats.unwrap_or_default()),
+            Err(err) => ok = failed("snapshot limits", &err),
+        }
         match self.snapshotter.backend().pool_stats() {
             Ok(Some(pool)) => self.metrics.set_pool(&pool),
             Ok(None) => {}

@@ -4,7 +4,7 @@ use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use rustlayer_core::{Kind, Method, PoolStats, RequestObserver, Usage, saturating_i64};
+use rustlayer_core::{Kind, LimitStats, Method, PoolStats, RequestObserver, Usage, saturating_i64};
 use rustlayer_mount::FsStats;
 use rustlayer_snapshotter::SnapshotCounts;
 
@@ -33,6 +33,8 @@ pub struct Metrics {
     pool_metadata_size: IntGaugeVec,
     thin_devices: IntGaugeVec,
     project_quotas: IntGauge,
+    limited_snapshots: IntGauge,
+    snapshots_near_limit: IntGauge,
     last_collection: Gauge,
 }
 
@@ -164,6 +166,17 @@ impl Metrics {
                  containerd.io/snapshot/max-size is enforced; 0 when usage is measured by \
                  walking layers.",
             )?,
+            limited_snapshots: gauge(
+                r,
+                "rustlayer_limited_snapshots",
+                "Active snapshots held to a size or inode limit (project quotas).",
+            )?,
+            snapshots_near_limit: gauge(
+                r,
+                "rustlayer_snapshots_near_limit",
+                "Active snapshots that have used 90 % or more of their size or inode limit: \
+                 containers about to see writes fail with ENOSPC or EDQUOT.",
+            )?,
             last_collection: {
                 let g = Gauge::new(
                     "rustlayer_collector_last_success_timestamp_seconds",
@@ -233,6 +246,13 @@ impl Metrics {
 
     pub fn set_project_quotas(&self, counted: bool) {
         self.project_quotas.set(i64::from(counted));
+    }
+
+    /// Active snapshots with a limit and those near it; zero where nothing is limited.
+    pub fn set_limit_stats(&self, stats: LimitStats) {
+        self.limited_snapshots.set(saturating_i64(stats.limited));
+        self.snapshots_near_limit
+            .set(saturating_i64(stats.near_limit));
     }
 
     pub fn mark_collected(&self, unix_seconds: f64) {

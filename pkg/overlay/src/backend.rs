@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustlayer_core::reaper::Reaper;
 use rustlayer_core::{
-    Backend, IdMapping, Kind, Labels, LiveSnapshot, Mount, SnapshotId, SnapshotRef, Staged, Usage,
+    Backend, IdMapping, Kind, Labels, LimitStats, Limits, LiveSnapshot, Measured, Mount,
+    SnapshotId, SnapshotRef, Staged, Usage, UsageMethod,
 };
 use rustlayer_mount::{LinuxProjectQuota, ProjectLimits, ProjectQuota};
 use tracing::{debug, info, warn};
@@ -610,6 +611,28 @@ impl Backend for OverlayBackend {
 
     fn usage_is_counted(&self) -> bool {
         self.quotas.counted()
+    }
+
+    fn measure(&self, snapshot: SnapshotRef<'_>) -> rustlayer_core::Result<Measured> {
+        Ok(match self.quotas.usage_and_limits(snapshot.id)? {
+            Some((usage, limits)) => Measured {
+                usage,
+                method: UsageMethod::Counted,
+                limits,
+            },
+            None => Measured {
+                usage: disk_usage(&self.layout.upper(snapshot.id))?,
+                method: UsageMethod::Walked,
+                limits: Limits::default(),
+            },
+        })
+    }
+
+    fn limit_stats(
+        &self,
+        is_active: &dyn Fn(SnapshotId) -> bool,
+    ) -> rustlayer_core::Result<Option<LimitStats>> {
+        Ok(self.quotas.limit_stats(is_active)?)
     }
 
     fn remove(&self, id: SnapshotId) -> rustlayer_core::Result<()> {
@@ -1265,6 +1288,58 @@ mod tests {
         quota.charge(3, 999_999, 99);
         let walked = b.seal(active(3, &[])).unwrap();
         assert_eq!(walked, disk_usage(&b.layout.upper(id(3))).unwrap());
+    }
+
+    #[test]
+    fn measure_reports_the_limits_and_near_limit_counts_active_snapshots_only() {
+        let quota = Arc::new(rustlayer_mount::RecordingProjectQuota::default());
+        let limits = SizeLimits {
+            default_inodes: Some(1000),
+            ..SizeLimits::default()
+        };
+        let (_dir, b) = quota_backend(Arc::clone(&quota), limits);
+        for n in 1..=4 {
+            b.stage(id(n), Kind::Active, &[], &max_size("100000"))
+                .unwrap();
+        }
+        quota.charge(1, 90_000, 10); // exactly 90 % of its bytes
+        quota.charge(2, 89_999, 10); // just under
+        quota.charge(3, 100, 950); // near its inode limit
+        quota.charge(4, 99_000, 10); // near, but committed: never written again
+        let active = |n| SnapshotRef {
+            id: id(n),
+            kind: Kind::Active,
+            parents: &[],
+        };
+        let measured = b.measure(active(1)).unwrap();
+        assert_eq!(measured.method, UsageMethod::Counted);
+        assert_eq!(
+            measured.limits,
+            Limits {
+                bytes: Some(100_000),
+                inodes: Some(1000)
+            }
+        );
+        assert_eq!(measured.usage.bytes, 90_000);
+        let stats = b.limit_stats(&|i| i != id(4)).unwrap().unwrap();
+        assert_eq!(
+            stats,
+            LimitStats {
+                limited: 3,
+                near_limit: 2
+            }
+        );
+
+        // Without quotas nothing is limited and usage is walked.
+        let (_plain_dir, plain) = quota_backend(
+            Arc::new(rustlayer_mount::RecordingProjectQuota::unsupported("no")),
+            SizeLimits::default(),
+        );
+        staged(&plain, 1, Kind::Active, &[]);
+        let walked = plain.measure(active(1)).unwrap();
+        assert_eq!(walked.method, UsageMethod::Walked);
+        assert_eq!(walked.limits, Limits::default());
+        assert_eq!(plain.limit_stats(&|_| true).unwrap(), None);
     }
 
     #[test]

@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rustlayer_core::{
-    Check, Error as CoreError, Kind, Labels, MAX_SIZE_LABEL, SnapshotId, Usage, validate,
+    Check, Error as CoreError, Kind, Labels, LimitStats, Limits, MAX_SIZE_LABEL, NEAR_LIMIT,
+    SnapshotId, Usage, validate,
 };
 use rustlayer_mount::{ProjectLimits, ProjectQuota};
 use tracing::{info, warn};
@@ -232,17 +233,63 @@ impl Quotas {
 
     /// The layer's usage from the counters, or `None` where it must be walked.
     pub(crate) fn usage(&self, id: SnapshotId) -> Result<Option<Usage>> {
+        Ok(self.usage_and_limits(id)?.map(|(usage, _)| usage))
+    }
+
+    /// The layer's usage and the limits its project is held to, from one read of
+    /// the counters, or `None` where it must be walked (and nothing is enforced).
+    pub(crate) fn usage_and_limits(&self, id: SnapshotId) -> Result<Option<(Usage, Limits)>> {
         let Ok(quota) = &self.support else {
             return Ok(None);
         };
         if rustlayer_core::sync::lock(&self.uncounted).contains(&id) {
             return Ok(None);
         }
-        let usage = quota.usage(&self.root, project(id))?;
-        Ok(Some(Usage {
-            bytes: usage.bytes,
-            inodes: usage.inodes,
-        }))
+        let counted = quota.usage(&self.root, project(id))?;
+        Ok(Some((
+            Usage {
+                bytes: counted.bytes,
+                inodes: counted.inodes,
+            },
+            Limits {
+                bytes: counted.limits.bytes,
+                inodes: counted.limits.inodes,
+            },
+        )))
+    }
+
+    /// One pass over the filesystem's project records: the active snapshots held to
+    /// a limit and those at [`NEAR_LIMIT`] of it or more. `None` without quotas.
+    pub(crate) fn limit_stats(
+        &self,
+        is_active: &dyn Fn(SnapshotId) -> bool,
+    ) -> Result<Option<LimitStats>> {
+        let Ok(quota) = &self.support else {
+            return Ok(None);
+        };
+        let mut stats = LimitStats::default();
+        for (id, counted) in quota.projects(&self.root, 1)? {
+            if u64::from(id) > SnapshotId::MAX.get() {
+                break;
+            }
+            // A committed layer keeps its project's limit but is never written again.
+            if counted.limits.is_none() || !is_active(SnapshotId::new(u64::from(id))) {
+                continue;
+            }
+            let limits = Limits {
+                bytes: counted.limits.bytes,
+                inodes: counted.limits.inodes,
+            };
+            let usage = Usage {
+                bytes: counted.bytes,
+                inodes: counted.inodes,
+            };
+            stats.limited += 1;
+            if limits.fraction_used(usage).is_some_and(|f| f >= NEAR_LIMIT) {
+                stats.near_limit += 1;
+            }
+        }
+        Ok(Some(stats))
     }
 
     /// At start: active snapshots whose upper directory does not carry their project

@@ -4,7 +4,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustlayer_api::snapshots as pb;
 use rustlayer_api::types as pbtypes;
-use rustlayer_core::{Info, Kind, Mount, Usage, saturating_i64};
+use rustlayer_core::{Info, Kind, Limits, Measured, Mount, Usage, UsageMethod, saturating_i64};
+use tonic::metadata::{MetadataMap, MetadataValue};
 
 pub fn mounts(mounts: Vec<Mount>) -> Vec<pbtypes::Mount> {
     mounts
@@ -52,6 +53,44 @@ pub fn usage(usage: Usage) -> pb::UsageResponse {
         size: saturating_i64(usage.bytes),
         inodes: saturating_i64(usage.inodes),
     }
+}
+
+/// Response metadata of a Usage answer: how the figure was found, and the limits an
+/// active snapshot's writes meet. containerd's `UsageResponse` has no room for them
+/// and containerd ignores metadata it does not know, so `rustlayer usage` reads them
+/// from here.
+pub const USAGE_METHOD_HEADER: &str = "rustlayer-usage-method";
+pub const LIMIT_BYTES_HEADER: &str = "rustlayer-limit-bytes";
+pub const LIMIT_INODES_HEADER: &str = "rustlayer-limit-inodes";
+
+pub fn usage_details(measured: &Measured, metadata: &mut MetadataMap) {
+    metadata.insert(
+        USAGE_METHOD_HEADER,
+        MetadataValue::from_static(measured.method.as_str()),
+    );
+    let limits = [
+        (LIMIT_BYTES_HEADER, measured.limits.bytes),
+        (LIMIT_INODES_HEADER, measured.limits.inodes),
+    ];
+    for (header, limit) in limits {
+        if let Some(limit) = limit {
+            metadata.insert(header, MetadataValue::from(limit));
+        }
+    }
+}
+
+/// What [`usage_details`] put in `metadata`: the method (when the daemon sent one)
+/// and the limits.
+pub fn read_usage_details(metadata: &MetadataMap) -> (Option<UsageMethod>, Limits) {
+    let text = |header| metadata.get(header).and_then(|v| v.to_str().ok());
+    let number = |header| text(header).and_then(|v| v.parse::<u64>().ok());
+    (
+        text(USAGE_METHOD_HEADER).and_then(UsageMethod::parse),
+        Limits {
+            bytes: number(LIMIT_BYTES_HEADER),
+            inodes: number(LIMIT_INODES_HEADER),
+        },
+    )
 }
 
 fn timestamp(t: SystemTime) -> prost_types::Timestamp {

@@ -13,7 +13,7 @@ mod socket;
 
 pub use authority::AuthorityFix;
 pub use client::{channel, connect};
-pub use convert::kind_from_pb;
+pub use convert::{kind_from_pb, read_usage_details};
 pub use error::{Error, Result};
 pub use introspection::{IntrospectionService, SNAPSHOTTER_ID};
 pub use rustlayer_core::{NoopObserver, RequestObserver};

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use rustlayer_api::snapshots::{self as pb, snapshots_server::Snapshots};
 use rustlayer_core::validate::truncate;
-use rustlayer_core::{Code, Error, Filters, Method, RequestObserver};
+use rustlayer_core::{
+    Code, Error, Filters, Limits, Measured, Method, RequestObserver, UsageMethod,
+};
 use rustlayer_snapshotter::{InfoUpdate, Snapshotter, UsageSource};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -335,17 +337,23 @@ impl Snapshots for SnapshotService {
                     .run(Runs::Inline, move |s| s.usage_source(&probe))
                     .await?
                 {
-                    UsageSource::Recorded(usage) => Ok(usage),
+                    UsageSource::Recorded(usage) => Ok(Measured {
+                        usage,
+                        method: UsageMethod::Recorded,
+                        limits: Limits::default(),
+                    }),
                     // An active layer is measured: a walk, kept off the runtime.
                     UsageSource::Active(id) => {
                         let key = key.clone();
-                        self.run(Runs::OnBlockingPool, move |s| s.measure_usage(&key, id))
+                        self.run(Runs::OnBlockingPool, move |s| s.measure(&key, id))
                             .await
                     }
                 }
             })
             .await?;
-        Ok(Response::new(convert::usage(usage)))
+        let mut response = Response::new(convert::usage(usage.usage));
+        convert::usage_details(&usage, response.metadata_mut());
+        Ok(response)
     }
 
     async fn cleanup(&self, _request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {

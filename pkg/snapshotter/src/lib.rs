@@ -14,8 +14,8 @@ use std::time::SystemTime;
 use rustlayer_core::filter::Fields;
 use rustlayer_core::sync::lock;
 use rustlayer_core::{
-    Backend, Code, Error, Filters, Info, Kind, Labels, Mount, Result, SnapshotId, SnapshotRef,
-    Usage, validate,
+    Backend, Code, Error, Filters, Info, Kind, Labels, LimitStats, Measured, Mount, Result,
+    SnapshotId, SnapshotRef, Usage, validate,
 };
 use rustlayer_metastore::{KindCounts, NewSnapshot, Record, Store, StoreOptions, Tx};
 use tracing::{debug, info, warn};
@@ -503,6 +503,25 @@ impl Snapshotter {
                 parents: &[],
             })
             .map_err(|err| self.unless_vanished(err, key, Some(id)))
+    }
+
+    /// [`measure_usage`](Self::measure_usage) with how the figure was found and the
+    /// limits the snapshot's writes meet.
+    pub fn measure(&self, key: &str, id: SnapshotId) -> Result<Measured> {
+        self.backend
+            .measure(SnapshotRef {
+                id,
+                kind: Kind::Active,
+                parents: &[],
+            })
+            .map_err(|err| self.unless_vanished(err, key, Some(id)))
+    }
+
+    /// How many active snapshots are held to a size or inode limit and how many are
+    /// near it; `None` where the backend enforces no limits.
+    pub fn limit_stats(&self) -> Result<Option<LimitStats>> {
+        let active = self.store.read(|tx| tx.ids_of_kind(Kind::Active))?;
+        self.backend.limit_stats(&|id| active.contains(&id))
     }
 
     /// Storage work happens outside the write lock, so a concurrent Remove can take a
