@@ -466,10 +466,7 @@ fn user_namespaced_snapshots_are_idmapped_whole_with_remap_ids() {
         ),
     ]
     .into();
-    // ext4 only here: in the VM the guest could not mount xfs for this test (ENODEV,
-    // and modprobe finds no xfs module), an open question of the VM's module set;
-    // e2e/tests/userns.rs idmaps xfs on loop devices on the host.
-    for fs_type in [FsType::Ext4] {
+    for fs_type in [FsType::Ext4, FsType::Xfs] {
         let mut config = small_pool();
         if fs_type == FsType::Xfs {
             // mkfs.xfs refuses filesystems under 300 MiB.
