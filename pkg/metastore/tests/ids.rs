@@ -1,45 +1,23 @@
 //! Id reservation: lowest free first, never an id that names a snapshot or is
 //! reserved, and a clear error when the id space is used up.
 
-use std::time::SystemTime;
+mod common;
 
 use rustlayer_core::{Kind, Labels, SnapshotId};
-use rustlayer_metastore::{Error, NewSnapshot, Store, StoreOptions};
-
-fn store(dir: &tempfile::TempDir) -> Store {
-    Store::open(
-        &dir.path().join("metadata.db"),
-        &StoreOptions {
-            backend: "test".into(),
-        },
-    )
-    .unwrap()
-}
+use rustlayer_metastore::{Error, Store};
 
 fn ids(raw: &[u64]) -> Vec<SnapshotId> {
     raw.iter().copied().map(SnapshotId::new).collect()
 }
 
 fn insert(store: &Store, id: SnapshotId, key: &str) {
-    store
-        .write(|tx| {
-            tx.insert(&NewSnapshot {
-                id,
-                key,
-                parent: None,
-                kind: Kind::Active,
-                labels: &Labels::new(),
-                now: SystemTime::now(),
-            })
-            .map(|_| ())
-        })
-        .unwrap();
+    common::insert(store, id, key, Kind::Active, &Labels::new());
 }
 
 #[test]
 fn reservations_fill_gaps_and_survive_until_released() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
+    let store = common::open(dir.path());
     let max = SnapshotId::MAX;
     let first = store
         .write(|tx| tx.reserve_ids(3, SnapshotId::MIN, max))
@@ -85,7 +63,7 @@ fn reservations_fill_gaps_and_survive_until_released() {
 #[test]
 fn an_exhausted_id_space_is_an_error_and_reserves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
+    let store = common::open(dir.path());
     let max = SnapshotId::new(4);
     assert_eq!(
         store
@@ -112,7 +90,7 @@ fn an_exhausted_id_space_is_an_error_and_reserves_nothing() {
 #[test]
 fn a_search_hint_skips_what_is_below_it_and_falls_back_when_too_few_remain_above() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
+    let store = common::open(dir.path());
     let max = SnapshotId::new(6);
     let reserve = |count, from| store.write(|tx| tx.reserve_ids(count, SnapshotId::new(from), max));
     assert_eq!(reserve(3, 1).unwrap(), ids(&[1, 2, 3]));

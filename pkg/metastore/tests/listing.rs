@@ -2,37 +2,13 @@
 //! snapshot must get exactly its own labels, whichever snapshots between have none
 //! and whichever were deleted or relabelled.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use common::{insert, open};
 use rustlayer_core::{Kind, Labels, SnapshotId};
-use rustlayer_metastore::{NewSnapshot, Store, StoreOptions};
-
-fn open(dir: &std::path::Path) -> Store {
-    Store::open(
-        &dir.join("metadata.db"),
-        &StoreOptions {
-            backend: "test".into(),
-        },
-    )
-    .unwrap()
-}
-
-fn insert(store: &Store, id: SnapshotId, key: &str, kind: Kind, labels: &Labels) {
-    store
-        .write(|tx| {
-            tx.insert(&NewSnapshot {
-                id,
-                key,
-                parent: None,
-                kind,
-                labels,
-                now: SystemTime::now(),
-            })
-            .map(|_| ())
-        })
-        .unwrap();
-}
 
 #[test]
 fn every_snapshot_lists_with_exactly_its_own_labels() {
