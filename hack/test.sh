@@ -60,10 +60,10 @@ export RUSTLAYER_BIN="$repo/target/debug/rustlayer"
 # and fail if what they need is missing. Those that need device-mapper are the VM
 # tier's (hack/vm-test.sh: pkg/devmapper's thin_pool tests and the crash torture
 # on devmapper), and so are those that need project quotas (_with_project_quotas);
-# the CRI one is hack/cri-e2e.sh's, both steps below.
+# the CRI ones, each named kubelet_*, are hack/cri-e2e.sh's, both steps below.
 step "cargo test (unit, gRPC contract, real mounts)"
 cargo test --workspace --exclude rustlayer-devmapper --locked -- --include-ignored \
-  --skip kubelet_runs_a_pod_on_rustlayer --skip _on_devmapper --skip _with_project_quotas
+  --skip kubelet_ --skip _on_devmapper --skip _with_project_quotas
 cargo test -p rustlayer-devmapper --locked
 
 if [[ $mode == quick ]]; then

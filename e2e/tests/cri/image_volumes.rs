@@ -38,7 +38,7 @@ fn mounted(path: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd >= 2.1 with CRI, a runc >= 1.2 and CNI plugins: hack/cri-e2e.sh runs it on 2.x"]
-async fn image_volumes_come_from_rustlayer() {
+async fn kubelet_mounts_image_volumes_from_rustlayer() {
     let node = UserNamespaceNode::start((2, 1, "a CRI image volume (KEP-4639)")).await;
     let top_layer = node
         .workload_image

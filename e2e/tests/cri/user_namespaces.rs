@@ -557,7 +557,7 @@ fn print_timings(what: &str, t: &[Duration; 4]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd >= 2.0 with CRI, a runc >= 1.2 and CNI plugins: hack/cri-e2e.sh runs it on 2.x"]
-async fn pod_in_a_user_namespace_runs_on_idmapped_layers() {
+async fn kubelet_runs_a_pod_in_a_user_namespace_on_idmapped_layers() {
     let node = UserNamespaceNode::start((2, 0, "a CRI pod in a user namespace on the proxy")).await;
 
     // A pod without a user namespace first, on the same node: the baseline
