@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut};
 use prost::Message;
 use rustlayer_api::snapshots as pb;
+use rustlayer_core::Method;
 use rustlayer_e2e::support::{Rng, env_or, labels, sorted_infos, storage_matches_metadata};
 use rustlayer_e2e::{Client, Daemon, require_root};
 use tokio_stream::StreamExt;
@@ -82,36 +83,19 @@ impl Decoder for Raw {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Method {
-    Prepare,
-    View,
-    Mounts,
-    Commit,
-    Remove,
-    Stat,
-    Update,
-    Usage,
-    List,
-    Cleanup,
+/// What the fuzzer needs of each method of the API beyond its name.
+trait Fuzzed {
+    fn path(self) -> PathAndQuery;
+    fn decodes(self, body: &[u8]) -> bool;
+    fn writes(self) -> bool;
+    fn describe(self, body: &[u8]) -> String;
 }
 
-const METHODS: [Method; 10] = [
-    Method::Prepare,
-    Method::View,
-    Method::Mounts,
-    Method::Commit,
-    Method::Remove,
-    Method::Stat,
-    Method::Update,
-    Method::Usage,
-    Method::List,
-    Method::Cleanup,
-];
-
-impl Method {
+impl Fuzzed for Method {
     fn path(self) -> PathAndQuery {
-        format!("{SERVICE}{self:?}").parse().expect("a method path")
+        format!("{SERVICE}{}", self.as_str())
+            .parse()
+            .expect("a method path")
     }
 
     /// Whether prost can decode `body` as this method's request: tonic refuses
@@ -528,7 +512,7 @@ async fn mutated_protobuf_requests_get_precise_answers_and_change_nothing_outsid
         let (method, body) = &seeds[rng.below(seeds.len())];
         // Mostly the method's own seeds; sometimes another method's body entirely.
         let method = if rng.chance(10) {
-            *rng.pick(&METHODS)
+            *rng.pick(&Method::ALL)
         } else {
             *method
         };

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
-/// A method of containerd's snapshots API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A method of containerd's snapshots API, ordered as [`Method::ALL`] lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Method {
     Prepare,
     View,
