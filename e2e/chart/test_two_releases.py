@@ -23,7 +23,7 @@ import unittest
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "e2e" / "chart"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_chart as base  # noqa: E402  (found through the path above)
 
 import helm_python as helm  # noqa: E402
