@@ -6,7 +6,10 @@
 # (e2e/chart/test_chart.py), charts/rustlayer/files/patch-containerd.sh on sample
 # containerd configs and on the `config default` of containerd 1.6.20, 1.7.24 and
 # 2.1.9 (each fetched by hack/containerd-fetch.sh), read back and, as root, run by
-# that containerd; and shellcheck on hack/'s and the chart's scripts.
+# that containerd; and shellcheck on hack/'s and the chart's scripts. Then
+# e2e/chart/test_two_releases.py: a second release (another pluginName, its own
+# RuntimeClass and default_size) beside the first, rendered, patched into the
+# same containerd configs in turn and at once, run, and removed in either order.
 #
 #   hack/chart-test.sh
 #
@@ -45,4 +48,5 @@ for version in 1.6.20 1.7.24 2.1.9; do
 done
 export CONTAINERD_RELEASES="${releases[*]}"
 
-exec "$venv/bin/python" e2e/chart/test_chart.py
+# e2e/chart/test_chart.py's checks and those of two releases side by side, one summary.
+exec "$venv/bin/python" e2e/chart/test_two_releases.py

@@ -29,7 +29,14 @@
 #
 # Everything it writes sits between a BEGIN and an END marker comment, so "add"
 # can be run again (nothing changes, containerd is not restarted) and "remove"
-# restores the file byte for byte. Tables someone already wrote by hand are left
+# restores the file byte for byte. The markers carry PLUGIN_NAME: several daemons
+# (one per RuntimeClass, each with its own PLUGIN_NAME, RUNTIME_HANDLER, socket
+# and root) each have their own block, which stands alone (the built-in overlayfs
+# unpack entry is written into every block that needs it), so removing one in any
+# order leaves the others working. A runtime handler another block already
+# defines is refused. Patchers of one file take turns: each holds a lock on the
+# file's directory (flock, util-linux) from reading the file to restarting
+# containerd. Tables someone already wrote by hand are left
 # alone and not written twice. containerd's default snapshotter is never changed:
 # pods, this DaemonSet's own included, must start without rustlayer; workloads
 # opt in through the RuntimeClass.
@@ -57,6 +64,7 @@
 #                        before it replaces the old one [$HOST_EXEC containerd --config "$1" config dump]
 #   RESTART_CMD          shell code run only when the file changed
 #                        [$HOST_EXEC systemctl restart containerd]
+#   LOCK_TIMEOUT         seconds to wait for another patcher of the same file [300]
 set -eu
 
 mode=${1:-add}
@@ -80,6 +88,7 @@ if [ -z "${CHECK_CMD:-}" ]; then
   CHECK_CMD="$HOST_EXEC"' containerd --config "$1" config dump >/dev/null'
 fi
 RESTART_CMD=${RESTART_CMD:-$HOST_EXEC systemctl restart containerd}
+LOCK_TIMEOUT=${LOCK_TIMEOUT:-300}
 
 begin="# BEGIN $PLUGIN_NAME snapshotter: written by patch-containerd.sh, taken out by 'patch-containerd.sh remove'"
 begin_noeol="$begin (the file had no final newline)"
@@ -104,6 +113,17 @@ case $SNAPSHOTTER_BACKEND in
   overlay | devmapper) ;;
   *) die "SNAPSHOTTER_BACKEND must be overlay or devmapper, not '$SNAPSHOTTER_BACKEND'" ;;
 esac
+
+# Other releases' patchers (other PLUGIN_NAMEs) edit the same file, maybe at the
+# same moment: one at a time, or one's edit would be lost. The lock is on the
+# directory because the file itself is replaced, and a lock on the old inode
+# would not exclude a patcher that opened the new one. Fd 9 is closed for the
+# commands run under it, so nothing they leave running holds it.
+command -v flock >/dev/null || die "needs flock (util-linux) to take turns with other patchers"
+exec 9<"$(dirname "$CONFIG")"
+flock -w "$LOCK_TIMEOUT" 9 ||
+  die "another patch-containerd.sh held $(dirname "$CONFIG") for ${LOCK_TIMEOUT}s; $CONFIG left unchanged"
+
 # Without a file containerd runs on built-in defaults; writing one here would
 # silently replace all of them with ours.
 [ -f "$CONFIG" ] || die "no containerd config at $CONFIG; create it (containerd config default > $CONFIG) first"
@@ -135,13 +155,13 @@ install_new() {
     say "$CONFIG already up to date; containerd not restarted"
     return
   fi
-  if ! sh -c "$CHECK_CMD" check "$HOST_CONFIG.$PLUGIN_NAME-new"; then
+  if ! sh -c "$CHECK_CMD" check "$HOST_CONFIG.$PLUGIN_NAME-new" 9<&-; then
     rm -f "$new"
     die "containerd rejects the patched config; $CONFIG left unchanged"
   fi
   mv -f "$new" "$CONFIG"
   say "$CONFIG changed; restarting containerd"
-  sh -c "$RESTART_CMD"
+  sh -c "$RESTART_CMD" 9<&-
 }
 
 # write_daemon_config true|false: the daemon's config with remap_ids as given,
@@ -208,7 +228,7 @@ esac
 
 if [ -z "$CONTAINERD_VERSION" ]; then
   # "containerd github.com/containerd/containerd v1.7.22 <commit>", or Debian's "1.6.20~ds1".
-  CONTAINERD_VERSION=$(sh -c "$HOST_EXEC containerd --version" | awk '{ print $3 }')
+  CONTAINERD_VERSION=$(sh -c "$HOST_EXEC containerd --version" 9<&- | awk '{ print $3 }')
   [ -n "$CONTAINERD_VERSION" ] || die "cannot run containerd --version on the host; set CONTAINERD_VERSION"
 fi
 major_minor=$(printf '%s\n' "$CONTAINERD_VERSION" | sed -n 's/^v\{0,1\}\([0-9][0-9]*\)\.\([0-9][0-9]*\).*/\1 \2/p')
@@ -257,24 +277,36 @@ if [ "$config_version" = 3 ] && [ -z "$PLATFORM" ]; then
   esac
 fi
 
-# Whether a table header for $1 (dotted) is already in the file. Quotes and
-# spaces do not matter: [plugins."a.b".c], [plugins.'a.b'.c] and [ plugins.a.b.c ]
-# all name it.
-defined() {
-  awk -v want="$1" '
+# Another patcher's block: its BEGIN line, whose third field is its PLUGIN_NAME.
+other_begin='^# BEGIN [A-Za-z0-9_-]+ snapshotter: written by patch-containerd[.]sh'
+
+# Who wrote the table header for $1 (dotted) in the file: nothing if nobody,
+# "hand" outside every block, or the PLUGIN_NAME of another patcher's block
+# (this one's is stripped from $orig). Quotes and spaces do not matter:
+# [plugins."a.b".c], [plugins.'a.b'.c] and [ plugins.a.b.c ] all name it.
+written_by() {
+  awk -v want="$1" -v other_begin="$other_begin" '
     function bare(s) { sub(/#.*/, "", s); gsub(/[ \t"\047]/, "", s); return s }
     BEGIN { want = "[" bare(want) "]" }
-    /^[ \t]*\[/ && bare($0) == want { found = 1 }
-    END { exit !found }' "$orig"
+    $0 ~ other_begin { block = $3; next }
+    block != "" && $0 == "# END " block " snapshotter" { block = ""; next }
+    /^[ \t]*\[/ && bare($0) == want { print (block == "" ? "hand" : block); exit }' "$orig"
 }
 
-# The entries of containerd 2.x's transfer service unpack_config, as "none", "some"
-# (none for $PLUGIN_NAME) or "ours", and "inline" for a key = [...] form that a
-# [[...]] table cannot be added to.
+defined() { [ -n "$(written_by "$1")" ]; }
+
+# The entries of containerd 2.x's transfer service unpack_config outside other
+# patchers' blocks, as "none", "some" (none for $PLUGIN_NAME) or "ours", and
+# "inline" for a key = [...] form that a [[...]] table cannot be added to. Other
+# blocks' entries do not count: this block must not lean on the overlayfs entry
+# one of them wrote, which goes when that block is removed.
 transfer=plugins.io.containerd.transfer.v1.local
 unpack_entries() {
-  awk -v table="$transfer" -v name="$PLUGIN_NAME" '
+  awk -v table="$transfer" -v name="$PLUGIN_NAME" -v other_begin="$other_begin" '
     function bare(s) { sub(/#.*/, "", s); gsub(/[ \t"\047]/, "", s); return s }
+    $0 ~ other_begin { block = $3; next }
+    block != "" && $0 == "# END " block " snapshotter" { block = ""; entry = in_table = 0; next }
+    block != "" { next }
     /^[ \t]*\[/ {
       header = bare($0)
       entry = header == "[[" table ".unpack_config]]"
@@ -307,6 +339,17 @@ if [ "$config_version" = 3 ]; then
   unpack=$(unpack_entries)
   [ "$unpack" != inline ] || die "$CONFIG sets unpack_config of [$transfer] inline; add an entry for $PLUGIN_NAME there by hand"
 fi
+
+# A runtime handler another release's block defines would be kept here as if
+# written by hand, and its RuntimeClass would silently get that release's
+# snapshotter.
+for table in "$cri_runtimes.$RUNTIME_HANDLER" "plugins.\"io.containerd.cri.v1.images\".runtime_platforms.$RUNTIME_HANDLER"; do
+  owner=$(written_by "$table")
+  case $owner in
+    '' | hand) ;;
+    *) die "runtime handler $RUNTIME_HANDLER is already written by the $owner patcher's block in $CONFIG; give this one its own RUNTIME_HANDLER" ;;
+  esac
+done
 
 # One entry of the transfer service's unpack_config.
 unpack_entry() {

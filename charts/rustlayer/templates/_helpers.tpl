@@ -44,9 +44,54 @@ app.kubernetes.io/component: snapshotter
 {{- end }}
 {{- end }}
 
+{{/*
+The name containerd knows this release's daemon by (its proxy plugin and
+snapshotter), which every node-level default derives from, so that a second
+release with another name runs beside the first on the same nodes.
+*/}}
+{{- define "rustlayer.pluginName" -}}
+{{- $name := toString .Values.containerdConfig.patch.pluginName }}
+{{- if not (regexMatch "^[A-Za-z0-9_-]+$" $name) }}
+{{- fail (printf "containerdConfig.patch.pluginName %q is not a bare TOML key (letters, digits, '_' and '-' only): containerd's config names the proxy plugin by it" $name) }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
+{{/* The daemon's root on the host: config.root, or /var/lib/<pluginName>. */}}
+{{- define "rustlayer.root" -}}
+{{- .Values.config.root | default (printf "/var/lib/%s" (include "rustlayer.pluginName" .)) }}
+{{- end }}
+
+{{/* The daemon's socket: config.address, or /run/<pluginName>/<pluginName>.sock. */}}
+{{- define "rustlayer.address" -}}
+{{- $name := include "rustlayer.pluginName" . }}
+{{- $address := .Values.config.address | default (printf "/run/%s/%s.sock" $name $name) }}
+{{- if gt (len $address) 107 }}
+{{- fail (printf "the daemon's socket %q is longer than a unix socket path may be (107 bytes): set config.address, or a shorter containerdConfig.patch.pluginName" $address) }}
+{{- end }}
+{{- $address }}
+{{- end }}
+
 {{/* The socket's directory, shared with the host so containerd can dial it. */}}
 {{- define "rustlayer.socketDir" -}}
-{{- dir .Values.config.address }}
+{{- dir (include "rustlayer.address" .) }}
+{{- end }}
+
+{{/*
+containerd's runtime handler (runtimeClass.handler, or the plugin name) and the
+RuntimeClass naming it (runtimeClass.name, or the handler). Kubernetes wants
+both as lowercase RFC 1123 labels.
+*/}}
+{{- define "rustlayer.runtimeHandler" -}}
+{{- $handler := .Values.runtimeClass.handler | default (include "rustlayer.pluginName" .) }}
+{{- if and .Values.runtimeClass.enabled (not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" $handler)) }}
+{{- fail (printf "runtime handler %q is no lowercase RFC 1123 label, as a RuntimeClass needs: set runtimeClass.handler (and runtimeClass.name), or a containerdConfig.patch.pluginName that is one" $handler) }}
+{{- end }}
+{{- $handler }}
+{{- end }}
+
+{{- define "rustlayer.runtimeClassName" -}}
+{{- .Values.runtimeClass.name | default (include "rustlayer.runtimeHandler" .) }}
 {{- end }}
 
 {{/*
@@ -57,8 +102,8 @@ TOML. Numbers arrive from YAML as floats; the schema allows integers only.
 */}}
 {{- define "rustlayer.configToml" -}}
 # Rendered by the rustlayer chart from its values; edit the values, not this file.
-root = {{ .Values.config.root | toJson }}
-address = {{ .Values.config.address | toJson }}
+root = {{ include "rustlayer.root" . | toJson }}
+address = {{ include "rustlayer.address" . | toJson }}
 backend = {{ .Values.config.backend | toJson }}
 metrics_address = {{ printf "%s:%d" (include "rustlayer.hostForAddress" .Values.metrics.bindAddress) (int .Values.metrics.port) | toJson }}
 log_format = {{ .Values.config.logFormat | toJson }}
