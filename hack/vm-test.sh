@@ -4,7 +4,9 @@
 # containerd's conformance suite against `--backend devmapper`, and a real
 # containerd on an existing thin pool made on virtio disks (hack/vm/devmapper-guest.sh);
 # then, in a second guest, the overlay backend's size limits and counted usage on
-# roots with project quotas, xfs and ext4, and crash torture with limits on xfs
+# roots with project quotas, xfs and ext4: the Rust tests, both conformance suites
+# with a limit on every snapshot, containerd 2.1.9 running containers that hit
+# their limits (hack/size-limits-e2e.sh), and crash torture with limits on xfs
 # (hack/vm/quota-guest.sh).
 # Everything is built here first; the guest runs the host's binaries.
 #
@@ -34,6 +36,9 @@ for t in "$thin_tests" "$torture_tests" "$size_limit_tests"; do
   [[ -x $t ]] || { echo "vm-test: a test binary is missing: '$t'" >&2; exit 1; }
 done
 CONFORMANCE_BUILD_ONLY=1 hack/conformance.sh
+CONFORMANCE_SUITE=2.x CONFORMANCE_BUILD_ONLY=1 hack/conformance.sh
+# The quota guest's containerd (the guest has no network; this fills the cache).
+hack/containerd-fetch.sh 2.1.9 >/dev/null
 export RUSTLAYER_BIN=${RUSTLAYER_BIN:-$repo/target/debug/rustlayer}
 
 out=$repo/.cache/vm-test

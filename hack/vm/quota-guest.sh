@@ -6,6 +6,13 @@
 # and mounted prjquota. ext4 keeps its quotas in the vfsv1 format, which the
 # kernel loads on demand (quota_v2, quota_tree) through the guest's modprobe.
 #
+# On each it then runs containerd's snapshotter conformance suites (2.x's on
+# both, 1.6's on xfs) with every daemon's root on that filesystem and a default size with
+# enforce_size on, so every active snapshot of every case is a limited project (a
+# daemon that found no project quotas would refuse to start); and a real
+# containerd 2.1.9 running containers on rustlayer there, one hitting its size
+# limit while others write on (hack/size-limits-e2e.sh).
+#
 # On xfs it also runs the crash torture with a default size (every active snapshot
 # a limited project), checking after each SIGKILL that no limit outlives its
 # snapshot; RUSTLAYER_TORTURE_KILLS (default 12 here) sets the number of kills.
@@ -46,6 +53,25 @@ run_on() {
       --include-ignored --nocapture 2>&1 | tee "$out/crash-torture-$name.log"
     ((PIPESTATUS[0] == 0)) || failed+=("crash torture on $name")
   fi
+  # 2.x's suite (what our users' containerd runs) on both filesystems; 1.6's,
+  # an older cut of the same cases, on xfs only, to keep the tier's time down.
+  local suite suites=(2.x)
+  [[ $name == xfs ]] && suites=(1.6 2.x)
+  for suite in "${suites[@]}"; do
+    section "containerd $suite conformance suite on $name with project quotas, a default size on every snapshot"
+    mkdir -p "$mnt/conformance"
+    # The suite makes each case's root under TMPDIR, so every daemon's root
+    # is on this filesystem.
+    TMPDIR=$mnt/conformance CONFORMANCE_SUITE=$suite \
+      RUSTLAYER_CONFIG_TOML=$'[overlay]\ndefault_size = "256MiB"\nenforce_size = true\n' \
+      CONFORMANCE_LOGS=$out/conformance-$suite-$name-logs CONFORMANCE_OUT=$out/conformance-$suite-$name.log \
+      hack/conformance.sh 2>&1 | tail -n 8
+    ((PIPESTATUS[0] == 0)) || failed+=("conformance $suite on $name")
+  done
+  section "containerd running containers with size limits on $name"
+  RUSTLAYER_QUOTA_ROOT=$mnt CONTAINERD_VERSION=2.1.9 hack/size-limits-e2e.sh 2>&1 |
+    tee "$out/size-limits-e2e-$name.log"
+  ((PIPESTATUS[0] == 0)) || failed+=("containerd size limits on $name")
   umount "$mnt"
 }
 
