@@ -22,6 +22,10 @@
 #   7  devmapper backend vs containerd's devmapper snapshotter, in a VM booting
 #      Debian's kernel (hack/vm-run.sh): cycle, image import, container start;
 #      BENCH_DEVMAPPER=0 skips it
+#   8  on a root with project quotas (xfs prjquota), in a VM again: Usage of an
+#      active 100k-file layer, and the CPU of one CRI stats pass (Walk, Usage of
+#      each) over 50 active container layers, through containerd 2.1.9, vs its
+#      overlayfs; BENCH_QUOTA=0 skips it
 #   +  where rustlayer's time goes: strace -T -y of the daemon and of containerd
 #      during snapshot cycles: every sync, by the file it syncs
 #
@@ -112,6 +116,7 @@ if [[ $mode == quick ]]; then
   many_count=1000
   profile_cycles=30
   dm_rounds=1 dm_cycles=10 dm_import_rounds=1 dm_runs=1 # row 7, in an emulated VM
+  quota_rounds=1 quota_files=20000 quota_containers=10 quota_files_each=500 # row 8, too
 else
   rounds=5
   cycle_iterations=300
@@ -123,6 +128,7 @@ else
   many_count=10000
   profile_cycles=100
   dm_rounds=3 dm_cycles=30 dm_import_rounds=2 dm_runs=2
+  quota_rounds=3 quota_files=100000 quota_containers=50 quota_files_each=2000
 fi
 
 # ---------------------------------------------------------------- packages
@@ -427,6 +433,23 @@ else
     --target rustlayer --note "skipped: BENCH_DEVMAPPER=0" --main
 fi
 
+# ---------------------------------------------------------------- row 8
+# Project quotas, like dm-thin, may be missing from this kernel: a VM again.
+if [[ ${BENCH_QUOTA:-1} == 1 ]]; then
+  say "row 8: Usage on a project-quota root vs overlayfs, in a VM: $quota_rounds rounds"
+  mkdir -p "$tmp/vm-quota"
+  : >"$tmp/vm-quota/results.jsonl"
+  hack/containerd-fetch.sh 2.1.9 >/dev/null || die "cannot fetch containerd 2.1.9 for row 8"
+  hack/vm-run.sh --timeout 5400 --mem 4096 --disk quota:16G --share "$tmp/vm-quota" \
+    -- hack/bench/quota-guest.sh "$tmp/vm-quota/results.jsonl" "$bin" "$bench" "$quota_rounds" \
+    "$quota_files" "$quota_containers" "$quota_files_each" ||
+    die "row 8 (project quotas in a VM) failed"
+  cat "$tmp/vm-quota/results.jsonl" >>"$results"
+else
+  "$bench" record --results "$results" --row "8 Usage on a project-quota root (VM)" --metric "all rows" \
+    --target rustlayer --note "skipped: BENCH_QUOTA=0" --main
+fi
+
 # ---------------------------------------------------------------- report
 say "report"
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
@@ -440,7 +463,7 @@ if [[ -n ${RUSTLAYER_BIN-} ]]; then built="rustlayer binary $bin (tree at $rev)"
   --context "$(nproc) × $cpu, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), roots on $fs_desc" \
   --context "$(containerd --version | awk '{ print $1, $3 }')${also_versions[*]:+ (rows 1-3 also on containerd ${also_versions[*]})}, $(runc --version | head -n1)" \
   --context "image: debootstrap'd Debian bookworm minbase, $image_mb" \
-  --context "rounds: $rounds (row 2: $import_rounds per variant); row 1: $cycle_iterations cycles per round; row 3: $runs_per_round runs per round; row 4: $usage_files files, $usage_calls calls per round; row 5: $chain_layers layers; row 6: $many_count snapshots; row 7 (VM): $dm_rounds rounds of $dm_cycles cycles, $dm_import_rounds imports, $dm_runs runs"
+  --context "rounds: $rounds (row 2: $import_rounds per variant); row 1: $cycle_iterations cycles per round; row 3: $runs_per_round runs per round; row 4: $usage_files files, $usage_calls calls per round; row 5: $chain_layers layers; row 6: $many_count snapshots; row 7 (VM): $dm_rounds rounds of $dm_cycles cycles, $dm_import_rounds imports, $dm_runs runs; row 8 (VM, containerd 2.1.9): $quota_rounds rounds, one layer of $quota_files files, $quota_containers layers of $quota_files_each files"
 {
   echo
   echo "## Where the time goes: strace -f -T -y, per snapshot cycle"

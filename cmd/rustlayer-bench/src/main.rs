@@ -13,6 +13,7 @@ mod probe;
 mod report;
 mod results;
 mod stats;
+mod stats_pass;
 mod target;
 mod usage;
 mod wipe;
@@ -65,6 +66,40 @@ enum Command {
         calls: usize,
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Where to mount layers
+        #[arg(long)]
+        workdir: PathBuf,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Row 8: on a root with project quotas, Usage of an active layer with many
+    /// files, and the CPU of a CRI stats pass over many active container layers.
+    ActiveUsage {
+        #[command(flatten)]
+        targets: TargetArgs,
+        /// Files written into the one large active layer
+        #[arg(long, default_value_t = 100_000)]
+        files: usize,
+        /// Timed Usage calls of the large layer per target and round
+        #[arg(long, default_value_t = 3)]
+        calls: usize,
+        /// Active container layers the stats pass goes over
+        #[arg(long, default_value_t = 50)]
+        containers: usize,
+        /// Files written into each container layer
+        #[arg(long, default_value_t = 2_000)]
+        files_each: usize,
+        /// Stats passes per target and round (the CPU figure is their mean)
+        #[arg(long, default_value_t = 3)]
+        passes: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// containerd's pid: its CPU is counted for every target
+        #[arg(long)]
+        containerd_pid: u32,
+        /// rustlayer's pid: its CPU is counted for the target "rustlayer"
+        #[arg(long)]
+        rustlayer_pid: u32,
         /// Where to mount layers
         #[arg(long)]
         workdir: PathBuf,
@@ -164,7 +199,7 @@ enum Command {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 struct TargetArgs {
     /// containerd's socket
     #[arg(long)]
@@ -181,6 +216,14 @@ struct TargetArgs {
 }
 
 impl TargetArgs {
+    /// The same targets, their requests in another containerd namespace.
+    fn in_namespace(&self, namespace: String) -> TargetArgs {
+        TargetArgs {
+            namespace,
+            ..self.clone()
+        }
+    }
+
     async fn connect(&self) -> Result<Vec<Target>> {
         let mut targets = Vec::new();
         if !self.snapshotters.is_empty() {
@@ -276,6 +319,82 @@ async fn run(command: Command) -> Result<()> {
             }
             for (target, layer) in targets.iter_mut().zip(&layers) {
                 target.remove(&layer.name).await?;
+            }
+        }
+        Command::ActiveUsage {
+            targets,
+            files,
+            calls,
+            containers,
+            files_each,
+            passes,
+            rounds,
+            containerd_pid,
+            rustlayer_pid,
+            workdir,
+            out,
+        } => {
+            let sink = Sink::new(out.results.as_deref());
+            // The large layer lives in a namespace of its own: the stats pass walks
+            // every snapshot of its namespace, and must find the container layers alone.
+            let mut large_targets = targets
+                .in_namespace(format!("{}-large", targets.namespace))
+                .connect()
+                .await?;
+            let mut targets = targets.connect().await?;
+            let mut large = Vec::new();
+            let mut fleets = Vec::new();
+            for (target, large_target) in targets.iter_mut().zip(&mut large_targets) {
+                large.push(
+                    stats_pass::ActiveLayers::make(large_target, "large", 1, files, &workdir)
+                        .await?,
+                );
+                fleets.push(
+                    stats_pass::ActiveLayers::make(
+                        target,
+                        "container",
+                        containers,
+                        files_each,
+                        &workdir,
+                    )
+                    .await?,
+                );
+            }
+            // Everything written reaches the disk before anything is timed, so no
+            // measure pays for another's writeback.
+            stats_pass::sync_filesystems()?;
+            for round in 0..rounds {
+                for i in order(targets.len(), round) {
+                    stats_pass::time_layer_usage(
+                        &mut large_targets[i],
+                        &large[i],
+                        files,
+                        calls,
+                        &sink,
+                        round,
+                    )
+                    .await?;
+                }
+            }
+            for round in 0..rounds {
+                for i in order(targets.len(), round) {
+                    let target = &mut targets[i];
+                    let daemons = if target.snapshotter == "rustlayer" {
+                        vec![containerd_pid, rustlayer_pid]
+                    } else {
+                        vec![containerd_pid]
+                    };
+                    stats_pass::time_stats_passes(
+                        target, containers, files_each, passes, &daemons, &sink, round,
+                    )
+                    .await?;
+                }
+            }
+            for (target, layer) in large_targets.iter_mut().zip(large) {
+                layer.remove(target).await?;
+            }
+            for (target, fleet) in targets.iter_mut().zip(fleets) {
+                fleet.remove(target).await?;
             }
         }
         Command::Chain {

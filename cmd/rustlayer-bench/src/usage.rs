@@ -103,7 +103,7 @@ pub fn record(sink: &Sink<'_>, label: &str, samples: &Samples, round: u32) -> Re
 }
 
 /// Small files, a thousand to a directory, as a package manager leaves them.
-fn write_files(root: &Path, files: usize) -> Result<()> {
+pub fn write_files(root: &Path, files: usize) -> Result<()> {
     let body = b"rustlayer-bench: a small file, like most files in an image layer\n";
     for n in 0..files {
         let dir = root.join(format!("d{:04}", n / 1000));
