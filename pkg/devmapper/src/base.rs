@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use rustlayer_core::Mount;
-use rustlayer_mount::Mounter;
+use rustlayer_mount::{Mounter, sync_filesystem};
 use tracing::info;
 
 use crate::config::FsType;
@@ -52,17 +52,24 @@ pub fn make_filesystem(fs: FsType, device: &Path, extra: &[String]) -> Result<()
     })
 }
 
+/// How the tools, run in the C locale, say a write was refused for want of space.
+pub const ENOSPC_MESSAGE: &str = "No space left on device";
+
 /// Runs one of the filesystem tools: Ok(Err(its stderr)) when it ran and failed.
+/// The C locale keeps its messages those [`ENOSPC_MESSAGE`] is looked for in.
 fn run_tool(
     command: &mut Command,
     program: &str,
     fs: FsType,
 ) -> Result<std::result::Result<(), String>> {
-    let output = command.output().map_err(|source| Error::FsToolMissing {
-        program: program.to_owned(),
-        package: fs.tools_package(),
-        source,
-    })?;
+    let output = command
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|source| Error::FsToolMissing {
+            program: program.to_owned(),
+            package: fs.tools_package(),
+            source,
+        })?;
     if output.status.success() {
         return Ok(Ok(()));
     }
@@ -171,7 +178,13 @@ impl<M: Mounter> GrowFs for OnlineGrow<M> {
             FsType::Ext4 => ("resize2fs", device),
             FsType::Xfs => ("xfs_growfs", mountpoint),
         };
-        let grown = run(program, fs, target);
+        let grown = run(program, fs, target).and_then(|()| {
+            // The tool may return before the filesystem's writes reach the device
+            // (ext4 commits its journal later), and unmounting reports no write
+            // error: syncing surfaces one the device refused (a full thin pool)
+            // while the snapshot can still be refused.
+            sync_filesystem(mountpoint).map_err(Error::from)
+        });
         self.mounter.unmount(mountpoint, false)?;
         let _ = fs::remove_dir(mountpoint);
         grown

@@ -666,3 +666,77 @@ fn max_size_grows_an_xfs_snapshot_and_survives_a_restart() {
     };
     max_size_grows_the_filesystem(config, 768 << 20, 400 << 20);
 }
+
+/// A grow the pool has no room for: resize2fs's new group metadata runs the pool
+/// out of data space. The Prepare is refused with ResourceExhausted and leaves
+/// no row, no active device and no size record; the pool is writable again once
+/// the device is deleted, and a grow that fits works.
+#[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
+fn a_grow_that_runs_the_pool_out_of_space_is_refused_without_a_trace() {
+    require_device_mapper("a thin pool on loop devices");
+    let config = DevmapperConfig {
+        pool_data_size: ByteSize::bytes(32 << 20),
+        // Refusals by free percentage would stop the Prepare before its grow.
+        min_free_percent: 0,
+        ..small_pool()
+    };
+    let f = fixture(config);
+    let mnt = f.dir.path().join("mnt");
+    f.s.prepare("filler", "", &none()).unwrap();
+    {
+        let _m = mount(&f, "filler", &mnt);
+        let mut file = fs::File::create(mnt.join("fill")).unwrap();
+        let chunk = vec![0x5au8; 256 << 10];
+        // Short of exhausting the pool: the journal and the unmount take a
+        // little more.
+        loop {
+            let stats = f.backend.pool_stats().unwrap().unwrap();
+            if stats.data_size_bytes - stats.data_used_bytes < 2 << 20 {
+                break;
+            }
+            file.write_all(&chunk).unwrap();
+            file.sync_data().unwrap();
+        }
+    }
+    let prefix = canonical_prefix(&f.root);
+    let before = active_devices(&prefix);
+    let sizes = f.root.join("devmapper").join("sizes");
+    let started = std::time::Instant::now();
+    // 16 GiB of ext4 needs megabytes of new bitmaps and descriptors, spread over
+    // hundreds of the pool's 64 KiB blocks.
+    let err = f.s.prepare("grown", "", &max_size(16 << 30)).unwrap_err();
+    eprintln!("grow refused after {:?}: {err}", started.elapsed());
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(
+        err.to_string().contains(f.backend.pool_name()),
+        "the message names the pool: {err}"
+    );
+    assert_eq!(f.s.stat("grown").unwrap_err().code(), Code::NotFound);
+    assert_eq!(active_devices(&prefix), before, "no device is left active");
+    assert_eq!(
+        fs::read_dir(&sizes).unwrap().count(),
+        0,
+        "no size record is left"
+    );
+    assert!(
+        fs::read_dir(f.root.join("devmapper")).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("grow-")),
+        "no private mountpoint is left"
+    );
+    // Deleting the device gave its blocks back: the pool left out-of-space mode.
+    f.s.prepare("plain", "", &none())
+        .expect("the pool takes new snapshots again");
+
+    f.s.remove("filler").unwrap();
+    f.backend.drain_removals();
+    f.s.prepare("grown", "", &max_size(256 << 20))
+        .expect("a grow that fits works");
+    mount_all(&LinuxMounter, &f.s.mounts("grown").unwrap(), &mnt).unwrap();
+    let size = filesystem_bytes(&mnt);
+    LinuxMounter.unmount(&mnt, false).unwrap();
+    assert_fills(size, 256 << 20, "the grow after space came back");
+}
