@@ -66,6 +66,34 @@ struct Inner {
     lock: Mutex<()>,
 }
 
+/// A grow's private mountpoint is `<scratch>/grow-<thin id>`.
+const GROW_MOUNTPOINT: &str = "grow-";
+
+impl Resizing {
+    fn grow_mountpoint(&self, id: ThinId) -> PathBuf {
+        self.scratch.join(format!("{GROW_MOUNTPOINT}{}", id.get()))
+    }
+
+    /// The private mountpoints grows left, with their devices' ids.
+    fn grow_mountpoints(&self) -> Result<Vec<(ThinId, PathBuf)>> {
+        let entries = fs::read_dir(&self.scratch).map_err(Error::io("list", &self.scratch))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(Error::io("list", &self.scratch))?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.strip_prefix(GROW_MOUNTPOINT))
+                .and_then(|id| id.parse().ok())
+                .and_then(ThinId::new)
+            {
+                found.push((id, entry.path()));
+            }
+        }
+        Ok(found)
+    }
+}
+
 /// A new snapshot's size and its origin's, both in sectors. The origin's is read
 /// once, before the snapshot is taken: its record may go with it meanwhile.
 #[derive(Debug, Clone, Copy)]
@@ -380,7 +408,7 @@ impl Inner {
     fn grow(&self, id: ThinId, kind: Kind, bytes: u64) -> Result<()> {
         let started = std::time::Instant::now();
         let device = self.activate(id, false)?;
-        let mountpoint = self.sizes.scratch.join(format!("grow-{}", id.get()));
+        let mountpoint = self.sizes.grow_mountpoint(id);
         let grown = self
             .sizes
             .grow
@@ -646,6 +674,14 @@ impl Backend for DevmapperBackend {
     ) -> rustlayer_core::Result<usize> {
         let inner = &self.inner;
         let mut removed = 0;
+        // A grow a crash interrupted left its private mount, which holds the
+        // device open: it goes first. A grow in progress has an id in flight,
+        // which the snapshotter counts as known.
+        for (thin, mountpoint) in inner.sizes.grow_mountpoints()? {
+            if !is_known(SnapshotId::new(u64::from(thin.get()))) {
+                inner.sizes.grow.release(&mountpoint)?;
+            }
+        }
         for thin in inner.active_ids()? {
             if !is_known(SnapshotId::new(u64::from(thin.get()))) {
                 inner.delete(thin)?;
@@ -793,6 +829,9 @@ mod tests {
         grown: Arc<Mutex<Vec<PathBuf>>>,
         outcome: Arc<Mutex<Outcome>>,
         gate: Arc<Mutex<Option<Gate>>>,
+        /// Released mountpoints; their devices, held open in this fake, close.
+        released: Arc<Mutex<Vec<PathBuf>>>,
+        mounts_in: Arc<Mutex<Option<RecordingDm>>>,
     }
 
     impl RecordingGrow {
@@ -858,6 +897,18 @@ mod tests {
                     Err(failed("Input/output error While trying to add group #80"))
                 }
             }
+        }
+
+        fn release(&self, mountpoint: &Path) -> Result<()> {
+            lock(&self.released).push(mountpoint.to_owned());
+            let name = mountpoint.file_name().expect("a name").to_string_lossy();
+            let id = name
+                .strip_prefix(GROW_MOUNTPOINT)
+                .expect("a grow's mountpoint");
+            if let Some(dm) = &*lock(&self.mounts_in) {
+                dm.set_open(&format!("{PREFIX}-{id}"), 0);
+            }
+            fs::remove_dir(mountpoint).map_err(Error::io("remove", mountpoint))
         }
     }
 
@@ -1137,16 +1188,21 @@ mod tests {
         assert_eq!(record(&backend, 2), None);
     }
 
-    #[test]
-    fn a_failed_growth_leaves_no_device_and_no_record() {
+    /// Prepares snapshot 1 with a max-size whose grow the tool fails with `stderr`.
+    fn fail_grow(stderr: &'static str) -> (RecordingDm, Fixture, rustlayer_core::Error) {
         let dm = RecordingDm::with_pool(POOL, 0, 100);
         let backend = backend(&dm);
-        backend.grow.then(Outcome::Fails(
-            "Invalid argument While checking for on-line resizing support",
-        ));
+        backend.grow.then(Outcome::Fails(stderr));
         let err = backend
             .stage(SnapshotId::new(1), Kind::Active, &[], &max_size(20 * GIB))
             .expect_err("growth fails");
+        (dm, backend, err)
+    }
+
+    #[test]
+    fn a_failed_growth_leaves_no_device_and_no_record() {
+        let (dm, backend, err) =
+            fail_grow("Invalid argument While checking for on-line resizing support");
         assert!(err.to_string().contains("resize2fs"), "{err}");
         assert_eq!(err.code(), rustlayer_core::Code::Internal, "{err:?}");
         assert!(!dm.has_thin(1) && !dm.is_active("test-1"));
@@ -1222,14 +1278,8 @@ mod tests {
 
     #[test]
     fn a_grow_the_filesystem_finds_no_space_for_is_resource_exhausted() {
-        let dm = RecordingDm::with_pool(POOL, 0, 100);
-        let backend = backend(&dm);
-        backend.grow.then(Outcome::Fails(
-            "XFS_IOC_FSGROWFSDATA xfsctl failed: No space left on device",
-        ));
-        let err = backend
-            .stage(SnapshotId::new(1), Kind::Active, &[], &max_size(20 * GIB))
-            .expect_err("the filesystem found no space to grow into");
+        let (dm, backend, err) =
+            fail_grow("XFS_IOC_FSGROWFSDATA xfsctl failed: No space left on device");
         assert_refused_without_a_trace(&dm, &backend, &err);
     }
 
@@ -1433,6 +1483,42 @@ mod tests {
         assert!(!dm.has_thin(2) && !dm.is_active("test-2"));
         assert!(!dm.has_thin(3));
         assert!(dm.has_thin(0), "the base device is never cleaned up");
+    }
+
+    #[test]
+    fn cleanup_unmounts_what_a_crash_mid_grow_left_then_deletes_the_device() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage_sized(&backend, 1, Kind::Active, &[], 20 * GIB);
+        stage_sized(&backend, 2, Kind::Active, &[], 20 * GIB);
+        // The daemon died inside snapshot 2's grow: its private mount stays, and
+        // holds the device open.
+        let mountpoint = backend.dir.path().join("grow-2");
+        fs::create_dir(&mountpoint).expect("mountpoint");
+        dm.set_open("test-2", 1);
+        *lock(&backend.grow.mounts_in) = Some(dm.clone());
+        let removed = backend
+            .cleanup(&|id| id.get() == 1, &[])
+            .expect("cleanup succeeds");
+        assert_eq!(removed, 1);
+        assert_eq!(*lock(&backend.grow.released), vec![mountpoint.clone()]);
+        assert!(!mountpoint.exists());
+        assert!(!dm.has_thin(2) && !dm.is_active("test-2"));
+        assert_eq!(record(&backend, 2), None);
+        assert!(dm.has_thin(1) && dm.is_active("test-1"));
+    }
+
+    #[test]
+    fn cleanup_leaves_the_mount_of_a_grow_in_progress() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage_sized(&backend, 1, Kind::Active, &[], 20 * GIB);
+        fs::create_dir(backend.dir.path().join("grow-1")).expect("mountpoint");
+        backend
+            .cleanup(&|id| id.get() == 1, &[])
+            .expect("cleanup succeeds");
+        assert!(lock(&backend.grow.released).is_empty());
+        assert!(dm.has_thin(1));
     }
 
     #[test]

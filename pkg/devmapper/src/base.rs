@@ -9,6 +9,8 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use rustlayer_core::Mount;
 use rustlayer_mount::{Mounter, sync_filesystem};
@@ -135,6 +137,9 @@ pub fn empty_root(
     removed
 }
 
+/// How long Cleanup waits for a leftover grow's mount to come free.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(60);
+
 /// The ext4 mount option that keeps the kernel from zeroing inode tables in the
 /// background. Unwritten thin blocks read as zeros already (the base is made with
 /// `assume_storage_prezeroed` for that reason), but the groups a grown filesystem
@@ -148,6 +153,10 @@ pub const EXT4_NO_ITABLE_ZEROING: &str = "noinit_itable";
 pub trait GrowFs: Send + Sync {
     /// `mountpoint` is a private path the filesystem may be mounted on meanwhile.
     fn grow(&self, fs: FsType, device: &Path, mountpoint: &Path) -> Result<()>;
+
+    /// Undoes what a grow a crash interrupted left at `mountpoint`: the mount,
+    /// which outlives the process and keeps its device open, and the directory.
+    fn release(&self, mountpoint: &Path) -> Result<()>;
 }
 
 /// Grows a filesystem while it is mounted: xfs_growfs only works on a mounted
@@ -188,6 +197,41 @@ impl<M: Mounter> GrowFs for OnlineGrow<M> {
         self.mounter.unmount(mountpoint, false)?;
         let _ = fs::remove_dir(mountpoint);
         grown
+    }
+
+    /// The tool the crashed daemon ran may outlive it, keeping the mount busy
+    /// for a moment: the unmount is retried until [`RELEASE_PATIENCE`] runs out.
+    /// (A lazy unmount would not do: the device would stay open, and busy
+    /// devices cannot be deleted.)
+    fn release(&self, mountpoint: &Path) -> Result<()> {
+        let deadline = Instant::now() + RELEASE_PATIENCE;
+        loop {
+            let errno = match self.mounter.unmount(mountpoint, false) {
+                Ok(()) => break,
+                Err(rustlayer_mount::Error::Unmount { ref source, .. }) => source.raw_os_error(),
+                Err(err) => return Err(err.into()),
+            };
+            match errno {
+                // Not (or no longer) a mount point: the crash came before the
+                // mount or after the unmount.
+                Some(libc::EINVAL | libc::ENOENT) => break,
+                Some(libc::EBUSY) if Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(100));
+                }
+                _ => {
+                    return Err(Error::Pool(format!(
+                        "{} is still mounted (errno {errno:?}); the thin device under it cannot be deleted",
+                        mountpoint.display()
+                    )));
+                }
+            }
+        }
+        match fs::remove_dir(mountpoint) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("remove", mountpoint)(err))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -242,6 +286,27 @@ mod tests {
             ]
         );
         assert!(!mountpoint.exists(), "the mountpoint is removed afterwards");
+    }
+
+    #[test]
+    fn releasing_a_leftover_grow_unmounts_it_and_removes_its_mountpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mountpoint = dir.path().join("grow-7");
+        fs::create_dir(&mountpoint).expect("mountpoint");
+        let grow = OnlineGrow {
+            mounter: RecordingMounter::default(),
+        };
+        grow.release(&mountpoint).expect("release succeeds");
+        assert_eq!(
+            grow.mounter.calls(),
+            vec![MountCall::Unmount {
+                target: mountpoint.clone(),
+                lazy: false,
+            }]
+        );
+        assert!(!mountpoint.exists());
+        grow.release(&mountpoint)
+            .expect("releasing what is gone is fine");
     }
 
     #[test]
