@@ -22,7 +22,7 @@ use crate::config::{DevmapperConfig, FsType};
 use crate::dm::{Deactivated, DeviceMapper, Dm};
 use crate::error::{Error, Result};
 use crate::pool::{Deleted, ManagedPool, Pool, ThinId};
-use crate::sizes::DeviceSizes;
+use crate::sizes::{DeviceSizes, named_by_thin_id};
 
 /// Thin id 0 is the base device; the store never hands out snapshot id 0.
 const BASE: ThinId = ThinId::BASE;
@@ -76,21 +76,7 @@ impl Resizing {
 
     /// The private mountpoints grows left, with their devices' ids.
     fn grow_mountpoints(&self) -> Result<Vec<(ThinId, PathBuf)>> {
-        let entries = fs::read_dir(&self.scratch).map_err(Error::io("list", &self.scratch))?;
-        let mut found = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(Error::io("list", &self.scratch))?;
-            if let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.strip_prefix(GROW_MOUNTPOINT))
-                .and_then(|id| id.parse().ok())
-                .and_then(ThinId::new)
-            {
-                found.push((id, entry.path()));
-            }
-        }
-        Ok(found)
+        named_by_thin_id(&self.scratch, GROW_MOUNTPOINT)
     }
 }
 

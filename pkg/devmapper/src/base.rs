@@ -137,8 +137,8 @@ pub fn empty_root(
     removed
 }
 
-/// How long Cleanup waits for a leftover grow's mount to come free.
-const RELEASE_PATIENCE: Duration = Duration::from_secs(60);
+/// How long a grow's private mount is waited for to come free.
+const UNMOUNT_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The ext4 mount option that keeps the kernel from zeroing inode tables in the
 /// background. Unwritten thin blocks read as zeros already (the base is made with
@@ -194,43 +194,47 @@ impl<M: Mounter> GrowFs for OnlineGrow<M> {
             // while the snapshot can still be refused.
             sync_filesystem(mountpoint).map_err(Error::from)
         });
-        self.mounter.unmount(mountpoint, false)?;
+        self.unmount_patiently(mountpoint)?;
         let _ = fs::remove_dir(mountpoint);
         grown
     }
 
-    /// The tool the crashed daemon ran may outlive it, keeping the mount busy
-    /// for a moment: the unmount is retried until [`RELEASE_PATIENCE`] runs out.
-    /// (A lazy unmount would not do: the device would stay open, and busy
-    /// devices cannot be deleted.)
     fn release(&self, mountpoint: &Path) -> Result<()> {
-        let deadline = Instant::now() + RELEASE_PATIENCE;
-        loop {
-            let errno = match self.mounter.unmount(mountpoint, false) {
-                Ok(()) => break,
-                Err(rustlayer_mount::Error::Unmount { ref source, .. }) => source.raw_os_error(),
-                Err(err) => return Err(err.into()),
-            };
-            match errno {
-                // Not (or no longer) a mount point: the crash came before the
-                // mount or after the unmount.
-                Some(libc::EINVAL | libc::ENOENT) => break,
-                Some(libc::EBUSY) if Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(100));
-                }
-                _ => {
-                    return Err(Error::Pool(format!(
-                        "{} is still mounted (errno {errno:?}); the thin device under it cannot be deleted",
-                        mountpoint.display()
-                    )));
-                }
-            }
-        }
+        self.unmount_patiently(mountpoint)?;
         match fs::remove_dir(mountpoint) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
                 Err(Error::io("remove", mountpoint)(err))
             }
             _ => Ok(()),
+        }
+    }
+}
+
+impl<M: Mounter> OnlineGrow<M> {
+    /// Unmounts `mountpoint`, waiting up to [`UNMOUNT_PATIENCE`] while something
+    /// else holds it for a moment: a process the daemon starts meanwhile holds a
+    /// copy of its descriptors (the one syncfs used among them) until it execs, and
+    /// the tool a crashed daemon ran outlives it. A lazy unmount would not do: the
+    /// device would stay open, and an open device cannot be deleted. Not being a
+    /// mount point is fine: a crash came before the mount or after the unmount.
+    fn unmount_patiently(&self, mountpoint: &Path) -> Result<()> {
+        let deadline = Instant::now() + UNMOUNT_PATIENCE;
+        loop {
+            let err = match self.mounter.unmount(mountpoint, false) {
+                Ok(()) => return Ok(()),
+                Err(err) => err,
+            };
+            let errno = match &err {
+                rustlayer_mount::Error::Unmount { source, .. } => source.raw_os_error(),
+                _ => None,
+            };
+            match errno {
+                Some(libc::EINVAL | libc::ENOENT) => return Ok(()),
+                Some(libc::EBUSY) if Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(100));
+                }
+                _ => return Err(err.into()),
+            }
         }
     }
 }
@@ -307,6 +311,48 @@ mod tests {
         assert!(!mountpoint.exists());
         grow.release(&mountpoint)
             .expect("releasing what is gone is fine");
+    }
+
+    /// Refuses the first `busy` unmounts with EBUSY, as a mount something else
+    /// holds for a moment.
+    struct BusyAtFirst {
+        busy: std::sync::Mutex<u32>,
+        tries: std::sync::Mutex<u32>,
+    }
+
+    impl Mounter for BusyAtFirst {
+        fn mount(&self, _mount: &Mount, _target: &Path) -> rustlayer_mount::Result<()> {
+            Ok(())
+        }
+
+        fn unmount(&self, target: &Path, _lazy: bool) -> rustlayer_mount::Result<()> {
+            *rustlayer_core::sync::lock(&self.tries) += 1;
+            let mut busy = rustlayer_core::sync::lock(&self.busy);
+            if *busy == 0 {
+                return Ok(());
+            }
+            *busy -= 1;
+            Err(rustlayer_mount::Error::Unmount {
+                target: target.to_owned(),
+                source: std::io::Error::from_raw_os_error(libc::EBUSY),
+            })
+        }
+    }
+
+    #[test]
+    fn a_mount_busy_for_a_moment_is_unmounted_once_it_comes_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mountpoint = dir.path().join("grow-7");
+        fs::create_dir(&mountpoint).expect("mountpoint");
+        let grow = OnlineGrow {
+            mounter: BusyAtFirst {
+                busy: 2.into(),
+                tries: 0.into(),
+            },
+        };
+        grow.release(&mountpoint).expect("release waits it out");
+        assert_eq!(*rustlayer_core::sync::lock(&grow.mounter.tries), 3);
+        assert!(!mountpoint.exists());
     }
 
     #[test]
