@@ -193,6 +193,18 @@ pub async fn thin_pool_matches_metadata(c: &Client, root: &Path, when: &str) {
         "{when}: the pool's thin devices (left) are not the base plus one per snapshot (right)"
     );
 
+    // A device's size record (max-size) lives exactly as long as its device.
+    let recorded: Vec<u64> = fs::read_dir(root.join("devmapper").join("sizes"))
+        .expect("the size records")
+        .filter_map(|e| e.expect("a size record").file_name().to_str()?.parse().ok())
+        .collect();
+    for id in recorded {
+        assert!(
+            rows.contains_key(&id),
+            "{when}: a size record for thin device {id}, which no snapshot owns"
+        );
+    }
+
     let active: BTreeSet<u64> = dm_names()
         .iter()
         .filter_map(|name| name.strip_prefix(&format!("{prefix}-")))

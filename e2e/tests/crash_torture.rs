@@ -1,6 +1,9 @@
 //! SIGKILL at random instants while clients prepare, write, commit, view and remove.
 //! On overlay, half the layers are made as containerd 2.2's parallel unpack makes
-//! them: prepared without a parent, committed onto it (a rebase).
+//! them: prepared without a parent, committed onto it (a rebase). On devmapper, a
+//! third of the layers are prepared with a `max-size` above the base, so kills
+//! land while filesystems grow, and every grown snapshot (and every snapshot of a
+//! grown layer) must mount at its size after each restart.
 //! After every restart the daemon must hold exactly what it acknowledged: every
 //! acknowledged commit committed with its parent, every acknowledged removal gone,
 //! an operation whose answer never came either wholly done or not at all, every
@@ -23,7 +26,7 @@ use rustlayer_api::snapshots as pb;
 use rustlayer_e2e::support::{
     Rng, env_or, require_device_mapper, storage_matches_metadata, thin_pool_matches_metadata,
 };
-use rustlayer_e2e::{Client, Daemon, Mounted, require_root};
+use rustlayer_e2e::{Client, Daemon, Labels, Mounted, require_root};
 use rustlayer_mount::{LinuxProjectQuota, ProjectQuota};
 use tonic::Code;
 
@@ -36,6 +39,10 @@ const MAX_CHAIN: usize = 6;
 const MIN_OPS_BEFORE_KILL: usize = 2;
 const MAX_OPS_BEFORE_KILL: usize = 15;
 const MAX_KILL_JITTER_US: usize = 30_000;
+/// The devmapper daemon's base filesystem, and the `max-size` a grown layer asks.
+const DEVMAPPER_BASE_BYTES: u64 = 64 << 20;
+const GROWN_BYTES: u64 = 256 << 20;
+const GROWN_PERCENT: u64 = 33;
 
 // ---------------------------------------------------------------------------------
 // The model: what the daemon has acknowledged.
@@ -63,6 +70,9 @@ struct Snap {
     parent: String,
     /// The file written into this snapshot's own layer, named as its content.
     file: Option<String>,
+    /// The size its filesystem was grown to, by its own `max-size` or its
+    /// parent's; `None` at the base size.
+    bytes: Option<u64>,
 }
 
 /// A request sent whose answer has not arrived (yet, or ever: the daemon was killed).
@@ -72,6 +82,7 @@ enum Pending {
         key: String,
         parent: String,
         kind: Kind,
+        bytes: Option<u64>,
     },
     Commit {
         name: String,
@@ -103,6 +114,8 @@ struct Model {
     /// Of which committed onto a parent the layer was not prepared on.
     acked_rebases: u64,
     acked_removes: u64,
+    /// Prepares acknowledged with a `max-size` above their parent's size.
+    acked_grows: u64,
     ops: u64,
     /// Ambiguous outcomes resolved after a restart, by how they turned out.
     resolved: BTreeMap<String, u64>,
@@ -119,6 +132,8 @@ struct Round {
     mounted: Arc<AtomicU64>,
     /// Whether the backend can commit a layer onto a parent it was not prepared on.
     rebase: bool,
+    /// Whether some layers ask for a filesystem larger than the base (devmapper).
+    grow: bool,
 }
 
 enum Step {
@@ -192,15 +207,27 @@ async fn rpc<T>(
     }
 }
 
-/// Mounts `mounts` and checks that every file of `layers` is there with its content;
-/// writes `write` if given. Runs on a blocking thread: mount(2) and file I/O.
+/// Mounts `mounts` and checks that every file of `layers` is there with its content,
+/// and that the filesystem was grown to `bytes` if given; writes `write` if given.
+/// Runs on a blocking thread: mount(2) and file I/O.
 async fn mount_check_write(
     mounts: Vec<rustlayer_core::Mount>,
     layers: Vec<String>,
+    bytes: Option<u64>,
     write: Option<String>,
 ) {
     tokio::task::spawn_blocking(move || {
         let m = Mounted::new(&mounts);
+        if let Some(bytes) = bytes {
+            let stat = rustix::fs::statvfs(m.path()).expect("statvfs of the mount");
+            let size = stat.f_blocks * stat.f_frsize;
+            // Its own metadata takes a little of a filesystem, never a quarter;
+            // one at the base size is a quarter of this.
+            assert!(
+                size <= bytes && size >= bytes / 4 * 3,
+                "a filesystem of {size} bytes where {bytes} were grown (mounts {mounts:?})"
+            );
+        }
         for file in &layers {
             let content = fs::read_to_string(m.path().join(file))
                 .unwrap_or_else(|e| panic!("layer file {file}: {e} (mounts {mounts:?})"));
@@ -260,20 +287,43 @@ async fn worker(round: Arc<Round>, w: usize) -> Option<()> {
                 } else {
                     parent.clone()
                 };
+                let (labels, bytes, grows) = {
+                    let mut m = round.model.lock().unwrap();
+                    let inherited = m.present.get(&prepared_on).and_then(|p| p.bytes);
+                    if round.grow && m.workers[w].rng.chance(GROWN_PERCENT) {
+                        let labels = [(
+                            rustlayer_core::MAX_SIZE_LABEL.to_owned(),
+                            GROWN_BYTES.to_string(),
+                        )]
+                        .into();
+                        (labels, Some(GROWN_BYTES), inherited.is_none())
+                    } else {
+                        (Labels::new(), inherited, false)
+                    }
+                };
                 let pending = Pending::Create {
                     key: key.clone(),
                     parent: prepared_on.clone(),
                     kind: Kind::Active,
+                    bytes,
                 };
-                let mounts = rpc(&round, w, pending, c.prepare(&key, &prepared_on)).await?;
+                let mounts = rpc(
+                    &round,
+                    w,
+                    pending,
+                    c.prepare_labeled(&key, &prepared_on, labels),
+                )
+                .await?;
                 let layers = {
                     let mut m = round.model.lock().unwrap();
+                    m.acked_grows += u64::from(grows);
                     m.present.insert(
                         key.clone(),
                         Snap {
                             kind: Kind::Active,
                             parent: prepared_on.clone(),
                             file: None,
+                            bytes,
                         },
                     );
                     m.workers[w].extras.push(key.clone());
@@ -283,7 +333,7 @@ async fn worker(round: Arc<Round>, w: usize) -> Option<()> {
                         m.workers[w].chain.clone()
                     }
                 };
-                mount_check_write(mounts, layers.clone(), Some(name.clone())).await;
+                mount_check_write(mounts, layers.clone(), bytes, Some(name.clone())).await;
                 round.mounted.fetch_add(1, Ordering::Relaxed);
                 round
                     .model
@@ -322,6 +372,7 @@ async fn worker(round: Arc<Round>, w: usize) -> Option<()> {
                         key: view.clone(),
                         parent: name.clone(),
                         kind: Kind::View,
+                        bytes,
                     };
                     let mounts = rpc(&round, w, pending, c.view(&view, &name)).await?;
                     let layers = {
@@ -332,12 +383,13 @@ async fn worker(round: Arc<Round>, w: usize) -> Option<()> {
                                 kind: Kind::View,
                                 parent: name.clone(),
                                 file: None,
+                                bytes,
                             },
                         );
                         m.workers[w].extras.push(view.clone());
                         m.workers[w].chain.clone()
                     };
-                    mount_check_write(mounts, layers, None).await;
+                    mount_check_write(mounts, layers, bytes, None).await;
                     round.mounted.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -369,7 +421,12 @@ async fn resolve(c: &Client, model: &Mutex<Model>) {
     };
     for (w, pending) in pendings {
         match pending {
-            Pending::Create { key, parent, kind } => {
+            Pending::Create {
+                key,
+                parent,
+                kind,
+                bytes,
+            } => {
                 let found = stat(c, &key).await;
                 let mut m = model.lock().unwrap();
                 let outcome = match found {
@@ -382,6 +439,7 @@ async fn resolve(c: &Client, model: &Mutex<Model>) {
                                 kind,
                                 parent,
                                 file: None,
+                                bytes,
                             },
                         );
                         m.workers[w].extras.push(key);
@@ -603,8 +661,7 @@ async fn check(c: &Client, root: &Path, storage: Storage, model: &Mutex<Model>, 
             .await
             .unwrap_or_else(|s| panic!("{when}: Mounts {key}: {s:?}"));
         let files = layer_files(&present, key);
-        let _ = snap;
-        mount_check_write(mounts, files, None).await;
+        mount_check_write(mounts, files, snap.bytes, None).await;
     }
 
     match storage {
@@ -635,8 +692,10 @@ async fn sigkill_at_random_instants_loses_nothing_acknowledged_on_devmapper() {
     // A small base keeps mkfs quick; the pool's files are sparse.
     fs::write(
         config.path(),
-        "backend = \"devmapper\"\n[devmapper]\npool_data_size = \"2GiB\"\n\
-         pool_metadata_size = \"64MiB\"\nbase_image_size = \"64MiB\"\n",
+        format!(
+            "backend = \"devmapper\"\n[devmapper]\npool_data_size = \"2GiB\"\n\
+             pool_metadata_size = \"64MiB\"\nbase_image_size = \"{DEVMAPPER_BASE_BYTES}\"\n"
+        ),
     )
     .expect("write config");
     let daemon = Daemon::start_with(&["--config", config.path().to_str().unwrap()]);
@@ -697,6 +756,7 @@ async fn torture(mut daemon: Daemon, storage: Storage) {
             killed: Arc::new(AtomicBool::new(false)),
             mounted: Arc::new(AtomicU64::new(0)),
             rebase: storage.is_overlay(),
+            grow: matches!(storage, Storage::Devmapper),
         });
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| tokio::spawn(worker(Arc::clone(&round), w)))
@@ -750,17 +810,27 @@ async fn torture(mut daemon: Daemon, storage: Storage) {
     println!(
         "{storage:?}: kills survived: {kills} in {:.1?} (seed {seed:#x}); operations acknowledged: {}; \
          commits acknowledged: {} ({} rebased), checked {commits_checked} times; removals acknowledged: {}; \
-         snapshots left: {}; mounts written through: {mounted}; lost answers resolved: {:?}",
+         grown prepares acknowledged: {}; snapshots left: {}; mounts written through: {mounted}; \
+         lost answers resolved: {:?}",
         started.elapsed(),
         m.ops,
         m.acked_commits,
         m.acked_rebases,
         m.acked_removes,
+        m.acked_grows,
         m.present.len(),
         m.resolved
     );
     println!("errors clients saw at the kills: {:#?}", m.kill_errors);
     assert!(m.acked_commits >= kills, "too little work between kills");
+    if matches!(storage, Storage::Devmapper) {
+        assert!(
+            m.acked_grows * 10 >= m.acked_commits,
+            "too few grown prepares: {} for {} commits",
+            m.acked_grows,
+            m.acked_commits
+        );
+    }
     if storage.is_overlay() {
         assert!(
             m.acked_rebases * 4 >= m.acked_commits,

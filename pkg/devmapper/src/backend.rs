@@ -22,7 +22,7 @@ use crate::config::{DevmapperConfig, FsType};
 use crate::dm::{Deactivated, DeviceMapper, Dm};
 use crate::error::{Error, Result};
 use crate::pool::{Deleted, ManagedPool, Pool, ThinId};
-use crate::sizes::DeviceSizes;
+use crate::sizes::{DeviceSizes, named_by_thin_id};
 
 /// Thin id 0 is the base device; the store never hands out snapshot id 0.
 const BASE: ThinId = ThinId::BASE;
@@ -60,8 +60,39 @@ struct Inner {
     config: DevmapperConfig,
     sizes: Resizing,
     /// Pool messages and the activation state they depend on (a snapshot's origin
-    /// must be inactive or suspended) change together.
+    /// must be inactive or suspended) change together. Held only for such short
+    /// steps: growing a new snapshot's filesystem (seconds) runs outside it, see
+    /// [`Inner::make`].
     lock: Mutex<()>,
+}
+
+/// A grow's private mountpoint is `<scratch>/grow-<thin id>`.
+const GROW_MOUNTPOINT: &str = "grow-";
+
+impl Resizing {
+    fn grow_mountpoint(&self, id: ThinId) -> PathBuf {
+        self.scratch.join(format!("{GROW_MOUNTPOINT}{}", id.get()))
+    }
+
+    /// The private mountpoints grows left, with their devices' ids.
+    fn grow_mountpoints(&self) -> Result<Vec<(ThinId, PathBuf)>> {
+        named_by_thin_id(&self.scratch, GROW_MOUNTPOINT)
+    }
+}
+
+/// A new snapshot's size and its origin's, both in sectors. The origin's is read
+/// once, before the snapshot is taken: its record may go with it meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct Sizing {
+    sectors: u64,
+    origin_sectors: u64,
+}
+
+impl Sizing {
+    /// Whether the copied filesystem must be grown to fill the new device.
+    fn grows(self) -> bool {
+        self.sectors > self.origin_sectors
+    }
 }
 
 /// What a snapshot larger than the base needs: the durable size of every such
@@ -306,31 +337,52 @@ impl Inner {
         created
     }
 
-    /// Makes a new snapshot `id` of `origin`, `sectors` large, activated as `kind`
-    /// needs (a committed layer stays inactive). Its size is recorded durably
-    /// before the device exists; a failure leaves neither behind.
-    fn make(&self, id: ThinId, origin: ThinId, sectors: u64, kind: Kind) -> Result<()> {
-        if sectors == self.sectors {
+    /// Makes a new snapshot `id` of `origin`, as large as `sizing` says, activated
+    /// as `kind` needs (a committed layer stays inactive). A failure leaves neither
+    /// device nor size record behind.
+    ///
+    /// Only the thin snapshot itself is taken under the backend's lock; growing its
+    /// filesystem, the slow part, is not, so other Prepares, Commits, Removes and
+    /// Usage calls go on meanwhile. That is safe because:
+    /// - nothing else touches `id` meanwhile: the store reserved it for this
+    ///   Prepare alone, and Cleanup counts ids in flight as known;
+    /// - after `create_snap` the new device shares its origin's blocks by
+    ///   reference, so the origin's device may be deleted under a growing child
+    ///   without taking anything from it. A Remove of the parent is never held up
+    ///   by a child's Prepare: if the parent's device goes before the snapshot,
+    ///   the snapshot fails; if after, the Prepare's transaction finds the parent
+    ///   gone. Either way the Prepare answers NotFound and its device is deleted;
+    /// - a crash at any instant leaves at worst a size record and a device under
+    ///   an id the store still holds reserved and no row names, which Cleanup
+    ///   deletes at the next start.
+    fn make(&self, id: ThinId, origin: ThinId, sizing: Sizing, kind: Kind) -> Result<()> {
+        // The size is durable before the device exists, so a device is never
+        // activated at the wrong size after a crash.
+        if sizing.sectors == self.sectors {
             self.sizes.records.forget(id)?;
         } else {
-            self.sizes.records.record(id, sectors * SECTOR)?;
+            self.sizes.records.record(id, sizing.sectors * SECTOR)?;
         }
-        let made = self.snapshot(id, origin).and_then(|()| {
-            let activated = if sectors > self.sectors_of(origin)? {
-                self.grow(id, kind)
-            } else {
-                Ok(())
-            };
-            activated.and_then(|()| match kind {
+        let snapshot = {
+            let _guard = lock(&self.lock);
+            self.snapshot(id, origin)
+        };
+        let made = snapshot
+            .and_then(|()| {
+                if sizing.grows() {
+                    self.grow(id, kind, sizing.sectors * SECTOR)
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| match kind {
                 Kind::Committed => Ok(()),
                 _ => self.activate(id, kind == Kind::View).map(|_| ()),
-            })
-        });
+            });
         if let Err(err) = made {
-            let _ = self
-                .deactivate(id)
-                .and_then(|()| self.pool.delete(&*self.dm, id))
-                .and_then(|_| self.sizes.records.forget(id));
+            if let Err(left) = self.delete(id) {
+                warn!(thin = id.get(), %left, "half-made thin device left for Cleanup");
+            }
             return Err(err);
         }
         Ok(())
@@ -339,21 +391,35 @@ impl Inner {
     /// Grows the origin's filesystem, copied into a larger device, to fill it. The
     /// device is activated writable for it; anything but an active snapshot is
     /// deactivated again, to be activated as its kind needs.
-    fn grow(&self, id: ThinId, kind: Kind) -> Result<()> {
+    fn grow(&self, id: ThinId, kind: Kind, bytes: u64) -> Result<()> {
         let started = std::time::Instant::now();
         let device = self.activate(id, false)?;
-        let mountpoint = self.sizes.scratch.join(format!("grow-{}", id.get()));
+        let mountpoint = self.sizes.grow_mountpoint(id);
         let grown = self
             .sizes
             .grow
-            .grow(self.config.fs_type, &device_path(device), &mountpoint);
+            .grow(self.config.fs_type, &device_path(device), &mountpoint)
+            .map_err(|err| self.blame_full_pool(err, id, bytes));
         if kind != Kind::Active {
             self.deactivate(id)?;
         }
         grown?;
+        // A write the pool refused may not reach the tool (ext4 writes its new
+        // group descriptors back later): a grow the pool ran out of space under
+        // is not trusted, whatever the tool said.
+        let usage = self.pool.usage(&*self.dm)?;
+        if usage.is_out_of_space() {
+            return Err(Error::PoolFull(format!(
+                "thin pool {} ran out of space while the filesystem of thin device {} grew \
+                 to {bytes} bytes ({}); remove unused images or grow the pool",
+                self.pool.name(),
+                id.get(),
+                usage.figures()
+            )));
+        }
         info!(
             thin = id.get(),
-            bytes = self.sectors_of(id)? * SECTOR,
+            bytes,
             fs = %self.config.fs_type,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "filesystem grown to the snapshot's max-size"
@@ -361,13 +427,35 @@ impl Inner {
         Ok(())
     }
 
+    /// A grow that failed because the pool ran out of space: dm-thin then puts the
+    /// pool in `out_of_data_space` mode (read-only when its metadata ran out) and
+    /// fails the filesystem's writes with ENOSPC, which the tool may only report as
+    /// an I/O error or an aborted journal. So the pool is asked, and asked before
+    /// the device is deleted: the deletion frees blocks, and the pool's next commit
+    /// puts it back into `rw` mode.
+    fn blame_full_pool(&self, err: Error, id: ThinId, bytes: u64) -> Error {
+        match self.pool.usage(&*self.dm) {
+            Ok(usage) if usage.is_out_of_space() => Error::GrowOutOfSpace {
+                thin: id.get(),
+                bytes,
+                pool: self.pool.name().to_owned(),
+                figures: usage.figures(),
+                source: Box::new(err),
+            },
+            _ => err,
+        }
+    }
+
     /// The size a new snapshot of `origin` gets: the origin's, or `max-size` when
     /// the labels ask for more. Less than the origin is refused: a thin snapshot
     /// carries its origin's whole filesystem, which cannot shrink.
-    fn size_for(&self, origin: ThinId, labels: &Labels) -> rustlayer_core::Result<u64> {
+    fn size_for(&self, origin: ThinId, labels: &Labels) -> rustlayer_core::Result<Sizing> {
         let origin_sectors = self.sectors_of(origin)?;
         let Some(bytes) = validate::max_size(labels)? else {
-            return Ok(origin_sectors);
+            return Ok(Sizing {
+                sectors: origin_sectors,
+                origin_sectors,
+            });
         };
         let sectors = bytes
             .checked_next_multiple_of(BLOCK)
@@ -389,7 +477,10 @@ impl Inner {
                 }
             )));
         }
-        Ok(sectors)
+        Ok(Sizing {
+            sectors,
+            origin_sectors,
+        })
     }
 
     fn thin_usage(&self, id: ThinId) -> Result<Usage> {
@@ -481,10 +572,9 @@ impl Backend for DevmapperBackend {
             Some(parent) => thin_id(*parent)?,
             None => BASE,
         };
-        let sectors = inner.size_for(origin, labels)?;
+        let sizing = inner.size_for(origin, labels)?;
         inner.check_space()?;
-        let _guard = lock(&inner.lock);
-        inner.make(thin, origin, sectors, kind)?;
+        inner.make(thin, origin, sizing, kind)?;
         Ok(Staged::new(id.get().to_string()))
     }
 
@@ -570,6 +660,14 @@ impl Backend for DevmapperBackend {
     ) -> rustlayer_core::Result<usize> {
         let inner = &self.inner;
         let mut removed = 0;
+        // A grow a crash interrupted left its private mount, which holds the
+        // device open: it goes first. A grow in progress has an id in flight,
+        // which the snapshotter counts as known.
+        for (thin, mountpoint) in inner.sizes.grow_mountpoints()? {
+            if !is_known(SnapshotId::new(u64::from(thin.get()))) {
+                inner.sizes.grow.release(&mountpoint)?;
+            }
+        }
         for thin in inner.active_ids()? {
             if !is_known(SnapshotId::new(u64::from(thin.get()))) {
                 inner.delete(thin)?;
@@ -672,6 +770,10 @@ fn node(device: Device) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Condvar, PoisonError, mpsc};
+    use std::thread;
+    use std::time::Duration;
+
     use rustlayer_mount::RecordingLoopAttacher;
 
     use super::*;
@@ -687,30 +789,125 @@ mod tests {
         }
     }
 
-    /// Remembers which devices it grew, and fails when told to.
+    /// How long a test waits for something that should happen at once.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// What the fake grow does after recording the device.
+    #[derive(Clone, Default)]
+    enum Outcome {
+        #[default]
+        Grows,
+        /// The tool fails with this on its stderr.
+        Fails(&'static str),
+        /// The pool runs out of data space under the grow, as a real one does when
+        /// the grown filesystem's new metadata does not fit, and the tool reports
+        /// only the I/O error its writes got.
+        ExhaustsPool(RecordingDm),
+    }
+
+    /// A gate every grow waits at, and the channel it says so on.
+    type Gate = (mpsc::Sender<PathBuf>, Arc<(Mutex<bool>, Condvar)>);
+
+    /// Remembers which devices it grew, fails when told to, and waits at a gate
+    /// when one is set (a grow takes seconds on a real pool).
     #[derive(Clone, Default)]
     struct RecordingGrow {
         grown: Arc<Mutex<Vec<PathBuf>>>,
-        fail: Arc<Mutex<bool>>,
+        outcome: Arc<Mutex<Outcome>>,
+        gate: Arc<Mutex<Option<Gate>>>,
+        /// Released mountpoints; their devices, held open in this fake, close.
+        released: Arc<Mutex<Vec<PathBuf>>>,
+        mounts_in: Arc<Mutex<Option<RecordingDm>>>,
     }
 
     impl RecordingGrow {
         fn grown(&self) -> Vec<PathBuf> {
             lock(&self.grown).clone()
         }
+
+        fn then(&self, outcome: Outcome) {
+            *lock(&self.outcome) = outcome;
+        }
+
+        /// From now on every grow waits until the returned [`Held`] is released.
+        fn hold(&self) -> Held {
+            let (started, receiver) = mpsc::channel();
+            let released = Arc::new((Mutex::new(false), Condvar::new()));
+            *lock(&self.gate) = Some((started, Arc::clone(&released)));
+            Held { receiver, released }
+        }
+    }
+
+    /// Grows held at the gate.
+    struct Held {
+        receiver: mpsc::Receiver<PathBuf>,
+        released: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl Held {
+        /// The device of the next grow to reach the gate.
+        fn started(&self) -> PathBuf {
+            self.receiver
+                .recv_timeout(DEADLINE)
+                .expect("a grow reaches the gate")
+        }
+
+        fn release(&self) {
+            let (released, wake) = &*self.released;
+            *lock(released) = true;
+            wake.notify_all();
+        }
     }
 
     impl GrowFs for RecordingGrow {
         fn grow(&self, _fs: FsType, device: &Path, _mountpoint: &Path) -> Result<()> {
             lock(&self.grown).push(device.to_owned());
-            if *lock(&self.fail) {
-                return Err(Error::FsTool {
-                    command: format!("resize2fs {}", device.display()),
-                    detail: "no space".into(),
-                });
+            let gate = lock(&self.gate).clone();
+            if let Some((started, released)) = gate {
+                let _ = started.send(device.to_owned());
+                let (released, wake) = &*released;
+                let mut open = lock(released);
+                while !*open {
+                    open = wake.wait(open).unwrap_or_else(PoisonError::into_inner);
+                }
             }
-            Ok(())
+            let failed = |detail: &str| Error::FsTool {
+                command: format!("resize2fs {}", device.display()),
+                detail: detail.to_owned(),
+            };
+            match lock(&self.outcome).clone() {
+                Outcome::Grows => Ok(()),
+                Outcome::Fails(detail) => Err(failed(detail)),
+                Outcome::ExhaustsPool(dm) => {
+                    dm.set_pool_out_of_data_space(POOL);
+                    Err(failed("Input/output error While trying to add group #80"))
+                }
+            }
         }
+
+        fn release(&self, mountpoint: &Path) -> Result<()> {
+            lock(&self.released).push(mountpoint.to_owned());
+            let name = mountpoint.file_name().expect("a name").to_string_lossy();
+            let id = name
+                .strip_prefix(GROW_MOUNTPOINT)
+                .expect("a grow's mountpoint");
+            if let Some(dm) = &*lock(&self.mounts_in) {
+                dm.set_open(&format!("{PREFIX}-{id}"), 0);
+            }
+            fs::remove_dir(mountpoint).map_err(Error::io("remove", mountpoint))
+        }
+    }
+
+    /// Runs `work` on a thread of `scope` and waits at most [`DEADLINE`] for it:
+    /// None if it did not finish by then (it is still waited for when the scope
+    /// ends).
+    fn finishes_meanwhile<'scope, T: Send + 'scope>(
+        scope: &'scope thread::Scope<'scope, '_>,
+        work: impl FnOnce() -> T + Send + 'scope,
+    ) -> Option<T> {
+        let (done, finished) = mpsc::channel();
+        scope.spawn(move || done.send(work()));
+        finished.recv_timeout(DEADLINE).ok()
     }
 
     /// A backend under a temporary directory (its size records), and its fakes.
@@ -977,17 +1174,195 @@ mod tests {
         assert_eq!(record(&backend, 2), None);
     }
 
-    #[test]
-    fn a_failed_growth_leaves_no_device_and_no_record() {
+    /// Prepares snapshot 1 with a max-size whose grow the tool fails with `stderr`.
+    fn fail_grow(stderr: &'static str) -> (RecordingDm, Fixture, rustlayer_core::Error) {
         let dm = RecordingDm::with_pool(POOL, 0, 100);
         let backend = backend(&dm);
-        *lock(&backend.grow.fail) = true;
+        backend.grow.then(Outcome::Fails(stderr));
         let err = backend
             .stage(SnapshotId::new(1), Kind::Active, &[], &max_size(20 * GIB))
             .expect_err("growth fails");
+        (dm, backend, err)
+    }
+
+    #[test]
+    fn a_failed_growth_leaves_no_device_and_no_record() {
+        let (dm, backend, err) =
+            fail_grow("Invalid argument While checking for on-line resizing support");
         assert!(err.to_string().contains("resize2fs"), "{err}");
+        assert_eq!(err.code(), rustlayer_core::Code::Internal, "{err:?}");
         assert!(!dm.has_thin(1) && !dm.is_active("test-1"));
         assert_eq!(record(&backend, 1), None);
+    }
+
+    /// What a refused grow must leave: no device, no activation, no size record,
+    /// and the next Prepare works.
+    fn assert_refused_without_a_trace(
+        dm: &RecordingDm,
+        backend: &Fixture,
+        err: &rustlayer_core::Error,
+    ) {
+        assert_eq!(
+            err.code(),
+            rustlayer_core::Code::ResourceExhausted,
+            "{err:?}"
+        );
+        assert!(!dm.has_thin(1) && !dm.is_active("test-1"));
+        assert_eq!(record(backend, 1), None);
+        assert!(
+            fs::read_dir(backend.dir.path())
+                .expect("the root")
+                .all(|entry| !entry
+                    .expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("grow-")),
+            "no private mountpoint is left"
+        );
+    }
+
+    #[test]
+    fn a_grow_that_runs_the_pool_out_of_space_is_resource_exhausted_and_leaves_nothing() {
+        let dm = RecordingDm::with_pool(POOL, 40, 100);
+        let backend = backend(&dm);
+        backend.grow.then(Outcome::ExhaustsPool(dm.clone()));
+        let err = backend
+            .stage(SnapshotId::new(1), Kind::Active, &[], &max_size(20 * GIB))
+            .expect_err("the pool ran out of space under the grow");
+        assert_refused_without_a_trace(&dm, &backend, &err);
+        let message = err.to_string();
+        for part in [
+            POOL,
+            "out of space",
+            "21474836480 bytes",
+            "Input/output error",
+        ] {
+            assert!(message.contains(part), "{part:?} missing from {message}");
+        }
+    }
+
+    #[test]
+    fn a_grow_the_tool_reports_done_on_a_pool_out_of_space_is_not_trusted() {
+        let dm = RecordingDm::with_pool(POOL, 40, 100);
+        let backend = backend(&dm);
+        let held = backend.grow.hold();
+        thread::scope(|scope| {
+            let growing = scope.spawn(|| {
+                backend.stage(SnapshotId::new(1), Kind::Active, &[], &max_size(20 * GIB))
+            });
+            held.started();
+            dm.set_pool_out_of_data_space(POOL);
+            held.release();
+            let err = growing
+                .join()
+                .expect("no panic")
+                .expect_err("the grow's writes may have been refused");
+            assert_refused_without_a_trace(&dm, &backend, &err);
+            assert!(err.to_string().contains(POOL), "{err}");
+        });
+    }
+
+    #[test]
+    fn a_grow_the_filesystem_finds_no_space_for_is_resource_exhausted() {
+        let (dm, backend, err) =
+            fail_grow("XFS_IOC_FSGROWFSDATA xfsctl failed: No space left on device");
+        assert_refused_without_a_trace(&dm, &backend, &err);
+    }
+
+    #[test]
+    fn a_grow_in_progress_holds_up_no_other_snapshot() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 3, Kind::Committed, &[]);
+        let held = backend.grow.hold();
+        let parents = [SnapshotId::new(3)];
+        let other = SnapshotRef {
+            id: SnapshotId::new(2),
+            kind: Kind::Active,
+            parents: &parents,
+        };
+        thread::scope(|scope| {
+            let growing = scope.spawn(|| {
+                backend.stage(SnapshotId::new(1), Kind::Active, &[], &max_size(20 * GIB))
+            });
+            held.started();
+            // What containerd does meanwhile: unpack another layer (Prepare,
+            // Usage, Commit) and remove it again. (Mounts needs a real /dev.)
+            let others = finishes_meanwhile(scope, || {
+                backend.stage(other.id, Kind::Active, &parents, &Labels::new())?;
+                backend.usage(other)?;
+                backend.seal(other)?;
+                backend.remove(other.id)
+            });
+            held.release();
+            let grown = growing.join().expect("the grow does not panic");
+            let others = others.expect("another snapshot's calls finish while a grow runs");
+            others.expect("another snapshot's calls succeed");
+            grown.expect("the held grow finishes once released");
+        });
+        assert!(dm.has_thin(1) && dm.is_active("test-1"));
+        assert_eq!(dm.sectors("test-1"), Some(20 * GIB / SECTOR));
+        assert!(!dm.has_thin(2) && !dm.is_active("test-2"));
+    }
+
+    #[test]
+    fn two_grows_run_at_once() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        let held = backend.grow.hold();
+        thread::scope(|scope| {
+            let growing: Vec<_> = [1, 2]
+                .map(|id| {
+                    let backend = &backend;
+                    scope.spawn(move || {
+                        backend.stage(SnapshotId::new(id), Kind::View, &[], &max_size(20 * GIB))
+                    })
+                })
+                .into_iter()
+                .collect();
+            let first = held.started();
+            let second = held.receiver.recv_timeout(DEADLINE);
+            held.release();
+            for grow in growing {
+                grow.join().expect("no panic").expect("the grow finishes");
+            }
+            let second = second.expect("the second grow starts while the first is held");
+            assert_ne!(first, second);
+        });
+        for device in ["test-1", "test-2"] {
+            assert_eq!(dm.sectors(device), Some(20 * GIB / SECTOR), "{device}");
+        }
+    }
+
+    #[test]
+    fn the_parent_can_be_removed_while_a_child_grows_and_the_child_keeps_its_copy() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage(&backend, 1, Kind::Committed, &[]);
+        let held = backend.grow.hold();
+        thread::scope(|scope| {
+            let growing = scope.spawn(|| {
+                backend.stage(
+                    SnapshotId::new(2),
+                    Kind::Active,
+                    &[SnapshotId::new(1)],
+                    &max_size(20 * GIB),
+                )
+            });
+            held.started();
+            let removed = finishes_meanwhile(scope, || backend.remove(SnapshotId::new(1)));
+            held.release();
+            let grown = growing.join().expect("the grow does not panic");
+            removed
+                .expect("the parent's Remove does not wait for the child's grow")
+                .expect("the parent's device is deleted");
+            // The snapshotter's transaction then finds the parent gone and
+            // discards the child; the backend's part is that nothing broke.
+            grown.expect("the child's device outlives its origin's");
+        });
+        assert!(!dm.has_thin(1));
+        assert!(dm.has_thin(2) && dm.is_active("test-2"));
+        assert_eq!(record(&backend, 2).as_deref(), Some("21474836480\n"));
     }
 
     #[test]
@@ -1094,6 +1469,42 @@ mod tests {
         assert!(!dm.has_thin(2) && !dm.is_active("test-2"));
         assert!(!dm.has_thin(3));
         assert!(dm.has_thin(0), "the base device is never cleaned up");
+    }
+
+    #[test]
+    fn cleanup_unmounts_what_a_crash_mid_grow_left_then_deletes_the_device() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage_sized(&backend, 1, Kind::Active, &[], 20 * GIB);
+        stage_sized(&backend, 2, Kind::Active, &[], 20 * GIB);
+        // The daemon died inside snapshot 2's grow: its private mount stays, and
+        // holds the device open.
+        let mountpoint = backend.dir.path().join("grow-2");
+        fs::create_dir(&mountpoint).expect("mountpoint");
+        dm.set_open("test-2", 1);
+        *lock(&backend.grow.mounts_in) = Some(dm.clone());
+        let removed = backend
+            .cleanup(&|id| id.get() == 1, &[])
+            .expect("cleanup succeeds");
+        assert_eq!(removed, 1);
+        assert_eq!(*lock(&backend.grow.released), vec![mountpoint.clone()]);
+        assert!(!mountpoint.exists());
+        assert!(!dm.has_thin(2) && !dm.is_active("test-2"));
+        assert_eq!(record(&backend, 2), None);
+        assert!(dm.has_thin(1) && dm.is_active("test-1"));
+    }
+
+    #[test]
+    fn cleanup_leaves_the_mount_of_a_grow_in_progress() {
+        let dm = RecordingDm::with_pool(POOL, 0, 100);
+        let backend = backend(&dm);
+        stage_sized(&backend, 1, Kind::Active, &[], 20 * GIB);
+        fs::create_dir(backend.dir.path().join("grow-1")).expect("mountpoint");
+        backend
+            .cleanup(&|id| id.get() == 1, &[])
+            .expect("cleanup succeeds");
+        assert!(lock(&backend.grow.released).is_empty());
+        assert!(dm.has_thin(1));
     }
 
     #[test]

@@ -9,9 +9,11 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use rustlayer_core::Mount;
-use rustlayer_mount::Mounter;
+use rustlayer_mount::{Mounter, sync_filesystem};
 use tracing::info;
 
 use crate::config::FsType;
@@ -52,17 +54,24 @@ pub fn make_filesystem(fs: FsType, device: &Path, extra: &[String]) -> Result<()
     })
 }
 
+/// How the tools, run in the C locale, say a write was refused for want of space.
+pub const ENOSPC_MESSAGE: &str = "No space left on device";
+
 /// Runs one of the filesystem tools: Ok(Err(its stderr)) when it ran and failed.
+/// The C locale keeps its messages those [`ENOSPC_MESSAGE`] is looked for in.
 fn run_tool(
     command: &mut Command,
     program: &str,
     fs: FsType,
 ) -> Result<std::result::Result<(), String>> {
-    let output = command.output().map_err(|source| Error::FsToolMissing {
-        program: program.to_owned(),
-        package: fs.tools_package(),
-        source,
-    })?;
+    let output = command
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|source| Error::FsToolMissing {
+            program: program.to_owned(),
+            package: fs.tools_package(),
+            source,
+        })?;
     if output.status.success() {
         return Ok(Ok(()));
     }
@@ -128,6 +137,9 @@ pub fn empty_root(
     removed
 }
 
+/// How long a grow's private mount is waited for to come free.
+const UNMOUNT_PATIENCE: Duration = Duration::from_secs(60);
+
 /// The ext4 mount option that keeps the kernel from zeroing inode tables in the
 /// background. Unwritten thin blocks read as zeros already (the base is made with
 /// `assume_storage_prezeroed` for that reason), but the groups a grown filesystem
@@ -141,6 +153,10 @@ pub const EXT4_NO_ITABLE_ZEROING: &str = "noinit_itable";
 pub trait GrowFs: Send + Sync {
     /// `mountpoint` is a private path the filesystem may be mounted on meanwhile.
     fn grow(&self, fs: FsType, device: &Path, mountpoint: &Path) -> Result<()>;
+
+    /// Undoes what a grow a crash interrupted left at `mountpoint`: the mount,
+    /// which outlives the process and keeps its device open, and the directory.
+    fn release(&self, mountpoint: &Path) -> Result<()>;
 }
 
 /// Grows a filesystem while it is mounted: xfs_growfs only works on a mounted
@@ -171,10 +187,55 @@ impl<M: Mounter> GrowFs for OnlineGrow<M> {
             FsType::Ext4 => ("resize2fs", device),
             FsType::Xfs => ("xfs_growfs", mountpoint),
         };
-        let grown = run(program, fs, target);
-        self.mounter.unmount(mountpoint, false)?;
+        let grown = run(program, fs, target).and_then(|()| {
+            // The tool may return before the filesystem's writes reach the device
+            // (ext4 commits its journal later), and unmounting reports no write
+            // error: syncing surfaces one the device refused (a full thin pool)
+            // while the snapshot can still be refused.
+            sync_filesystem(mountpoint).map_err(Error::from)
+        });
+        self.unmount_patiently(mountpoint)?;
         let _ = fs::remove_dir(mountpoint);
         grown
+    }
+
+    fn release(&self, mountpoint: &Path) -> Result<()> {
+        self.unmount_patiently(mountpoint)?;
+        match fs::remove_dir(mountpoint) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("remove", mountpoint)(err))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<M: Mounter> OnlineGrow<M> {
+    /// Unmounts `mountpoint`, waiting up to [`UNMOUNT_PATIENCE`] while something
+    /// else holds it for a moment: a process the daemon starts meanwhile holds a
+    /// copy of its descriptors (the one syncfs used among them) until it execs, and
+    /// the tool a crashed daemon ran outlives it. A lazy unmount would not do: the
+    /// device would stay open, and an open device cannot be deleted. Not being a
+    /// mount point is fine: a crash came before the mount or after the unmount.
+    fn unmount_patiently(&self, mountpoint: &Path) -> Result<()> {
+        let deadline = Instant::now() + UNMOUNT_PATIENCE;
+        loop {
+            let err = match self.mounter.unmount(mountpoint, false) {
+                Ok(()) => return Ok(()),
+                Err(err) => err,
+            };
+            let errno = match &err {
+                rustlayer_mount::Error::Unmount { source, .. } => source.raw_os_error(),
+                _ => None,
+            };
+            match errno {
+                Some(libc::EINVAL | libc::ENOENT) => return Ok(()),
+                Some(libc::EBUSY) if Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(100));
+                }
+                _ => return Err(err.into()),
+            }
+        }
     }
 }
 
@@ -229,6 +290,69 @@ mod tests {
             ]
         );
         assert!(!mountpoint.exists(), "the mountpoint is removed afterwards");
+    }
+
+    #[test]
+    fn releasing_a_leftover_grow_unmounts_it_and_removes_its_mountpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mountpoint = dir.path().join("grow-7");
+        fs::create_dir(&mountpoint).expect("mountpoint");
+        let grow = OnlineGrow {
+            mounter: RecordingMounter::default(),
+        };
+        grow.release(&mountpoint).expect("release succeeds");
+        assert_eq!(
+            grow.mounter.calls(),
+            vec![MountCall::Unmount {
+                target: mountpoint.clone(),
+                lazy: false,
+            }]
+        );
+        assert!(!mountpoint.exists());
+        grow.release(&mountpoint)
+            .expect("releasing what is gone is fine");
+    }
+
+    /// Refuses the first `busy` unmounts with EBUSY, as a mount something else
+    /// holds for a moment.
+    struct BusyAtFirst {
+        busy: std::sync::Mutex<u32>,
+        tries: std::sync::Mutex<u32>,
+    }
+
+    impl Mounter for BusyAtFirst {
+        fn mount(&self, _mount: &Mount, _target: &Path) -> rustlayer_mount::Result<()> {
+            Ok(())
+        }
+
+        fn unmount(&self, target: &Path, _lazy: bool) -> rustlayer_mount::Result<()> {
+            *rustlayer_core::sync::lock(&self.tries) += 1;
+            let mut busy = rustlayer_core::sync::lock(&self.busy);
+            if *busy == 0 {
+                return Ok(());
+            }
+            *busy -= 1;
+            Err(rustlayer_mount::Error::Unmount {
+                target: target.to_owned(),
+                source: std::io::Error::from_raw_os_error(libc::EBUSY),
+            })
+        }
+    }
+
+    #[test]
+    fn a_mount_busy_for_a_moment_is_unmounted_once_it_comes_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mountpoint = dir.path().join("grow-7");
+        fs::create_dir(&mountpoint).expect("mountpoint");
+        let grow = OnlineGrow {
+            mounter: BusyAtFirst {
+                busy: 2.into(),
+                tries: 0.into(),
+            },
+        };
+        grow.release(&mountpoint).expect("release waits it out");
+        assert_eq!(*rustlayer_core::sync::lock(&grow.mounter.tries), 3);
+        assert!(!mountpoint.exists());
     }
 
     #[test]

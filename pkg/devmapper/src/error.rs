@@ -25,6 +25,18 @@ pub enum Error {
     /// The pool is too full for a new snapshot.
     #[error("{0}")]
     PoolFull(String),
+    /// Growing a new snapshot's filesystem ran the pool out of space.
+    #[error(
+        "growing the filesystem of thin device {thin} to {bytes} bytes ran thin pool {pool} out of space ({figures}): {source}; remove unused images or grow the pool"
+    )]
+    GrowOutOfSpace {
+        thin: u32,
+        bytes: u64,
+        pool: String,
+        figures: String,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("thin device {device} is still in use (mounted?); unmount it first")]
     Busy { device: String },
     #[error("{0}")]
@@ -98,7 +110,10 @@ impl From<Error> for rustlayer_core::Error {
             err => err,
         };
         let code = match &err {
-            Error::PoolFull(_) => Code::ResourceExhausted,
+            Error::PoolFull(_) | Error::GrowOutOfSpace { .. } => Code::ResourceExhausted,
+            Error::FsTool { detail, .. } if detail.contains(crate::base::ENOSPC_MESSAGE) => {
+                Code::ResourceExhausted
+            }
             Error::Busy { .. } => Code::FailedPrecondition,
             _ if err.errno() == Some(libc::ENOSPC) => Code::ResourceExhausted,
             Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {

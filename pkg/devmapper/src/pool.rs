@@ -71,6 +71,12 @@ pub enum PoolMode {
 }
 
 impl PoolUsage {
+    /// The kernel stopped allocating: out of data space, or read-only because the
+    /// metadata ran out.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self.mode, PoolMode::OutOfDataSpace | PoolMode::ReadOnly)
+    }
+
     pub fn data_free_percent(&self) -> f64 {
         free_percent(self.data_used_bytes, self.data_size_bytes)
     }

@@ -80,6 +80,16 @@ impl RecordingDm {
             format!("1 10/1000 {used}/{total} - rw discard_passdown error_if_no_space - 0");
     }
 
+    /// The pool as the kernel reports it once an allocation found no free block.
+    pub fn set_pool_out_of_data_space(&self, name: &str) {
+        let mut state = self.lock();
+        let pool = state.devices.get_mut(name).expect("the pool is active");
+        let total = pool.sectors / 128;
+        pool.status = format!(
+            "1 10/1000 {total}/{total} - out_of_data_space discard_passdown error_if_no_space - 0"
+        );
+    }
+
     /// A thin id the pool has already, as left by an earlier run.
     pub fn add_thin(&self, id: u32) {
         self.lock().thins.insert(id);

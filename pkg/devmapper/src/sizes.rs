@@ -64,21 +64,30 @@ impl DeviceSizes {
 
     /// Every id with a record (an interrupted write's temporary file is not one).
     pub fn ids(&self) -> Result<Vec<ThinId>> {
-        let entries = fs::read_dir(&self.dir).map_err(Error::io("list", &self.dir))?;
-        let mut ids = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(Error::io("list", &self.dir))?;
-            if let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse::<u64>().ok())
-                .and_then(ThinId::new)
-            {
-                ids.push(id);
-            }
-        }
-        Ok(ids)
+        Ok(named_by_thin_id(&self.dir, "")?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
     }
+}
+
+/// The entries of `dir` named `<prefix><thin id>`, with their ids.
+pub fn named_by_thin_id(dir: &Path, prefix: &str) -> Result<Vec<(ThinId, PathBuf)>> {
+    let entries = fs::read_dir(dir).map_err(Error::io("list", dir))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(Error::io("list", dir))?;
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.strip_prefix(prefix))
+            .and_then(|id| id.parse::<u64>().ok())
+            .and_then(ThinId::new)
+        {
+            found.push((id, entry.path()));
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
