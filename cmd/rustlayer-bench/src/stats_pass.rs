@@ -135,7 +135,9 @@ pub async fn time_stats_passes(
     let cpu = (cpu_ticks(daemons)? - cpu_before) as f64 * 1e3 / ticks / f64::from(passes);
     sink.value(
         ROW,
-        &format!("CPU of one stats pass over {containers} active layers (containerd + snapshotter)"),
+        &format!(
+            "CPU of one stats pass over {containers} active layers (containerd + snapshotter)"
+        ),
         &target.label,
         "ms",
         cpu,
