@@ -18,6 +18,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import tomllib
 import unittest
 from pathlib import Path
@@ -44,11 +45,31 @@ RELEASES = {
 SHARED_HOST_PATHS = {"/dev", "/etc/containerd"}
 
 
-def render_release(name: str, values: dict) -> list[dict]:
+# The label the daemon sets on its Node when its config has no [node] ready_label.
+DAEMON_DEFAULT_READY_LABEL = "rustlayer.io/ready"
+
+
+def render_text(name: str, values: dict) -> dict[str, str]:
+    """The chart's rendered files, NOTES.txt included, as text."""
     with helm.Chart.load(base.CHART) as chart:
-        manifests = chart.render(values, name=name, namespace=base.NAMESPACE, is_install=True)
+        return dict(chart.render(values, name=name, namespace=base.NAMESPACE, is_install=True))
+
+
+def render_release(name: str, values: dict) -> list[dict]:
+    manifests = render_text(name, values)
     return [o for path, text in sorted(manifests.items()) if not path.endswith("NOTES.txt")
             for o in base.yaml.safe_load_all(text) if o]
+
+
+def daemon_config_text(objects: list[dict]) -> str:
+    cm = next(o for o in objects if o["kind"] == "ConfigMap" and "config.toml" in o.get("data", {}))
+    return cm["data"]["config.toml"]
+
+
+def ready_label(objects: list[dict]) -> str:
+    """The Node label the release's daemon sets, as its rendered config tells it."""
+    daemon = tomllib.loads(daemon_config_text(objects))
+    return daemon.get("node", {}).get("ready_label", DAEMON_DEFAULT_READY_LABEL)
 
 
 def patcher_env(objects: list[dict]) -> dict[str, str]:
@@ -75,6 +96,7 @@ def node_claims(objects: list[dict]) -> dict[str, set]:
         "containerd names": {env["PLUGIN_NAME"], env["RUNTIME_HANDLER"]},
         "containerd files": {f"{env['CONFIG']}.{env['PLUGIN_NAME']}-backup", f"{env['CONFIG']}.{env['PLUGIN_NAME']}-new"},
         "node ports": ports,
+        "node labels": {ready_label(objects)},
         "objects": {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in objects},
     }
 
@@ -86,7 +108,7 @@ class TwoReleasesRender(unittest.TestCase):
 
     def test_nothing_collides(self):
         """two releases (rustlayer, rustlayer-limited): no host path, socket, root, containerd name or backup file,
-        node port or object name in common"""
+        node port, Node label or object name in common"""
         first, second = (node_claims(o) for o in self.objects.values())
         for what in first:
             with self.subTest(f"two releases: no {what} in common"):
@@ -152,6 +174,105 @@ class TwoReleasesRender(unittest.TestCase):
         rc = base.one(render_release(LIMITED, {"containerdConfig": {"patch": {"pluginName": "Rust_Limited"}},
                                                "runtimeClass": {"handler": "limited"}}), "RuntimeClass")
         self.assertEqual((rc["metadata"]["name"], rc["handler"]), ("limited", "limited"))
+
+
+class TwoReleasesNodeLabels(unittest.TestCase):
+    """Each release's daemon labels the Node with a label of its own, so one's clean
+    shutdown does not unlabel a node where the other still serves."""
+
+    def test_each_release_its_own_label(self):
+        """two releases: the default daemon keeps rustlayer.io/ready (no [node] table), the rustlayer-limited one is
+        told rustlayer.io/ready-rustlayer-limited in its config; both run --node-integration=on"""
+        first, second = (render_release(name, values) for name, values in RELEASES.items())
+        self.assertNotIn("node", tomllib.loads(daemon_config_text(first)))
+        self.assertEqual(tomllib.loads(daemon_config_text(second))["node"],
+                         {"ready_label": "rustlayer.io/ready-rustlayer-limited"})
+        self.assertEqual([ready_label(first), ready_label(second)],
+                         ["rustlayer.io/ready", "rustlayer.io/ready-rustlayer-limited"])
+        for objects in (first, second):
+            ctr = base.one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+            self.assertEqual(ctr["args"], ["--node-integration=on"])
+
+    def test_default_renders_as_before(self):
+        """the default release: rendering with the default label given explicitly, or with pluginName rustlayer
+        given explicitly, is byte for byte the default rendering (same config.toml, so the same checksum/config:
+        upgrading rolls no pod)"""
+        default = render_text("rustlayer", {})
+        for values in ({"nodeIntegration": {"readyLabel": "rustlayer.io/ready"}},
+                       {"containerdConfig": {"patch": {"pluginName": "rustlayer"}}}):
+            with self.subTest(f"default rendering unchanged by {values}"):
+                self.assertEqual(render_text("rustlayer", values), default)
+        objects = render_release("rustlayer", {})
+        self.assertNotIn("[node]", daemon_config_text(objects))
+        self.assertNotIn("ready_label", daemon_config_text(objects))
+
+    def test_explicit_label(self):
+        """nodeIntegration.readyLabel overrides the derived label, and the default release gets a [node] table
+        only when told another label"""
+        objects = render_release(LIMITED, base.merge(RELEASES[LIMITED],
+                                                     {"nodeIntegration": {"readyLabel": "example.com/limited"}}))
+        self.assertEqual(ready_label(objects), "example.com/limited")
+        objects = render_release("rustlayer", {"nodeIntegration": {"readyLabel": "example.com/ready"}})
+        self.assertEqual(tomllib.loads(daemon_config_text(objects))["node"], {"ready_label": "example.com/ready"})
+
+    def test_notes_name_the_label(self):
+        """NOTES.txt names each release's own label, and how to select nodes by it"""
+        for name, values in RELEASES.items():
+            notes = next(t for p, t in render_text(name, values).items() if p.endswith("NOTES.txt"))
+            label = ready_label(render_release(name, values))
+            with self.subTest(f"{name}: NOTES.txt names {label}"):
+                self.assertIn(f"labels its Node {label}=true", notes)
+                self.assertIn(f"kubectl get nodes -l {label}=true", notes)
+        off = render_text(LIMITED, base.merge(RELEASES[LIMITED], {"nodeIntegration": {"enabled": False}}))
+        self.assertNotIn("labels its Node", next(t for p, t in off.items() if p.endswith("NOTES.txt")))
+
+    def test_bad_labels_fail(self):
+        """a nodeIntegration.readyLabel that is no label key, or a pluginName that derives none, fails rendering
+        saying which value to fix"""
+        bad = {
+            "rustlayer.io/ready limited": "nodeIntegration.readyLabel \"rustlayer.io/ready limited\" is no "
+                                          "Kubernetes label key",
+            "Rustlayer.io/ready": "is no Kubernetes label key",
+            "rustlayer.io/": "is no Kubernetes label key",
+            "rustlayer.io/ready-": "is no Kubernetes label key",
+            "a/b/c": "is no Kubernetes label key",
+            "rustlayer.io/" + "r" * 64: "is no Kubernetes label key",
+        }
+        for label, message in bad.items():
+            with self.subTest(f"rendering fails for nodeIntegration.readyLabel {label[:30]!r}"):
+                with self.assertRaises(helm.HelmRenderError) as caught:
+                    render_release(LIMITED, base.merge(RELEASES[LIMITED], {"nodeIntegration": {"readyLabel": label}}))
+                self.assertIn(message, str(caught.exception))
+        with self.assertRaises(helm.HelmRenderError) as caught:
+            render_release(LIMITED, {"containerdConfig": {"patch": {"pluginName": "limited_"}},
+                                     "runtimeClass": {"handler": "limited"}})
+        self.assertIn('the node label "rustlayer.io/ready-limited_" derived from containerdConfig.patch.pluginName '
+                      "is no Kubernetes label key", str(caught.exception))
+        self.assertIn("set nodeIntegration.readyLabel", str(caught.exception))
+
+    def test_the_daemon_reads_the_rendered_label(self):
+        """the real rustlayer binary loads the rustlayer-limited release's rendered config, [node] table
+        included, and refuses a label the chart would not render, saying why"""
+        binary = Path(os.environ.get("RUSTLAYER_BIN", REPO / "target" / "debug" / "rustlayer"))
+        self.assertTrue(binary.is_file(), f"no rustlayer binary at {binary}: cargo build first (or set RUSTLAYER_BIN)")
+        rendered = daemon_config_text(render_release(LIMITED, RELEASES[LIMITED]))
+        with tempfile.TemporaryDirectory() as scratch:
+            socket = Path(scratch) / "none.sock"
+            for text, config_error in ((rendered, None),
+                                       (rendered.replace("ready-rustlayer-limited", "ready rustlayer-limited"),
+                                        "is no Kubernetes label key")):
+                config = Path(scratch) / "config.toml"
+                config.write_text(text)
+                # `ls` reads the config, then dials the socket: nothing serves there.
+                out = subprocess.run([str(binary), "ls", "--config", str(config), "--address", str(socket)],
+                                     capture_output=True, text=True, timeout=60)
+                self.assertNotEqual(out.returncode, 0)
+                if config_error:
+                    self.assertIn("invalid configuration in", out.stderr)
+                    self.assertIn(config_error, out.stderr)
+                else:
+                    self.assertNotIn("invalid configuration", out.stderr)
+                    self.assertIn(str(socket), out.stderr)
 
 
 class TwoPatchers(unittest.TestCase):
@@ -304,7 +425,7 @@ class TwoPatchers(unittest.TestCase):
 def main() -> int:
     # test_chart's runner runs the test classes of its own module, with its
     # "ok - ..." lines and one summary: these join them there.
-    for case in (TwoReleasesRender, TwoPatchers):
+    for case in (TwoReleasesRender, TwoReleasesNodeLabels, TwoPatchers):
         setattr(base, case.__name__, case)
     return base.main()
 

@@ -95,6 +95,35 @@ both as lowercase RFC 1123 labels.
 {{- end }}
 
 {{/*
+The label the daemon sets on its Node while it serves: nodeIntegration.readyLabel,
+or rustlayer.io/ready for the plugin name rustlayer (what installs of one release
+have always selected on) and rustlayer.io/ready-<pluginName> for any other, so
+that one release's daemon stopping does not unlabel a node where another serves.
+The daemon checks it again when it reads its config.
+*/}}
+{{- define "rustlayer.readyLabel" -}}
+{{- $name := include "rustlayer.pluginName" . }}
+{{- $derived := ternary "rustlayer.io/ready" (printf "rustlayer.io/ready-%s" $name) (eq $name "rustlayer") }}
+{{- $label := toString (.Values.nodeIntegration.readyLabel | default $derived) }}
+{{- $prefix := "" }}
+{{- $labelName := $label }}
+{{- if contains "/" $label }}
+{{- $prefix = regexReplaceAll "/.*$" $label "" }}
+{{- $labelName = regexReplaceAll "^[^/]*/" $label "" }}
+{{- end }}
+{{- $prefixOk := or (not (contains "/" $label)) (and (le (len $prefix) 253) (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" $prefix)) }}
+{{- $nameOk := regexMatch "^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$" $labelName }}
+{{- if not (and $prefixOk $nameOk) }}
+{{- if .Values.nodeIntegration.readyLabel }}
+{{- fail (printf "nodeIntegration.readyLabel %q is no Kubernetes label key: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit" $label) }}
+{{- else }}
+{{- fail (printf "the node label %q derived from containerdConfig.patch.pluginName is no Kubernetes label key (at most 63 characters after the '/', beginning and ending with a letter or digit): set nodeIntegration.readyLabel" $label) }}
+{{- end }}
+{{- end }}
+{{- $label }}
+{{- end }}
+
+{{/*
 The daemon's config.toml. Keys are exactly those of the daemon's Config struct,
 which rejects unknown ones (values.schema.json checks them first). Strings and
 lists of strings go through toJson: JSON strings and arrays of them are valid
@@ -124,6 +153,13 @@ socket_group = {{ int64 .Values.config.socketGroup }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end }}
+{{- $readyLabel := include "rustlayer.readyLabel" . }}
+{{- /* Only a label other than the daemon's default is written: the default release's file stays as it was. */}}
+{{- if ne $readyLabel "rustlayer.io/ready" }}
+
+[node]
+ready_label = {{ $readyLabel | toJson }}
 {{- end }}
 {{- end }}
 

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rustlayer_devmapper::{ByteSize, DevmapperConfig};
+use rustlayer_node::ReadyLabel;
 use rustlayer_overlay::SizeLimits;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/rustlayer/config.toml";
@@ -45,6 +46,31 @@ pub struct Config {
     pub overlay: OverlayConfig,
     /// Settings of the devmapper backend (ignored by the overlay backend).
     pub devmapper: DevmapperConfig,
+    /// Settings of the Kubernetes node integration shared by every node.
+    pub node: NodeConfig,
+}
+
+/// `[node]`: what this daemon calls itself on its Kubernetes Node. The node's
+/// name and whether the integration runs are flags: they differ per node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The label set to "true" on the Node while serving; checked as a label key
+    /// when the file is read.
+    #[serde(
+        serialize_with = "serialize_ready_label",
+        deserialize_with = "deserialize_ready_label"
+    )]
+    pub ready_label: ReadyLabel,
+}
+
+fn serialize_ready_label<S: Serializer>(label: &ReadyLabel, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(label.as_str())
+}
+
+fn deserialize_ready_label<'de, D: Deserializer<'de>>(d: D) -> Result<ReadyLabel, D::Error> {
+    let key = String::deserialize(d)?;
+    ReadyLabel::new(&key).map_err(serde::de::Error::custom)
 }
 
 /// `[overlay]`: size limits of active snapshots, through project quotas.
@@ -93,6 +119,7 @@ impl Default for Config {
             remap_ids: false,
             overlay: OverlayConfig::default(),
             devmapper: DevmapperConfig::default(),
+            node: NodeConfig::default(),
         }
     }
 }
@@ -100,7 +127,7 @@ impl Default for Config {
 /// `rustlayer config default`: every setting with its default and what it does.
 pub fn default_toml() -> String {
     format!(
-        "{TOP_LEVEL_TOML}\n{OVERLAY_TOML}\n{}",
+        "{TOP_LEVEL_TOML}\n{OVERLAY_TOML}\n{}\n{NODE_TOML}",
         rustlayer_devmapper::DEFAULT_TOML
     )
 }
@@ -158,6 +185,17 @@ const OVERLAY_TOML: &str = r#"[overlay]
 # quotas instead of ignoring it; the daemon then also refuses to start with a
 # default_size or default_inodes it cannot enforce.
 enforce_size = false
+"#;
+
+const NODE_TOML: &str = r#"[node]
+# Kubernetes node integration (--node-integration): the label this daemon sets
+# to "true" on its Node while it serves and removes when it stops. A second
+# daemon on the same nodes (its own socket and root) needs a label of its own,
+# such as "rustlayer.io/ready-<name>", or one's shutdown unlabels the node while
+# the other still serves; its Events then also name the label. A Kubernetes label
+# key: an optional DNS-subdomain prefix and "/", then at most 63 letters, digits,
+# '-', '_' or '.', beginning and ending with a letter or digit.
+ready_label = "rustlayer.io/ready"
 "#;
 
 impl Config {
@@ -247,6 +285,41 @@ mod tests {
         assert!(toml::from_str::<Config>("[overlay]\ndefault_sise = 1").is_err());
         let zero: Config = toml::from_str("[overlay]\ndefault_size = 0").unwrap();
         assert!(zero.overlay.validate().is_err());
+    }
+
+    #[test]
+    fn the_ready_label_defaults_to_the_one_existing_installs_use() {
+        assert_eq!(
+            Config::default().node.ready_label.as_str(),
+            rustlayer_node::READY_LABEL
+        );
+        let c: Config =
+            toml::from_str("[node]\nready_label = \"rustlayer.io/ready-limited\"").unwrap();
+        assert_eq!(c.node.ready_label.as_str(), "rustlayer.io/ready-limited");
+        assert!(toml::from_str::<Config>("[node]\nready_lable = \"x\"").is_err());
+    }
+
+    #[test]
+    fn a_bad_ready_label_fails_loading_saying_why() {
+        let dir = std::env::temp_dir().join(format!("rustlayer-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        for (key, problem) in [
+            ("rustlayer.io/ready limited", "has ' '"),
+            ("Rustlayer.io/ready", "is no DNS subdomain"),
+            ("rustlayer.io/", "the name is empty"),
+        ] {
+            std::fs::write(&path, format!("[node]\nready_label = {key:?}\n")).unwrap();
+            let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains("ready_label"), "{err}");
+            assert!(
+                err.contains(&format!("ready label {key:?} is no Kubernetes label key")),
+                "{err}"
+            );
+            assert!(err.contains(problem), "{key:?}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -122,8 +122,9 @@ struct NodeArgs {
     /// This Kubernetes node's name, for its label and Events
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Label the Node rustlayer.io/ready=true while serving and post Events on it:
-    /// auto (on when KUBERNETES_SERVICE_HOST and the node name are set), on, off
+    /// Label the Node with [node] ready_label (rustlayer.io/ready) = true while serving
+    /// and post Events on it: auto (on when KUBERNETES_SERVICE_HOST and the node name
+    /// are set), on, off
     #[arg(long, default_value = "auto", value_name = "auto|on|off")]
     node_integration: rustlayer_node::Mode,
     /// Warn on the Node when free inodes of the root's filesystem fall under this (0: never)
@@ -138,7 +139,10 @@ struct NodeArgs {
 
 impl NodeArgs {
     /// The integration's settings, or `None` (said in the log) when it stays off.
-    fn resolve(&self) -> anyhow::Result<Option<rustlayer_node::Settings>> {
+    fn resolve(
+        &self,
+        config: &config::NodeConfig,
+    ) -> anyhow::Result<Option<rustlayer_node::Settings>> {
         let service_host = std::env::var(rustlayer_node::SERVICE_HOST_ENV).ok();
         let decision = rustlayer_node::decide(
             self.node_integration,
@@ -151,7 +155,10 @@ impl NodeArgs {
                     inode_free_percent: self.inode_free_threshold_percent,
                     pool_used_percent: self.thin_pool_used_threshold_percent,
                 };
-                Ok(Some(rustlayer_node::Settings::new(node_name, thresholds)))
+                Ok(Some(rustlayer_node::Settings {
+                    ready_label: config.ready_label.clone(),
+                    ..rustlayer_node::Settings::new(node_name, thresholds)
+                }))
             }
             rustlayer_node::Decision::Off { why } => {
                 tracing::info!("node integration off: {why}");
@@ -205,7 +212,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => args.resolve().and_then(|config| {
             logging::init(config.log_format);
-            let node = args.node.resolve()?;
+            let node = args.node.resolve(&config.node)?;
             serve::run(config, node)
         }),
         Command::Ls { client, filters } => client

@@ -8,12 +8,8 @@ use kube::runtime::events::{self, Recorder, Reporter};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::label::{FIELD_MANAGER, ReadyLabel};
 use crate::watch::{EventType, NodeEvent};
-
-/// The label that tells schedulers and operators this node's snapshotter serves.
-pub const READY_LABEL: &str = "rustlayer.io/ready";
-/// Names us in the Node's managedFields and as the Events' reporting controller.
-pub const FIELD_MANAGER: &str = "rustlayer";
 
 /// None of our requests is a watch, so a slow answer means a sick API server; a
 /// shutdown must not wait on it for the client's default of minutes.
@@ -34,37 +30,46 @@ pub trait NodeApi: Send + Sync + 'static {
 pub struct KubeNode {
     nodes: Api<Node>,
     name: String,
+    label: ReadyLabel,
+    field_manager: String,
     recorder: Recorder,
     regarding: ObjectReference,
 }
 
 impl KubeNode {
     /// The in-cluster service account, or a kubeconfig when run by hand.
-    pub async fn connect(node_name: &str) -> Result<KubeNode> {
+    pub async fn connect(node_name: &str, label: &ReadyLabel) -> Result<KubeNode> {
         let config = kube::Config::infer()
             .await
             .map_err(|err| Error::Config(Box::new(err)))?;
-        KubeNode::from_config(config, node_name)
+        KubeNode::from_config(config, node_name, label)
     }
 
     /// Must be called inside a tokio runtime: the client starts a task.
-    pub fn from_config(mut config: kube::Config, node_name: &str) -> Result<KubeNode> {
+    pub fn from_config(
+        mut config: kube::Config,
+        node_name: &str,
+        label: &ReadyLabel,
+    ) -> Result<KubeNode> {
         config.connect_timeout = Some(API_TIMEOUT);
         config.read_timeout = Some(API_TIMEOUT);
         config.write_timeout = Some(API_TIMEOUT);
         let client = Client::try_from(config).map_err(|err| Error::Client(Box::new(err)))?;
-        Ok(KubeNode::new(client, node_name))
+        Ok(KubeNode::new(client, node_name, label))
     }
 
-    pub fn new(client: Client, node_name: &str) -> KubeNode {
+    /// Labels `node_name` with `label`; the label also tells this daemon's patches
+    /// and Events from those of another daemon on the same node.
+    pub fn new(client: Client, node_name: &str, label: &ReadyLabel) -> KubeNode {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
-            // One daemon per node: the node names the instance.
-            instance: Some(node_name.to_owned()),
+            instance: Some(label.reporting_instance(node_name)),
         };
         KubeNode {
             nodes: Api::all(client.clone()),
             name: node_name.to_owned(),
+            label: label.clone(),
+            field_manager: label.field_manager(),
             recorder: Recorder::new(client, reporter),
             regarding: ObjectReference {
                 api_version: Some("v1".to_owned()),
@@ -94,19 +99,20 @@ async fn bounded<T>(what: &'static str, call: impl Future<Output = kube::Result<
 }
 
 /// A merge patch touching only our label: `null` deletes it, and nothing else on
-/// the Node is sent back, so no other writer's change can be undone.
-pub fn label_patch(ready: bool) -> Value {
+/// the Node is sent back, so no other writer's change (another daemon's label
+/// included) can be undone.
+pub fn label_patch(label: &ReadyLabel, ready: bool) -> Value {
     let value = if ready { json!("true") } else { Value::Null };
-    json!({ "metadata": { "labels": { READY_LABEL: value } } })
+    json!({ "metadata": { "labels": { label.as_str(): value } } })
 }
 
 impl NodeApi for KubeNode {
     async fn set_ready_label(&self, ready: bool) -> Result<()> {
         let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
+            field_manager: Some(self.field_manager.clone()),
             ..PatchParams::default()
         };
-        let patch = label_patch(ready);
+        let patch = label_patch(&self.label, ready);
         let what = if ready { "label node" } else { "unlabel node" };
         bounded(
             what,

@@ -5,6 +5,8 @@ pub enum Error {
     NoNodeName,
     #[error("unknown node integration mode {0:?}: expected auto, on or off")]
     Mode(String),
+    #[error("ready label {key:?} is no Kubernetes label key ([prefix/]name): {problem}")]
+    Label { key: String, problem: String },
     #[error("no Kubernetes client configuration (in-cluster or kubeconfig): {0}")]
     Config(#[source] Box<kube::config::InferConfigError>),
     #[error("kubernetes client: {0}")]

@@ -1,5 +1,6 @@
-//! Kubernetes node integration: while the daemon serves, its Node carries the label
-//! `rustlayer.io/ready=true`, and Events on the Node report the snapshot root's
+//! Kubernetes node integration: while the daemon serves, its Node carries its ready
+//! label (`rustlayer.io/ready=true` unless configured otherwise, so that two daemons
+//! on one node each have their own), and Events on the Node report the snapshot root's
 //! filesystem running short of inodes or the thin pool filling up, once per crossing.
 //!
 //! The only crate that knows Kubernetes. The daemon serves the same without it; every
@@ -8,13 +9,15 @@
 mod api;
 mod backoff;
 mod error;
+mod label;
 mod settings;
 mod task;
 mod watch;
 
-pub use api::{API_TIMEOUT, FIELD_MANAGER, KubeNode, NodeApi, READY_LABEL, label_patch};
+pub use api::{API_TIMEOUT, KubeNode, NodeApi, label_patch};
 pub use backoff::Backoff;
 pub use error::{Error, Result};
+pub use label::{FIELD_MANAGER, READY_LABEL, ReadyLabel};
 pub use settings::{
     DEFAULT_INTERVAL, Decision, Mode, SERVICE_HOST_ENV, Settings, Thresholds, decide,
 };

@@ -3,6 +3,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::label::ReadyLabel;
 
 /// Set by the kubelet in every container; its absence means we are not in a pod.
 pub const SERVICE_HOST_ENV: &str = "KUBERNETES_SERVICE_HOST";
@@ -97,14 +98,18 @@ impl Default for Thresholds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub node_name: String,
+    /// This daemon's own label on the Node; each daemon on a node needs its own.
+    pub ready_label: ReadyLabel,
     pub thresholds: Thresholds,
     pub interval: Duration,
 }
 
 impl Settings {
+    /// With the default ready label; set [`Settings::ready_label`] for another.
     pub fn new(node_name: impl Into<String>, thresholds: Thresholds) -> Self {
         Settings {
             node_name: node_name.into(),
+            ready_label: ReadyLabel::default(),
             thresholds,
             interval: DEFAULT_INTERVAL,
         }

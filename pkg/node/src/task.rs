@@ -6,7 +6,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
-use crate::api::{KubeNode, NodeApi, READY_LABEL};
+use crate::api::{KubeNode, NodeApi};
 use crate::backoff::Backoff;
 use crate::settings::{Settings, Thresholds};
 use crate::watch::{EventType, NodeEvent, Sample, Watcher};
@@ -37,6 +37,7 @@ impl<F: Fn() -> Sample + Send + Sync + 'static> Sampler for F {
 pub struct NodeIntegration<A: NodeApi> {
     api: Arc<A>,
     node_name: String,
+    ready_label: String,
     label: JoinHandle<()>,
     watch: JoinHandle<()>,
 }
@@ -45,7 +46,11 @@ pub struct NodeIntegration<A: NodeApi> {
 /// serves: the label promises containerd can use us.
 pub fn start<A: NodeApi>(api: A, sampler: impl Sampler, settings: &Settings) -> NodeIntegration<A> {
     let api = Arc::new(api);
-    let label = tokio::spawn(label_ready(Arc::clone(&api), settings.node_name.clone()));
+    let label = tokio::spawn(label_ready(
+        Arc::clone(&api),
+        settings.node_name.clone(),
+        settings.ready_label.to_string(),
+    ));
     let watch = tokio::spawn(watch(
         Arc::clone(&api),
         Arc::new(sampler),
@@ -55,6 +60,7 @@ pub fn start<A: NodeApi>(api: A, sampler: impl Sampler, settings: &Settings) -> 
     NodeIntegration {
         api,
         node_name: settings.node_name.clone(),
+        ready_label: settings.ready_label.to_string(),
         label,
         watch,
     }
@@ -65,11 +71,11 @@ pub fn start<A: NodeApi>(api: A, sampler: impl Sampler, settings: &Settings) -> 
 /// on without the integration.
 pub fn start_in_cluster(settings: Settings, sampler: impl Sampler) -> InCluster {
     InCluster(tokio::spawn(async move {
-        match KubeNode::connect(&settings.node_name).await {
+        match KubeNode::connect(&settings.node_name, &settings.ready_label).await {
             Ok(api) => {
                 info!(
                     node = %settings.node_name,
-                    label = READY_LABEL,
+                    label = %settings.ready_label,
                     inode_free_threshold_percent = settings.thresholds.inode_free_percent,
                     thin_pool_used_threshold_percent = settings.thresholds.pool_used_percent,
                     "node integration on"
@@ -109,13 +115,14 @@ impl<A: NodeApi> NodeIntegration<A> {
         let _ = self.label.await;
         let _ = self.watch.await;
         let node = self.node_name;
+        let label = self.ready_label;
         let deadline = Instant::now() + UNLABEL_DEADLINE;
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
         loop {
             let err = match tokio::time::timeout_at(deadline, self.api.set_ready_label(false)).await
             {
                 Ok(Ok(())) => {
-                    info!(%node, label = READY_LABEL, "node label removed");
+                    info!(%node, %label, "node label removed");
                     return;
                 }
                 Ok(Err(err)) => err.to_string(),
@@ -123,26 +130,26 @@ impl<A: NodeApi> NodeIntegration<A> {
             };
             let delay = backoff.next_delay();
             if Instant::now() + delay >= deadline {
-                warn!(%node, label = READY_LABEL, %err, "cannot remove the node label; it stays until the next start");
+                warn!(%node, %label, %err, "cannot remove the node label; it stays until the next start");
                 return;
             }
-            warn!(%node, %err, retry_in = ?delay, "cannot remove the node label; retrying");
+            warn!(%node, %label, %err, retry_in = ?delay, "cannot remove the node label; retrying");
             tokio::time::sleep(delay).await;
         }
     }
 }
 
-async fn label_ready<A: NodeApi>(api: Arc<A>, node: String) {
+async fn label_ready<A: NodeApi>(api: Arc<A>, node: String, label: String) {
     let mut backoff = Backoff::new(Duration::from_secs(1), MAX_RETRY);
     loop {
         match api.set_ready_label(true).await {
             Ok(()) => {
-                info!(%node, label = READY_LABEL, "node labelled ready");
+                info!(%node, %label, "node labelled ready");
                 return;
             }
             Err(err) => {
                 let delay = backoff.next_delay();
-                warn!(%node, %err, retry_in = ?delay, "cannot label the node; retrying");
+                warn!(%node, %label, %err, retry_in = ?delay, "cannot label the node; retrying");
                 tokio::time::sleep(delay).await;
             }
         }
@@ -207,11 +214,13 @@ fn log_locally(event: &NodeEvent) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use super::*;
     use crate::error::{Error, Result};
+    use crate::label::ReadyLabel;
     use crate::watch::Inodes;
 
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,9 +229,16 @@ mod tests {
         Event(&'static str),
     }
 
-    /// Records every call; fails the next `fail_*` calls, or never answers.
+    /// The labels of one Node, shared by the daemons on it.
+    type NodeLabels = Arc<Mutex<BTreeMap<String, String>>>;
+
+    /// Records every call; fails the next `fail_*` calls, or never answers. A
+    /// label call that succeeds sets or removes its label on the shared Node,
+    /// as the merge patch of the real API does.
     #[derive(Default)]
     struct FakeApi {
+        label: ReadyLabel,
+        node_labels: NodeLabels,
         calls: Mutex<Vec<(Call, bool)>>,
         fail_label: AtomicUsize,
         fail_publish: AtomicUsize,
@@ -265,7 +281,14 @@ mod tests {
 
     impl NodeApi for Arc<FakeApi> {
         async fn set_ready_label(&self, ready: bool) -> Result<()> {
-            self.call(Call::Label(ready), &self.fail_label).await
+            self.call(Call::Label(ready), &self.fail_label).await?;
+            let mut labels = self.node_labels.lock().unwrap();
+            if ready {
+                labels.insert(self.label.to_string(), "true".to_owned());
+            } else {
+                labels.remove(self.label.as_str());
+            }
+            Ok(())
         }
 
         async fn publish(&self, event: &NodeEvent) -> Result<()> {
@@ -274,15 +297,30 @@ mod tests {
         }
     }
 
+    /// One daemon's view of the node: its API client and its root's figures.
     struct Node {
         api: Arc<FakeApi>,
+        settings: Settings,
         free_inodes: Arc<Mutex<u64>>,
     }
 
     impl Node {
         fn new() -> Node {
+            Node::sharing(NodeLabels::default(), ReadyLabel::default())
+        }
+
+        /// Another daemon on the same Node, with its own label.
+        fn sharing(node_labels: NodeLabels, label: ReadyLabel) -> Node {
             Node {
-                api: Arc::default(),
+                api: Arc::new(FakeApi {
+                    label: label.clone(),
+                    node_labels,
+                    ..FakeApi::default()
+                }),
+                settings: Settings {
+                    ready_label: label,
+                    ..Settings::new("node-a", Thresholds::default())
+                },
                 free_inodes: Arc::new(Mutex::new(500)),
             }
         }
@@ -296,11 +334,7 @@ mod tests {
                 }),
                 pool: None,
             };
-            start(
-                Arc::clone(&self.api),
-                sampler,
-                &Settings::new("node-a", Thresholds::default()),
-            )
+            start(Arc::clone(&self.api), sampler, &self.settings)
         }
 
         fn set_free_inodes(&self, free: u64) {
@@ -310,6 +344,45 @@ mod tests {
 
     async fn wait(secs: u64) {
         tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+
+    fn labels(node_labels: &NodeLabels) -> Vec<String> {
+        node_labels.lock().unwrap().keys().cloned().collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_daemons_with_their_own_labels_leave_each_other_alone() {
+        let node_labels = NodeLabels::default();
+        let default = Node::sharing(Arc::clone(&node_labels), ReadyLabel::default());
+        let limited_label = ReadyLabel::new("rustlayer.io/ready-rustlayer-limited").unwrap();
+        let limited = Node::sharing(Arc::clone(&node_labels), limited_label);
+
+        let first = default.start();
+        wait(1).await;
+        let second = limited.start();
+        wait(1).await;
+        assert_eq!(
+            labels(&node_labels),
+            ["rustlayer.io/ready", "rustlayer.io/ready-rustlayer-limited"]
+        );
+
+        // The second one's clean shutdown leaves the first one's label standing.
+        second.shutdown().await;
+        assert_eq!(labels(&node_labels), ["rustlayer.io/ready"]);
+        assert_eq!(limited.api.done(), [Call::Label(true), Call::Label(false)]);
+        assert_eq!(default.api.done(), [Call::Label(true)]);
+
+        // And the other way round, with the second one back.
+        let second = limited.start();
+        wait(1).await;
+        first.shutdown().await;
+        assert_eq!(
+            labels(&node_labels),
+            ["rustlayer.io/ready-rustlayer-limited"]
+        );
+        second.shutdown().await;
+        assert!(labels(&node_labels).is_empty());
+        assert_eq!(default.api.done(), [Call::Label(true), Call::Label(false)]);
     }
 
     #[tokio::test(start_paused = true)]

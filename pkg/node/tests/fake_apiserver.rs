@@ -3,6 +3,7 @@
 //! API server (authentication, RBAC, what `kubectl describe node` shows) is
 //! exercised by the kind e2e.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use rustlayer_core::PoolStats;
-use rustlayer_node::{Inodes, KubeNode, Sample, Settings, Thresholds, start};
+use rustlayer_node::{Inodes, KubeNode, ReadyLabel, Sample, Settings, Thresholds, start};
 use serde_json::{Value, json};
 
 const NODE: &str = "node-a";
@@ -30,6 +31,8 @@ struct Request {
 #[derive(Default)]
 struct ApiServer {
     requests: Mutex<Vec<Request>>,
+    /// The Node's labels, as merge patches left them.
+    labels: Mutex<BTreeMap<String, Value>>,
     /// Failures to answer with, per method and path, before behaving.
     failures: Mutex<Vec<(Method, &'static str, StatusCode)>>,
 }
@@ -85,15 +88,20 @@ async fn handle(
     }
     match (method, uri.path()) {
         (Method::PATCH, NODE_PATH) => {
-            let mut node = json!({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": { "name": NODE, "uid": "6f1c0d52-9d3e-4c0e-8a51-0d2f3e4b5a6c", "labels": {} },
-            });
-            if let Some(labels) = body.pointer("/metadata/labels").and_then(Value::as_object) {
-                for (k, v) in labels.iter().filter(|(_, v)| !v.is_null()) {
-                    node["metadata"]["labels"][k] = v.clone();
+            let mut labels = server.labels.lock().unwrap();
+            if let Some(patch) = body.pointer("/metadata/labels").and_then(Value::as_object) {
+                for (k, v) in patch {
+                    if v.is_null() {
+                        labels.remove(k);
+                    } else {
+                        labels.insert(k.clone(), v.clone());
+                    }
                 }
             }
+            let node = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": { "name": NODE, "uid": "6f1c0d52-9d3e-4c0e-8a51-0d2f3e4b5a6c", "labels": *labels },
+            });
             (StatusCode::OK, node.to_string())
         }
         (Method::POST, EVENTS_PATH) => (StatusCode::CREATED, body.to_string()),
@@ -172,6 +180,17 @@ fn query_pairs(request: &Request) -> Vec<&str> {
 }
 
 fn assert_event(request: &Request, type_: &str, reason: &str, action: &str, note_has: &str) {
+    assert_event_from(request, NODE, type_, reason, action, note_has);
+}
+
+fn assert_event_from(
+    request: &Request,
+    reporting_instance: &str,
+    type_: &str,
+    reason: &str,
+    action: &str,
+    note_has: &str,
+) {
     assert_eq!(request.method, Method::POST);
     assert_eq!(request.path, EVENTS_PATH);
     assert!(query_pairs(request).is_empty(), "{request:?}");
@@ -182,7 +201,7 @@ fn assert_event(request: &Request, type_: &str, reason: &str, action: &str, note
     assert_eq!(e["reason"], reason);
     assert_eq!(e["action"], action);
     assert_eq!(e["reportingController"], "rustlayer");
-    assert_eq!(e["reportingInstance"], NODE);
+    assert_eq!(e["reportingInstance"], reporting_instance);
     assert_eq!(
         e["regarding"],
         json!({ "apiVersion": "v1", "kind": "Node", "name": NODE, "uid": NODE })
@@ -202,7 +221,7 @@ fn assert_event(request: &Request, type_: &str, reason: &str, action: &str, note
 async fn labels_the_node_posts_events_on_crossings_and_unlabels_on_shutdown() {
     let (server, config) = api_server().await;
     let figures = Figures::healthy();
-    let api = KubeNode::from_config(config, NODE).unwrap();
+    let api = KubeNode::from_config(config, NODE, &ReadyLabel::default()).unwrap();
     let running = start(api, figures.sampler(), &settings());
 
     until("the label", || {
@@ -296,7 +315,7 @@ async fn api_errors_are_retried_and_nothing_is_lost_or_doubled() {
     ]);
     let figures = Figures::healthy();
     figures.set(|s| s.root_inodes.as_mut().unwrap().free = 0);
-    let api = KubeNode::from_config(config, NODE).unwrap();
+    let api = KubeNode::from_config(config, NODE, &ReadyLabel::default()).unwrap();
     let running = start(api, figures.sampler(), &settings());
 
     until("a label and an event", || {
@@ -329,10 +348,95 @@ async fn shutdown_with_no_api_server_is_bounded() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
-    let api = KubeNode::from_config(config, NODE).unwrap();
+    let api = KubeNode::from_config(config, NODE, &ReadyLabel::default()).unwrap();
     let running = start(api, Figures::healthy().sampler(), &settings());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let began = std::time::Instant::now();
     running.shutdown().await;
     assert!(began.elapsed() <= rustlayer_node::UNLABEL_DEADLINE + Duration::from_secs(1));
+}
+
+fn labels_on_the_node(server: &ApiServer) -> Vec<String> {
+    server.labels.lock().unwrap().keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn two_daemons_on_one_node_keep_to_their_own_labels() {
+    let (server, config) = api_server().await;
+    let limited_label = ReadyLabel::new("rustlayer.io/ready-rustlayer-limited").unwrap();
+    let default = Figures::healthy();
+    let limited = Figures::healthy();
+    let first = start(
+        KubeNode::from_config(config.clone(), NODE, &ReadyLabel::default()).unwrap(),
+        default.sampler(),
+        &settings(),
+    );
+    let second = start(
+        KubeNode::from_config(config, NODE, &limited_label).unwrap(),
+        limited.sampler(),
+        &Settings {
+            ready_label: limited_label,
+            ..settings()
+        },
+    );
+    until("both labels", || labels_on_the_node(&server).len() == 2).await;
+    assert_eq!(
+        labels_on_the_node(&server),
+        ["rustlayer.io/ready", "rustlayer.io/ready-rustlayer-limited"]
+    );
+
+    // Each daemon's patch names its label alone, under its own field manager.
+    let patches = server.to(Method::PATCH, NODE_PATH);
+    let by_manager = |manager: &str| -> Vec<Value> {
+        patches
+            .iter()
+            .filter(|p| query_pairs(p) == [manager])
+            .map(|p| p.body.clone())
+            .collect()
+    };
+    assert_eq!(
+        by_manager("fieldManager=rustlayer"),
+        [json!({ "metadata": { "labels": { "rustlayer.io/ready": "true" } } })]
+    );
+    assert_eq!(
+        by_manager("fieldManager=rustlayer%3Arustlayer.io%2Fready-rustlayer-limited"),
+        [json!({ "metadata": { "labels": { "rustlayer.io/ready-rustlayer-limited": "true" } } })]
+    );
+
+    // Their Events say which daemon posted them.
+    limited.set(|s| s.root_inodes.as_mut().unwrap().free = 50);
+    until("the second daemon's InodesLow", || {
+        server.to(Method::POST, EVENTS_PATH).len() == 1
+    })
+    .await;
+    assert_event_from(
+        &server.to(Method::POST, EVENTS_PATH)[0],
+        "node-a:rustlayer.io/ready-rustlayer-limited",
+        "Warning",
+        "InodesLow",
+        "CheckRootInodes",
+        "5.0%",
+    );
+    default.set(|s| s.root_inodes.as_mut().unwrap().free = 40);
+    until("the first daemon's InodesLow", || {
+        server.to(Method::POST, EVENTS_PATH).len() == 2
+    })
+    .await;
+    assert_event(
+        &server.to(Method::POST, EVENTS_PATH)[1],
+        "Warning",
+        "InodesLow",
+        "CheckRootInodes",
+        "4.0%",
+    );
+
+    // The second daemon's clean shutdown takes its label away, and only its label.
+    second.shutdown().await;
+    assert_eq!(labels_on_the_node(&server), ["rustlayer.io/ready"]);
+    assert_eq!(
+        server.to(Method::PATCH, NODE_PATH).last().unwrap().body,
+        json!({ "metadata": { "labels": { "rustlayer.io/ready-rustlayer-limited": null } } })
+    );
+    first.shutdown().await;
+    assert!(labels_on_the_node(&server).is_empty());
 }
