@@ -379,10 +379,9 @@ async fn run(command: Command) -> Result<()> {
             for round in 0..rounds {
                 for i in order(targets.len(), round) {
                     let target = &mut targets[i];
-                    let daemons = if target.snapshotter == "rustlayer" {
-                        vec![containerd_pid, rustlayer_pid]
-                    } else {
-                        vec![containerd_pid]
+                    let daemons = stats_pass::Daemons {
+                        containerd: containerd_pid,
+                        snapshotter: (target.snapshotter == "rustlayer").then_some(rustlayer_pid),
                     };
                     stats_pass::time_stats_passes(
                         target, containers, files_each, passes, &daemons, &sink, round,
