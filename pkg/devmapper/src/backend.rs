@@ -286,18 +286,17 @@ impl Inner {
             return Ok(());
         }
         let _guard = lock(&self.lock);
+        let mountpoint = marker.with_extension("mnt");
+        // A crash while the base's root was being emptied left its mount, which
+        // holds the device open: the device could be neither deactivated nor deleted.
+        base::release_mount(mounter, &mountpoint)?;
         self.deactivate(BASE)?;
         self.pool.delete(&*self.dm, BASE)?;
         self.pool.create_thin(&*self.dm, BASE)?;
         let device = self.activate(BASE, false)?;
         let made = node(device).and_then(|path| {
             base::make_filesystem(self.config.fs_type, &path, &self.config.fs_options)?;
-            base::empty_root(
-                mounter,
-                self.config.fs_type,
-                &path,
-                &marker.with_extension("mnt"),
-            )
+            base::empty_root(mounter, self.config.fs_type, &path, &mountpoint)
         });
         self.deactivate(BASE)?;
         made?;

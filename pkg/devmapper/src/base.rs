@@ -200,41 +200,52 @@ impl<M: Mounter> GrowFs for OnlineGrow<M> {
     }
 
     fn release(&self, mountpoint: &Path) -> Result<()> {
-        self.unmount_patiently(mountpoint)?;
-        match fs::remove_dir(mountpoint) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io("remove", mountpoint)(err))
-            }
-            _ => Ok(()),
+        release_mount(&self.mounter, mountpoint)
+    }
+}
+
+/// Undoes a private mount a crash left at `mountpoint` (a grow's, or the base's
+/// while its root was emptied): unmounts it and removes the directory. Nothing
+/// there, mounted or not, is fine.
+pub fn release_mount(mounter: &dyn Mounter, mountpoint: &Path) -> Result<()> {
+    unmount_patiently(mounter, mountpoint)?;
+    match fs::remove_dir(mountpoint) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io("remove", mountpoint)(err))
         }
+        _ => Ok(()),
     }
 }
 
 impl<M: Mounter> OnlineGrow<M> {
-    /// Unmounts `mountpoint`, waiting up to [`UNMOUNT_PATIENCE`] while something
-    /// else holds it for a moment: a process the daemon starts meanwhile holds a
-    /// copy of its descriptors (the one syncfs used among them) until it execs, and
-    /// the tool a crashed daemon ran outlives it. A lazy unmount would not do: the
-    /// device would stay open, and an open device cannot be deleted. Not being a
-    /// mount point is fine: a crash came before the mount or after the unmount.
     fn unmount_patiently(&self, mountpoint: &Path) -> Result<()> {
-        let deadline = Instant::now() + UNMOUNT_PATIENCE;
-        loop {
-            let err = match self.mounter.unmount(mountpoint, false) {
-                Ok(()) => return Ok(()),
-                Err(err) => err,
-            };
-            let errno = match &err {
-                rustlayer_mount::Error::Unmount { source, .. } => source.raw_os_error(),
-                _ => None,
-            };
-            match errno {
-                Some(libc::EINVAL | libc::ENOENT) => return Ok(()),
-                Some(libc::EBUSY) if Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(100));
-                }
-                _ => return Err(err.into()),
+        unmount_patiently(&self.mounter, mountpoint)
+    }
+}
+
+/// Unmounts `mountpoint`, waiting up to [`UNMOUNT_PATIENCE`] while something
+/// else holds it for a moment: a process the daemon starts meanwhile holds a
+/// copy of its descriptors (the one syncfs used among them) until it execs, and
+/// the tool a crashed daemon ran outlives it. A lazy unmount would not do: the
+/// device would stay open, and an open device cannot be deleted. Not being a
+/// mount point is fine: a crash came before the mount or after the unmount.
+fn unmount_patiently(mounter: &dyn Mounter, mountpoint: &Path) -> Result<()> {
+    let deadline = Instant::now() + UNMOUNT_PATIENCE;
+    loop {
+        let err = match mounter.unmount(mountpoint, false) {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        let errno = match &err {
+            rustlayer_mount::Error::Unmount { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        match errno {
+            Some(libc::EINVAL | libc::ENOENT) => return Ok(()),
+            Some(libc::EBUSY) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(100));
             }
+            _ => return Err(err.into()),
         }
     }
 }

@@ -109,13 +109,32 @@ fn canonical_prefix(root: &Path) -> String {
     device_prefix(&fs::canonicalize(root).unwrap())
 }
 
+/// Unmounts `target`, waiting up to 30 s while it is busy: the tests run side by
+/// side, and a process another test starts (mkfs, resize2fs) holds a copy of this
+/// test's open descriptors from its fork until it execs.
+fn unmount(target: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match LinuxMounter.unmount(target, false) {
+            Ok(()) => return,
+            Err(rustlayer_mount::Error::Unmount { source, .. })
+                if source.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(err) => panic!("unmount {}: {err}", target.display()),
+        }
+    }
+}
+
 struct Mounted<'a> {
     target: &'a Path,
 }
 
 impl Drop for Mounted<'_> {
     fn drop(&mut self) {
-        LinuxMounter.unmount(self.target, false).unwrap();
+        unmount(self.target);
     }
 }
 
@@ -335,7 +354,7 @@ fn restart_deactivates_then_reactivates_what_containerd_still_needs() {
         fs::create_dir_all(&mnt).unwrap();
         mount_all(&LinuxMounter, &mounts, &mnt).unwrap();
         fs::write(mnt.join("data"), "kept").unwrap();
-        LinuxMounter.unmount(&mnt, false).unwrap();
+        unmount(&mnt);
         s.commit("A", "a", "", &none()).unwrap();
         s.prepare("live", "A", &none()).unwrap();
         s.close().unwrap();
@@ -355,7 +374,7 @@ fn restart_deactivates_then_reactivates_what_containerd_still_needs() {
     let mounts = s.mounts("live").unwrap();
     mount_all(&LinuxMounter, &mounts, &mnt).unwrap();
     let data = fs::read_to_string(mnt.join("data"));
-    LinuxMounter.unmount(&mnt, false).unwrap();
+    unmount(&mnt);
     assert_eq!(data.unwrap(), "kept");
     s.close().unwrap();
 }
@@ -454,6 +473,56 @@ fn a_device_left_by_a_crash_before_its_metadata_is_deleted_at_start() {
         "the interrupted grow's mount is gone"
     );
     assert!(s.stat("kept").is_ok());
+    s.close().unwrap();
+}
+
+#[test]
+#[ignore = "needs root and device-mapper (dm_thin_pool): a thin pool on loop devices"]
+fn a_base_mount_left_by_a_crash_on_the_first_start_is_undone_at_the_next() {
+    require_device_mapper("a thin pool on loop devices");
+    let (_dir, root) = new_root();
+    let prefix = canonical_prefix(&root);
+    let config = small_pool();
+    let pool = {
+        let (backend, s) = open(&root, &config);
+        s.close().unwrap();
+        backend.pool_name().to_owned()
+    };
+    // What the first start leaves when it dies while the base's root is being
+    // emptied: the base device active and mounted on its private mountpoint, and
+    // no marker saying the base was finished.
+    let state = root.join("devmapper");
+    fs::remove_file(state.join("base")).unwrap();
+    let base = format!("{prefix}-0");
+    let sectors = config.base_image_size.get() / 512;
+    let created = Command::new("dmsetup")
+        .env("DM_DISABLE_UDEV", "1")
+        .args(["create", &base, "--table"])
+        .arg(format!("0 {sectors} thin /dev/mapper/{pool} 0"))
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let mountpoint = state.join("base.mnt");
+    fs::create_dir(&mountpoint).unwrap();
+    let mounted = Command::new("mount")
+        .arg(format!("/dev/mapper/{base}"))
+        .arg(&mountpoint)
+        .output()
+        .unwrap();
+    assert!(mounted.status.success(), "{mounted:?}");
+
+    let (_backend, s) = open(&root, &config);
+    assert!(!mountpoint.exists(), "the leftover base mount is undone");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(mountpoint.to_str().unwrap()), "{mounts}");
+    // The base was made again, and new layers start from its empty root.
+    let mnt = root.join("mnt");
+    s.prepare("after", "", &none()).unwrap();
+    fs::create_dir_all(&mnt).unwrap();
+    mount_all(&LinuxMounter, &s.mounts("after").unwrap(), &mnt).unwrap();
+    let entries: Vec<_> = fs::read_dir(&mnt).unwrap().collect();
+    unmount(&mnt);
+    assert!(entries.is_empty(), "{entries:?}");
     s.close().unwrap();
 }
 
@@ -609,7 +678,7 @@ fn max_size_grows_the_filesystem(config: DevmapperConfig, big: u64, write: u64) 
     let measure = |s: &Snapshotter, key: &str| -> u64 {
         mount_all(&LinuxMounter, &s.mounts(key).unwrap(), &mnt).unwrap();
         let bytes = filesystem_bytes(&mnt);
-        LinuxMounter.unmount(&mnt, false).unwrap();
+        unmount(&mnt);
         bytes
     };
     {
@@ -642,7 +711,7 @@ fn max_size_grows_the_filesystem(config: DevmapperConfig, big: u64, write: u64) 
         mount_all(&LinuxMounter, &s.mounts("big").unwrap(), &mnt).unwrap();
         assert_fills(filesystem_bytes(&mnt), big, "with max-size");
         let written = write_synced(&mnt.join("large"), write);
-        LinuxMounter.unmount(&mnt, false).unwrap();
+        unmount(&mnt);
         written.expect("a write larger than the base fits under max-size");
         s.commit("BIG", "big", "", &none()).unwrap();
         assert!(
@@ -669,7 +738,7 @@ fn max_size_grows_the_filesystem(config: DevmapperConfig, big: u64, write: u64) 
     mount_all(&LinuxMounter, &s.mounts("grandchild").unwrap(), &mnt).unwrap();
     let size = filesystem_bytes(&mnt);
     let data = fs::metadata(mnt.join("large")).map(|m| m.len());
-    LinuxMounter.unmount(&mnt, false).unwrap();
+    unmount(&mnt);
     assert_fills(size, big, "a new child of the larger layer after a restart");
     assert_eq!(data.unwrap(), write);
     assert_fills(
@@ -760,6 +829,6 @@ fn a_grow_that_runs_the_pool_out_of_space_is_refused_without_a_trace() {
         .expect("a grow that fits works");
     mount_all(&LinuxMounter, &f.s.mounts("grown").unwrap(), &mnt).unwrap();
     let size = filesystem_bytes(&mnt);
-    LinuxMounter.unmount(&mnt, false).unwrap();
+    unmount(&mnt);
     assert_fills(size, 256 << 20, "the grow after space came back");
 }
