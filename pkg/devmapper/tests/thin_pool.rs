@@ -484,8 +484,9 @@ fn a_base_mount_left_by_a_crash_on_the_first_start_is_undone_at_the_next() {
     let prefix = canonical_prefix(&root);
     let config = small_pool();
     let pool = {
+        // Dropped, not closed: a crash, so the pool stays active.
         let (backend, s) = open(&root, &config);
-        s.close().unwrap();
+        drop(s);
         backend.pool_name().to_owned()
     };
     // What the first start leaves when it dies while the base's root is being
@@ -493,19 +494,26 @@ fn a_base_mount_left_by_a_crash_on_the_first_start_is_undone_at_the_next() {
     // no marker saying the base was finished.
     let state = root.join("devmapper");
     fs::remove_file(state.join("base")).unwrap();
-    let base = format!("{prefix}-0");
+    let base = format!("{prefix}-base");
     let sectors = config.base_image_size.get() / 512;
-    let created = Command::new("dmsetup")
-        .env("DM_DISABLE_UDEV", "1")
-        .args(["create", &base, "--table"])
-        .arg(format!("0 {sectors} thin /dev/mapper/{pool} 0"))
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
+    let dmsetup = |args: &[&str]| {
+        let out = Command::new("dmsetup")
+            .env("DM_DISABLE_UDEV", "1")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dmsetup {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let pool_device = dmsetup(&["info", "-c", "--noheadings", "-o", "major,minor", &pool]);
+    let table = format!("0 {sectors} thin {pool_device} 0");
+    dmsetup(&["create", &base, "--table", &table]);
+    // No udev here: the kernel's own node, /dev/dm-<minor>.
+    let minor = dmsetup(&["info", "-c", "--noheadings", "-o", "minor", &base]);
     let mountpoint = state.join("base.mnt");
     fs::create_dir(&mountpoint).unwrap();
     let mounted = Command::new("mount")
-        .arg(format!("/dev/mapper/{base}"))
+        .arg(format!("/dev/dm-{minor}"))
         .arg(&mountpoint)
         .output()
         .unwrap();
