@@ -97,13 +97,6 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-started=$SECONDS
-say() { printf '\n=== %s (%ss)\n' "$*" "$((SECONDS - started))"; }
-die() {
-  echo "$me: $*" >&2
-  exit 1
-}
-
 # ---------------------------------------------------------------- sizes
 if [[ $mode == quick ]]; then
   rounds=2          # rows 1, 3, 4, 5, 6

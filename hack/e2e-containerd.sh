@@ -71,7 +71,7 @@ if [[ $snapshotter == rustlayer ]]; then bin=$(rustlayer_bin); fi
 tmp=$(mktemp -d /tmp/rustlayer-containerd-e2e.XXXXXX)
 sock=$tmp/containerd.sock
 rl_sock=$tmp/rustlayer.sock
-daemon_pid='' containerd_pid='' daemon_stopped=''
+daemon_pid='' containerd_pid=''
 
 # Every client call is bounded: a hung daemon must fail the test, not stall it.
 ctr_() { timeout 120 ctr -a "$sock" -n "$ns" "$@"; }
@@ -114,16 +114,7 @@ mount_snapshot() {
   mount -t "$type" "$src" "$target" -o "$opts"
 }
 
-teardown() {
-  if ((failed)); then tail_logs 40 "$tmp/rustlayer.log" "$tmp/containerd.log" "$tmp/ctr-stderr.log"; fi
-  if [[ -n $containerd_pid ]] && kill -0 "$containerd_pid" 2>/dev/null; then
-    containerd_remove_containers "$sock" "$ns" c1 c2 c3
-    timeout 20 ctr -a "$sock" -n "$ns" images rm --sync "$image" >/dev/null 2>&1
-  fi
-  stop_pid "$containerd_pid" containerd
-  [[ -n $daemon_stopped ]] || stop_pid "$daemon_pid" rustlayer
-  remove_scratch "$ns"
-}
+teardown() { containerd_tier_teardown c1 c2 c3; }
 report_traps teardown
 
 echo "$me: containerd $CONTAINERD_VERSION ($(command -v containerd)), snapshotter $snapshotter${bin:+ ($bin)}, working in $tmp"
@@ -427,8 +418,9 @@ check_shutdown() {
   stop_pid "$containerd_pid" containerd || true
   containerd_pid=''
   [[ $snapshotter == rustlayer ]] || return 0
-  daemon_stopped=1
   expect_clean_exit "rustlayer daemon" "$daemon_pid" "$tmp/rustlayer.log" kill -TERM "$daemon_pid"
+  # Gone and waited for: the teardown must not signal a pid the system may reuse.
+  kill -0 "$daemon_pid" 2>/dev/null || daemon_pid=''
 }
 
 # ---------------------------------------------------------------- restart

@@ -69,16 +69,7 @@ ctr_() { timeout 300 ctr -a "$sock" -n "$ns" "$@"; }
 snaps() { ctr_ snapshots --snapshotter rustlayer "$@"; }
 daemon_usage_json() { timeout 30 "$bin" usage --address "$rl_sock" -o json; }
 
-teardown() {
-  if ((failed)); then tail_logs 40 "$tmp/rustlayer.log" "$tmp/containerd.log" "$tmp/ctr-stderr.log"; fi
-  if [[ -n $containerd_pid ]] && kill -0 "$containerd_pid" 2>/dev/null; then
-    containerd_remove_containers "$sock" "$ns" limited unlabelled roomy
-    timeout 60 ctr -a "$sock" -n "$ns" images rm --sync "$image" >/dev/null 2>&1
-  fi
-  stop_pid "$containerd_pid" containerd
-  stop_pid "$daemon_pid" rustlayer
-  remove_scratch "$ns"
-}
+teardown() { containerd_tier_teardown limited unlabelled roomy; }
 report_traps teardown
 
 echo "$me: containerd $CONTAINERD_VERSION, rustlayer $bin, root on $fs ($quota_root), working in $tmp"

@@ -26,12 +26,6 @@ source hack/bench/lib.sh
 results=$1 bin=$2 bench=$3 archive=$4 image=$5 layers=$6 rounds=$7 cycles=$8 import_rounds=$9 runs=${10}
 row="7 devmapper"
 me="bench-vm"
-die() {
-  echo "$me: $*" >&2
-  exit 1
-}
-started=$SECONDS
-say() { printf '\n=== %s (%ss)\n' "$*" "$((SECONDS - started))"; }
 
 tmp=/var/lib/rustlayer-bench
 mkdir -p "$tmp/containerd" "$tmp/runc"

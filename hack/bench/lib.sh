@@ -2,9 +2,20 @@
 # Sourced by hack/bench.sh and hack/bench/devmapper-guest.sh: the steps both time
 # the same way. Each script sets $sock (containerd's socket), $bench (the
 # rustlayer-bench binary), $results (the JSON-lines file), $archive, $image and
-# $layers (the test image), $tmp (scratch), and defines settle (let deferred work
-# finish), die, and import_warm where it passes that to interleaved_imports.
+# $layers (the test image), $tmp (scratch) and $me (its name, for die), and defines
+# settle (let deferred work finish), and import_warm where it passes that to
+# interleaved_imports.
 # shellcheck disable=SC2154 # the globals above belong to the sourcing script
+
+# die MESSAGE: MESSAGE on stderr after the script's name ($me); exit 1.
+die() {
+  echo "$me: $*" >&2
+  exit 1
+}
+# say STEP: a heading for the next step, with the seconds since this file was
+# sourced.
+started=$SECONDS
+say() { printf '\n=== %s (%ss)\n' "$*" "$((SECONDS - started))"; }
 
 ctrn() { # ctrn NAMESPACE ARGS...
   local ns=$1

@@ -21,14 +21,10 @@ cd "$(dirname "$0")/../.."
 source hack/lib/containerd.sh
 # shellcheck source=hack/lib/process.sh
 source hack/lib/process.sh
+# shellcheck source=hack/bench/lib.sh
+source hack/bench/lib.sh
 results=$1 bin=$2 bench=$3 rounds=$4 files=$5 containers=$6 files_each=$7
 me="bench-quota-vm"
-die() {
-  echo "$me: $*" >&2
-  exit 1
-}
-started=$SECONDS
-say() { printf '\n=== %s (%ss)\n' "$*" "$((SECONDS - started))"; }
 
 tmp=/var/lib/rustlayer-quota-bench
 mkdir -p "$tmp"

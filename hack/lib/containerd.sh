@@ -179,6 +179,23 @@ containerd_up() {
   fi
 }
 
+# containerd_tier_teardown CONTAINER...: the teardown of a test script with a
+# private containerd (containerd_up) and daemon ($daemon_pid, empty for none):
+# after a failed check the logs' last lines; while containerd answers, the
+# containers CONTAINER... and $image removed; containerd and the daemon stopped;
+# the scratch removed (remove_scratch $ns).
+# shellcheck disable=SC2154 # $tmp, $sock, $ns, $image and the pids are the script's
+containerd_tier_teardown() {
+  if ((failed)); then tail_logs 40 "$tmp/rustlayer.log" "$tmp/containerd.log" "$tmp/ctr-stderr.log"; fi
+  if [[ -n $containerd_pid ]] && kill -0 "$containerd_pid" 2>/dev/null; then
+    containerd_remove_containers "$sock" "$ns" "$@"
+    timeout 60 ctr -a "$sock" -n "$ns" images rm --sync "$image" >/dev/null 2>&1
+  fi
+  stop_pid "$containerd_pid" containerd
+  stop_pid "$daemon_pid" rustlayer
+  remove_scratch "$ns"
+}
+
 # expect_clean_containerd_config: the check that the private containerd of
 # containerd_up took its config without a complaint (containerd_config_check).
 # shellcheck disable=SC2154 # $tmp and $sock are the script's
