@@ -502,7 +502,9 @@ async fn max_size_is_a_hard_limit_and_usage_comes_from_the_counters_with_project
 }
 
 /// Usage of an active layer of many files: from the counters, in constant time,
-/// against the walk it replaces. Prints both; fails if the counters are not faster.
+/// against the walk it replaces. Prints both times (the benchmark's row 8 compares
+/// them with containerd's overlayfs); fails if the figures differ from the walk's
+/// or the daemon did not count them.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs project quotas: xfs mounted prjquota at RUSTLAYER_QUOTA_ROOT (the VM tier)"]
 async fn usage_from_counters_does_not_grow_with_the_layer_with_project_quotas() {
@@ -552,5 +554,6 @@ async fn usage_from_counters_does_not_grow_with_the_layer_with_project_quotas() 
         walk.0, walk.1
     );
     assert_eq!((bytes, inodes), walk);
-    assert!(counted < walking, "counters {counted:?}, walk {walking:?}");
+    let row = cli_usage(&daemon, "many");
+    assert_eq!(row["method"], "counted", "{row}");
 }

@@ -42,7 +42,7 @@ run_on() {
     failed+=("$name with prjquota")
     return
   fi
-  RUSTLAYER_QUOTA_ROOT=$mnt RUSTLAYER_USAGE_FILES=${RUSTLAYER_USAGE_FILES:-20000} \
+  RUSTLAYER_QUOTA_ROOT=$mnt RUSTLAYER_USAGE_FILES=${RUSTLAYER_USAGE_FILES:-100000} \
     "$size_limit_tests" --include-ignored --test-threads=1 --nocapture 2>&1 |
     tee "$out/size-limits-$name.log"
   ((PIPESTATUS[0] == 0)) || failed+=("size limits on $name")
