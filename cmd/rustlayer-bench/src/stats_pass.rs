@@ -104,10 +104,11 @@ pub struct Daemons {
 }
 
 impl Daemons {
-    fn all(&self) -> Vec<u32> {
-        std::iter::once(self.containerd)
-            .chain(self.snapshotter)
-            .collect()
+    /// The CPU ticks each has used so far: containerd's, and the snapshotter
+    /// daemon's (0 without one).
+    fn ticks(&self) -> Result<(u64, u64)> {
+        let snapshotter = self.snapshotter.map(cpu_ticks).transpose()?;
+        Ok((cpu_ticks(self.containerd)?, snapshotter.unwrap_or(0)))
     }
 }
 
@@ -125,8 +126,7 @@ pub async fn time_stats_passes(
     round: u32,
 ) -> Result<()> {
     let ticks = clock_ticks_per_second()?;
-    let cpu_before = cpu_ticks(&daemons.all())?;
-    let containerd_before = cpu_ticks(&[daemons.containerd])?;
+    let (containerd_before, snapshotter_before) = daemons.ticks()?;
     let started = Instant::now();
     for _ in 0..passes {
         let snapshots = target.list().await?;
@@ -150,8 +150,9 @@ pub async fn time_stats_passes(
     let wall = started.elapsed().as_secs_f64() * 1e3 / f64::from(passes);
     let per_pass_ms =
         |now: u64, before: u64| (now - before) as f64 * 1e3 / ticks / f64::from(passes);
-    let cpu = per_pass_ms(cpu_ticks(&daemons.all())?, cpu_before);
-    let containerd_cpu = per_pass_ms(cpu_ticks(&[daemons.containerd])?, containerd_before);
+    let (containerd_after, snapshotter_after) = daemons.ticks()?;
+    let containerd_cpu = per_pass_ms(containerd_after, containerd_before);
+    let cpu = containerd_cpu + per_pass_ms(snapshotter_after, snapshotter_before);
     sink.value(
         ROW,
         &format!(
@@ -192,26 +193,24 @@ pub fn sync_filesystems() -> Result<()> {
     Ok(())
 }
 
-/// User plus system CPU of the processes, in clock ticks (fields 14 and 15 of
+/// User plus system CPU of a process, in clock ticks (fields 14 and 15 of
 /// /proc/PID/stat, counted after the command name, which may hold spaces).
-fn cpu_ticks(pids: &[u32]) -> Result<u64> {
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("{path}: no command name"))?;
+    // After the name: state is field 3, so utime (14) and stime (15) are the
+    // 12th and 13th words.
+    let words: Vec<&str> = after_name.split_whitespace().collect();
     let mut total = 0;
-    for pid in pids {
-        let path = format!("/proc/{pid}/stat");
-        let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-        let after_name = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .with_context(|| format!("{path}: no command name"))?;
-        // After the name: state is field 3, so utime (14) and stime (15) are the
-        // 12th and 13th words.
-        let words: Vec<&str> = after_name.split_whitespace().collect();
-        for index in [11, 12] {
-            total += words
-                .get(index)
-                .and_then(|w| w.parse::<u64>().ok())
-                .with_context(|| format!("{path}: no CPU time in field {}", index + 3))?;
-        }
+    for index in [11, 12] {
+        total += words
+            .get(index)
+            .and_then(|w| w.parse::<u64>().ok())
+            .with_context(|| format!("{path}: no CPU time in field {}", index + 3))?;
     }
     Ok(total)
 }
@@ -244,8 +243,8 @@ mod tests {
         }
         std::hint::black_box(x);
         let me = std::process::id();
-        assert!(cpu_ticks(&[me]).unwrap() > 0);
+        assert!(cpu_ticks(me).unwrap() > 0);
         assert!(clock_ticks_per_second().unwrap() >= 1.0);
-        assert!(cpu_ticks(&[u32::MAX]).is_err());
+        assert!(cpu_ticks(u32::MAX).is_err());
     }
 }

@@ -194,7 +194,7 @@ impl<M: Mounter> GrowFs for OnlineGrow<M> {
             // while the snapshot can still be refused.
             sync_filesystem(mountpoint).map_err(Error::from)
         });
-        self.unmount_patiently(mountpoint)?;
+        unmount_patiently(&self.mounter, mountpoint)?;
         let _ = fs::remove_dir(mountpoint);
         grown
     }
@@ -214,12 +214,6 @@ pub fn release_mount(mounter: &dyn Mounter, mountpoint: &Path) -> Result<()> {
             Err(Error::io("remove", mountpoint)(err))
         }
         _ => Ok(()),
-    }
-}
-
-impl<M: Mounter> OnlineGrow<M> {
-    fn unmount_patiently(&self, mountpoint: &Path) -> Result<()> {
-        unmount_patiently(&self.mounter, mountpoint)
     }
 }
 
